@@ -1,0 +1,604 @@
+//! Bytes ⇄ messages: the payload encoding and the frame layout.
+//!
+//! A frame is a 4-byte little-endian payload length followed by the payload, a message encoded with
+//! bincode 2's `standard()` configuration (varint integers, little-endian). This is the only module
+//! that names bincode, so the payload encoding can be swapped in one place; `docs/PROTOCOL.md`
+//! spells out the bytes for implementers in other languages.
+//!
+//! Two caps keep a hostile peer from making us allocate: the frame cap (checked on the 4-byte
+//! header before anything else) and a decode limit on the bytes that length prefixes inside a
+//! payload may claim (checked by bincode before it allocates a `Vec`/`String`).
+
+use bincode::config::Config;
+use bincode::error::DecodeError;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{ErrorKind, MAX_FRAME_LEN_LIMIT};
+
+/// Bytes in a frame header: the payload length as a `u32`, little-endian.
+pub const FRAME_HEADER_LEN: usize = 4;
+
+/// The most bytes one decode may claim, whatever the payload's size.
+///
+/// bincode counts claims in in-memory sizes (a one-byte varint `u64` claims 8), so a payload at the
+/// largest allowed frame of [`MAX_FRAME_LEN_LIMIT`] bytes claims somewhat more than its length;
+/// twice the frame limit leaves room for that.
+const DECODE_LIMIT_CEILING: usize = 2 * MAX_FRAME_LEN_LIMIT as usize;
+
+/// Errors of encoding, decoding and framing.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The underlying stream failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame (announced by a header, or about to be sent) is larger than the cap.
+    #[error("frame of {len} bytes exceeds the {max}-byte cap")]
+    FrameTooLarge {
+        /// Payload length announced or produced.
+        len: u64,
+        /// The cap in force.
+        max: u32,
+    },
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame after {got} of {expected} bytes")]
+    Truncated {
+        /// Bytes the frame needed, header included (4 when the header itself was cut).
+        expected: usize,
+        /// Bytes that arrived before the end.
+        got: usize,
+    },
+    /// A complete payload is not a valid message.
+    #[error("malformed payload: {0}")]
+    Decode(String),
+    /// A message could not be encoded.
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+impl CodecError {
+    /// The [`ErrorKind`] to report to the peer for this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CodecError::FrameTooLarge { .. } => ErrorKind::FrameTooLarge,
+            CodecError::Decode(_) | CodecError::Truncated { .. } => ErrorKind::Malformed,
+            CodecError::Io(_) | CodecError::Encode(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// The bincode configuration of the protocol, with a decode limit of `LIMIT` claimed bytes.
+const fn config<const LIMIT: usize>() -> impl Config {
+    bincode::config::standard().with_limit::<LIMIT>()
+}
+
+/// The frame cap in force for a configured cap: never above [`MAX_FRAME_LEN_LIMIT`].
+pub fn effective_max(max_frame_len: u32) -> u32 {
+    max_frame_len.min(MAX_FRAME_LEN_LIMIT)
+}
+
+/// Encodes `msg` as a bare payload (no header).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(msg, config::<DECODE_LIMIT_CEILING>())
+        .map_err(|e| CodecError::Encode(format!("{e:?}")))
+}
+
+/// Encodes `msg` as a whole frame: the `u32` little-endian payload length, then the payload.
+///
+/// Fails with [`CodecError::FrameTooLarge`] when the payload would exceed `max_frame_len` (itself
+/// never above [`MAX_FRAME_LEN_LIMIT`]); the size is measured before the frame is allocated.
+pub fn encode_frame<T: Serialize>(msg: &T, max_frame_len: u32) -> Result<Vec<u8>, CodecError> {
+    let max = effective_max(max_frame_len);
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(msg, &mut size, config::<DECODE_LIMIT_CEILING>())
+        .map_err(|e| CodecError::Encode(format!("{e:?}")))?;
+    let len = size.bytes_written;
+    let header = match u32::try_from(len) {
+        Ok(header) if header <= max => header,
+        _ => {
+            return Err(CodecError::FrameTooLarge {
+                len: len as u64,
+                max,
+            })
+        }
+    };
+    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + len);
+    frame.extend_from_slice(&header.to_le_bytes());
+    bincode::serde::encode_into_std_write(msg, &mut frame, config::<DECODE_LIMIT_CEILING>())
+        .map_err(|e| CodecError::Encode(format!("{e:?}")))?;
+    debug_assert_eq!(frame.len(), FRAME_HEADER_LEN + len);
+    Ok(frame)
+}
+
+/// Decodes one message from a whole payload; bytes left over after the message are an error.
+///
+/// Length prefixes inside the payload may not claim more than a limit scaled to the payload's
+/// size, so a tiny payload claiming a huge string or byte buffer fails without the claimed size
+/// being allocated.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
+    // Any valid payload claims at most 8 bytes per encoded byte (a one-byte varint `u64` claims 8;
+    // byte strings claim exactly their length), so a limit of at least 8 × its length never
+    // refuses a valid message, and a hostile one cannot claim much more than it sent.
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    match payload.len() {
+        0..=8_192 => decode_limited::<{ 64 * KIB }, T>(payload),
+        8_193..=65_536 => decode_limited::<{ 512 * KIB }, T>(payload),
+        65_537..=524_288 => decode_limited::<{ 4 * MIB }, T>(payload),
+        524_289..=4_194_304 => decode_limited::<{ 32 * MIB }, T>(payload),
+        _ => decode_limited::<DECODE_LIMIT_CEILING, T>(payload),
+    }
+}
+
+fn decode_limited<const LIMIT: usize, T: DeserializeOwned>(
+    payload: &[u8],
+) -> Result<T, CodecError> {
+    let (msg, used) = bincode::serde::decode_from_slice(payload, config::<LIMIT>())
+        .map_err(|e| CodecError::Decode(describe(e)))?;
+    match payload.len() - used {
+        0 => Ok(msg),
+        extra => Err(CodecError::Decode(format!(
+            "{extra} trailing bytes after the message"
+        ))),
+    }
+}
+
+/// A lower-case, human-readable description of a bincode decode error.
+fn describe(err: DecodeError) -> String {
+    match err {
+        DecodeError::UnexpectedEnd { additional } => {
+            format!("payload ends early ({additional} more bytes needed)")
+        }
+        DecodeError::LimitExceeded => "a length prefix claims more bytes than allowed".to_owned(),
+        DecodeError::UnexpectedVariant {
+            type_name, found, ..
+        } => format!("unknown variant index {found} for {type_name}"),
+        DecodeError::InvalidBooleanValue(v) => format!("invalid bool byte {v}"),
+        DecodeError::Utf8 { inner } => format!("string is not utf-8: {inner}"),
+        DecodeError::OutsideUsizeRange(v) => format!("length {v} does not fit in memory"),
+        DecodeError::OtherString(s) => s,
+        other => format!("{other:?}"),
+    }
+}
+
+/// Reads the payload length a frame header announces, checked against the cap.
+///
+/// Fails with [`CodecError::FrameTooLarge`] when the length exceeds `max_frame_len` (never above
+/// [`MAX_FRAME_LEN_LIMIT`]).
+pub fn check_header(
+    header: [u8; FRAME_HEADER_LEN],
+    max_frame_len: u32,
+) -> Result<usize, CodecError> {
+    let len = u32::from_le_bytes(header);
+    let max = effective_max(max_frame_len);
+    if len > max {
+        return Err(CodecError::FrameTooLarge {
+            len: u64::from(len),
+            max,
+        });
+    }
+    Ok(len as usize)
+}
+
+/// The payload length announced by the header at the start of `buf`, checked against the cap;
+/// `Ok(None)` while fewer than [`FRAME_HEADER_LEN`] bytes have arrived.
+pub fn frame_len(buf: &[u8], max_frame_len: u32) -> Result<Option<usize>, CodecError> {
+    match buf.first_chunk::<FRAME_HEADER_LEN>() {
+        Some(header) => check_header(*header, max_frame_len).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Finds the first whole frame at the start of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed (not an error), or the frame's total size
+/// (header included, what the caller should consume) and its payload. The announced length is
+/// checked against `max_frame_len` as soon as the header is there, before the payload arrives.
+pub fn parse_frame(buf: &[u8], max_frame_len: u32) -> Result<Option<(usize, &[u8])>, CodecError> {
+    let Some(len) = frame_len(buf, max_frame_len)? else {
+        return Ok(None);
+    };
+    let total = FRAME_HEADER_LEN + len;
+    Ok(buf
+        .get(FRAME_HEADER_LEN..total)
+        .map(|payload| (total, payload)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::*;
+
+    fn run_spec() -> RunSpec {
+        RunSpec {
+            profile: Some("pandas".into()),
+            code: b"import sys\nprint(sys.argv)\n".to_vec(),
+            stdin: vec![0, 1, 2, 255],
+            argv: vec!["-v".into(), "ünïcode".into()],
+            limits: LimitsRequest {
+                timeout_ms: Some(2_000),
+                memory_mb: Some(256),
+                output_bytes: None,
+            },
+        }
+    }
+
+    fn run_result() -> RunResult {
+        RunResult {
+            status: Status::Error,
+            exit_code: Some(-1),
+            signal: Some(31),
+            stdout: b"out".to_vec(),
+            stderr: b"Traceback (most recent call last):\n".to_vec(),
+            stdout_truncated: true,
+            stderr_truncated: false,
+            usage: Usage {
+                wall_ms: 1.5,
+                cpu_ms: 0.25,
+                max_rss_kb: 10_240,
+            },
+            timings: Timings {
+                queue_ms: 0.1,
+                spawn_ms: 0.2,
+                run_ms: 1.5,
+                total_ms: 2.0,
+            },
+            message: Some("killed by SIGSYS".into()),
+        }
+    }
+
+    fn requests() -> Vec<Request> {
+        vec![
+            Request::Hello(Hello::new("test/1")),
+            Request::Run {
+                id: u64::MAX,
+                spec: run_spec(),
+            },
+            Request::Run {
+                id: 0,
+                spec: RunSpec {
+                    profile: None,
+                    code: Vec::new(),
+                    stdin: Vec::new(),
+                    argv: Vec::new(),
+                    limits: LimitsRequest::default(),
+                },
+            },
+            Request::Cancel { id: 251 },
+            Request::Ping { id: 70_000 },
+        ]
+    }
+
+    fn responses() -> Vec<Response> {
+        let mut out = vec![
+            Response::Hello(HelloReply {
+                version: PROTOCOL_VERSION,
+                server: "sandforkd/0.1.0".into(),
+                max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            }),
+            Response::Result {
+                id: 9,
+                result: run_result(),
+            },
+            Response::Result {
+                id: 10,
+                result: RunResult::new(Status::Ok),
+            },
+            Response::Pong {
+                id: 3,
+                status: ServerStatus {
+                    ready: true,
+                    profiles: vec![ProfileStatus {
+                        name: "stdlib".into(),
+                        zygotes_ready: 2,
+                        zygotes_wanted: 4,
+                    }],
+                },
+            },
+        ];
+        for kind in ErrorKind::ALL {
+            out.push(Response::error(Some(1), kind, kind.as_str()));
+        }
+        out.push(Response::error(None, ErrorKind::Malformed, ""));
+        for status in Status::ALL {
+            out.push(Response::Result {
+                id: 2,
+                result: RunResult::new(status),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        for msg in requests() {
+            let payload = encode(&msg).unwrap();
+            assert_eq!(decode::<Request>(&payload).unwrap(), msg);
+            let frame = encode_frame(&msg, DEFAULT_MAX_FRAME_LEN).unwrap();
+            let (used, body) = parse_frame(&frame, DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
+            assert_eq!(used, frame.len());
+            assert_eq!(body, &payload[..]);
+        }
+    }
+
+    #[test]
+    fn every_response_round_trips() {
+        for msg in responses() {
+            let payload = encode(&msg).unwrap();
+            assert_eq!(decode::<Response>(&payload).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn variant_indices_follow_declaration_order() {
+        // The documented tables list variants in this order; the first payload byte is the index.
+        for (i, status) in Status::ALL.into_iter().enumerate() {
+            assert_eq!(encode(&status).unwrap(), vec![i as u8]);
+        }
+        for (i, kind) in ErrorKind::ALL.into_iter().enumerate() {
+            assert_eq!(encode(&kind).unwrap(), vec![i as u8]);
+        }
+        let firsts: Vec<u8> = requests().iter().map(|r| encode(r).unwrap()[0]).collect();
+        assert_eq!(firsts, [0, 1, 1, 2, 3]);
+        let firsts: Vec<u8> = responses()[..4]
+            .iter()
+            .map(|r| encode(r).unwrap()[0])
+            .collect();
+        assert_eq!(firsts, [0, 1, 1, 3]);
+        assert_eq!(encode(&responses()[4]).unwrap()[0], 2);
+    }
+
+    #[test]
+    fn integers_are_varints_and_floats_fixed() {
+        assert_eq!(encode(&250u64).unwrap(), [250]);
+        assert_eq!(encode(&251u64).unwrap(), [251, 251, 0]);
+        assert_eq!(encode(&70_000u64).unwrap(), [252, 0x70, 0x11, 0x01, 0x00]);
+        assert_eq!(
+            encode(&(1u64 << 32)).unwrap(),
+            [253, 0, 0, 0, 0, 1, 0, 0, 0]
+        );
+        assert_eq!(encode(&-1i32).unwrap(), [1]);
+        assert_eq!(encode(&1i32).unwrap(), [2]);
+        assert_eq!(encode(&1.0f64).unwrap(), 1.0f64.to_le_bytes());
+        assert_eq!(encode(&Some(true)).unwrap(), [1, 1]);
+        assert_eq!(encode(&None::<bool>).unwrap(), [0]);
+    }
+
+    #[test]
+    fn version_constant() {
+        assert_eq!(PROTOCOL_VERSION, 1);
+        // Hello is variant 0, then the version as a varint.
+        assert_eq!(
+            &encode(&Request::Hello(Hello::new(""))).unwrap(),
+            &[0, 1, 0]
+        );
+    }
+
+    #[test]
+    fn parse_frame_needs_a_whole_header() {
+        let frame = encode_frame(&Request::Ping { id: 1 }, DEFAULT_MAX_FRAME_LEN).unwrap();
+        for n in 0..FRAME_HEADER_LEN {
+            assert!(parse_frame(&frame[..n], DEFAULT_MAX_FRAME_LEN)
+                .unwrap()
+                .is_none());
+        }
+    }
+
+    #[test]
+    fn parse_frame_waits_for_the_whole_payload() {
+        let frame = encode_frame(&Request::Ping { id: 1 }, DEFAULT_MAX_FRAME_LEN).unwrap();
+        for n in FRAME_HEADER_LEN..frame.len() {
+            assert!(parse_frame(&frame[..n], DEFAULT_MAX_FRAME_LEN)
+                .unwrap()
+                .is_none());
+        }
+        let (used, payload) = parse_frame(&frame, DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
+        assert_eq!(used, frame.len());
+        assert_eq!(decode::<Request>(payload).unwrap(), Request::Ping { id: 1 });
+    }
+
+    #[test]
+    fn parse_frame_two_back_to_back() {
+        let mut buf = encode_frame(&Request::Ping { id: 1 }, DEFAULT_MAX_FRAME_LEN).unwrap();
+        buf.extend(encode_frame(&Request::Cancel { id: 2 }, DEFAULT_MAX_FRAME_LEN).unwrap());
+        let (used, payload) = parse_frame(&buf, DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
+        assert_eq!(decode::<Request>(payload).unwrap(), Request::Ping { id: 1 });
+        let (used2, payload) = parse_frame(&buf[used..], DEFAULT_MAX_FRAME_LEN)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            decode::<Request>(payload).unwrap(),
+            Request::Cancel { id: 2 }
+        );
+        assert_eq!(used + used2, buf.len());
+    }
+
+    #[test]
+    fn oversized_header_is_rejected_before_the_payload() {
+        let header = 20_000_000u32.to_le_bytes();
+        let err = parse_frame(&header, DEFAULT_MAX_FRAME_LEN).unwrap_err();
+        assert!(matches!(
+            err,
+            CodecError::FrameTooLarge {
+                len: 20_000_000,
+                max: DEFAULT_MAX_FRAME_LEN
+            }
+        ));
+        assert_eq!(
+            err.to_string(),
+            "frame of 20000000 bytes exceeds the 16777216-byte cap"
+        );
+        assert_eq!(err.kind(), ErrorKind::FrameTooLarge);
+        // The cap itself is fine; one byte more is not.
+        assert!(parse_frame(&100u32.to_le_bytes(), 100).unwrap().is_none());
+        assert!(parse_frame(&101u32.to_le_bytes(), 100).is_err());
+    }
+
+    #[test]
+    fn configured_cap_is_clamped_to_the_limit() {
+        let header = (MAX_FRAME_LEN_LIMIT + 1).to_le_bytes();
+        match parse_frame(&header, u32::MAX) {
+            Err(CodecError::FrameTooLarge { max, .. }) => assert_eq!(max, MAX_FRAME_LEN_LIMIT),
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn encode_frame_refuses_oversized_payloads() {
+        let msg = Request::Run {
+            id: 1,
+            spec: RunSpec {
+                code: vec![b'x'; 200],
+                ..run_spec()
+            },
+        };
+        let err = encode_frame(&msg, 100).unwrap_err();
+        assert!(matches!(err, CodecError::FrameTooLarge { max: 100, .. }));
+    }
+
+    #[test]
+    fn empty_payload_is_malformed() {
+        let err = decode::<Request>(&[]).unwrap_err();
+        assert!(matches!(err, CodecError::Decode(_)), "{err:?}");
+        assert_eq!(err.kind(), ErrorKind::Malformed);
+    }
+
+    #[test]
+    fn garbage_payload_is_malformed() {
+        for garbage in [&[0xff; 16][..], &[1, 0xfe, 0xfe], &[0, 1, 5, b'a']] {
+            let err = decode::<Request>(garbage).unwrap_err();
+            assert!(matches!(err, CodecError::Decode(_)), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut payload = encode(&Request::Ping { id: 1 }).unwrap();
+        payload.push(0);
+        let err = decode::<Request>(&payload).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "malformed payload: 1 trailing bytes after the message"
+        );
+    }
+
+    #[test]
+    fn unknown_variant_is_malformed() {
+        // Request has 4 variants; index 4 does not exist.
+        let err = decode::<Request>(&[4, 1]).unwrap_err();
+        assert!(matches!(err, CodecError::Decode(_)), "{err:?}");
+        // A Result whose status index is 9 (Status has 9 variants: 0..=8).
+        let mut payload = encode(&Response::Result {
+            id: 1,
+            result: RunResult::new(Status::Ok),
+        })
+        .unwrap();
+        assert_eq!(payload[2], 0);
+        payload[2] = 9;
+        assert!(matches!(
+            decode::<Response>(&payload),
+            Err(CodecError::Decode(_))
+        ));
+        // Non-0/1 bool and option tags are refused too.
+        assert!(decode::<Option<u8>>(&[2, 0]).is_err());
+        assert!(decode::<bool>(&[2]).is_err());
+    }
+
+    /// A Run payload whose code length prefix claims `claimed` bytes, with 3 bytes behind it.
+    fn run_claiming(claimed: u64) -> Vec<u8> {
+        let mut payload = vec![1, 7, 0]; // Run, id 7, profile None
+        payload.push(253); // u64 varint marker
+        payload.extend_from_slice(&claimed.to_le_bytes());
+        payload.extend_from_slice(b"abc");
+        payload
+    }
+
+    #[test]
+    fn huge_claimed_length_fails_fast() {
+        for claimed in [1u64 << 40, u64::MAX, 60 << 20, 1 << 20] {
+            let start = Instant::now();
+            let err = decode::<Request>(&run_claiming(claimed)).unwrap_err();
+            assert!(matches!(err, CodecError::Decode(_)), "{err:?}");
+            assert!(start.elapsed() < Duration::from_secs(1));
+        }
+        // A huge argv element count: RunSpec with profile None, empty code and stdin, then argv.
+        let mut payload = vec![1, 7, 0, 0, 0, 253];
+        payload.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let start = Instant::now();
+        assert!(matches!(
+            decode::<Request>(&payload),
+            Err(CodecError::Decode(_))
+        ));
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn large_valid_payloads_decode() {
+        // Just past each limit step, and one dominated by tiny fields (8 claimed bytes per byte).
+        for size in [8_193usize, 65_537, 524_289, 4_194_305, 5 << 20] {
+            let msg = Request::Run {
+                id: 1,
+                spec: RunSpec {
+                    code: vec![b'#'; size],
+                    ..run_spec()
+                },
+            };
+            assert_eq!(decode::<Request>(&encode(&msg).unwrap()).unwrap(), msg);
+        }
+        let msg = Request::Run {
+            id: u64::MAX,
+            spec: RunSpec {
+                argv: vec![String::new(); 100_000],
+                ..run_spec()
+            },
+        };
+        assert_eq!(decode::<Request>(&encode(&msg).unwrap()).unwrap(), msg);
+    }
+
+    #[test]
+    fn a_frame_at_the_largest_cap_decodes() {
+        let overhead = encode_frame(
+            &Request::Run {
+                id: 1,
+                spec: run_spec(),
+            },
+            u32::MAX,
+        )
+        .unwrap()
+        .len()
+            - FRAME_HEADER_LEN
+            - run_spec().code.len();
+        let code_len = MAX_FRAME_LEN_LIMIT as usize - overhead - 8; // wider varint for the length
+        let msg = Request::Run {
+            id: 1,
+            spec: RunSpec {
+                code: vec![b'#'; code_len],
+                ..run_spec()
+            },
+        };
+        let frame = encode_frame(&msg, MAX_FRAME_LEN_LIMIT).unwrap();
+        let (_, payload) = parse_frame(&frame, MAX_FRAME_LEN_LIMIT).unwrap().unwrap();
+        assert!(payload.len() > MAX_FRAME_LEN_LIMIT as usize - 16);
+        assert_eq!(decode::<Request>(payload).unwrap(), msg);
+    }
+
+    #[test]
+    fn error_kinds_and_messages() {
+        let io = CodecError::from(std::io::Error::other("boom"));
+        assert_eq!(io.kind(), ErrorKind::Internal);
+        assert_eq!(io.to_string(), "i/o error: boom");
+        let truncated = CodecError::Truncated {
+            expected: 14,
+            got: 7,
+        };
+        assert_eq!(truncated.kind(), ErrorKind::Malformed);
+        assert_eq!(
+            truncated.to_string(),
+            "stream ended inside a frame after 7 of 14 bytes"
+        );
+        assert_eq!(CodecError::Encode("x".into()).kind(), ErrorKind::Internal);
+        assert_eq!(CodecError::Decode("x".into()).kind(), ErrorKind::Malformed);
+    }
+}

@@ -1,0 +1,448 @@
+//! The messages of the sandfork protocol: what a client may ask and what the server answers.
+//!
+//! These types are the protocol. Their field order and variant order *are* the wire format (see
+//! `docs/PROTOCOL.md`): append new variants at the end, never reorder or insert, and bump
+//! [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) for any change an old peer would misread.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::PROTOCOL_VERSION;
+
+/// A frame sent by a client to the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Opens the conversation. Must be the first frame on a connection, so the server learns the
+    /// client's protocol version before it interprets anything else.
+    Hello(Hello),
+    /// Runs one program. Several may be in flight on one connection; `id` is chosen by the client
+    /// and echoed in the run's [`Response::Result`] (or [`Response::Error`]) so answers can arrive
+    /// in any order.
+    Run {
+        /// Client-chosen handle for this run, unique among the connection's runs in flight.
+        id: u64,
+        /// What to run and under which limits.
+        spec: RunSpec,
+    },
+    /// Asks the server to stop the run `id` early; the run still ends with its own result.
+    Cancel {
+        /// The id of the [`Request::Run`] to stop.
+        id: u64,
+    },
+    /// Health check; answered by [`Response::Pong`] with the server's readiness.
+    Ping {
+        /// Echoed in the pong so a client can match it to this ping.
+        id: u64,
+    },
+}
+
+impl Request {
+    /// The client-chosen id this request carries, if any (a hello has none).
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Request::Hello(_) => None,
+            Request::Run { id, .. } | Request::Cancel { id } | Request::Ping { id } => Some(*id),
+        }
+    }
+}
+
+/// The client's opening frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol version the client speaks, so the server can refuse a client it would misread.
+    pub version: u32,
+    /// Free-form client name and version (e.g. `"sandfork-py/0.3"`), for the server's logs.
+    pub client: String,
+}
+
+impl Hello {
+    /// A hello for this crate's [`PROTOCOL_VERSION`].
+    pub fn new(client: impl Into<String>) -> Self {
+        Hello {
+            version: PROTOCOL_VERSION,
+            client: client.into(),
+        }
+    }
+}
+
+/// Everything the server needs to run one program.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Which interpreter profile (zygote pool, e.g. `"stdlib"` or `"pandas"`) runs the code;
+    /// `None` picks the server's default profile so simple clients need not know profile names.
+    pub profile: Option<String>,
+    /// The Python source to run, as bytes (it need not be valid UTF-8 for the wire; Python decides).
+    #[serde(with = "serde_bytes")]
+    pub code: Vec<u8>,
+    /// Bytes given to the program on standard input; empty means stdin is at end of file at once.
+    #[serde(with = "serde_bytes")]
+    pub stdin: Vec<u8>,
+    /// The program's arguments, `sys.argv[1:]` (the server picks `sys.argv[0]`).
+    pub argv: Vec<String>,
+    /// Limits the client asks for; each may only lower the server's policy, never raise it.
+    pub limits: LimitsRequest,
+}
+
+/// Limits a client asks for one run; `None` means "the policy's default".
+///
+/// A value above what the tenant's policy allows makes the run end as [`Status::Rejected`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LimitsRequest {
+    /// Wall-clock budget in milliseconds, after which the run ends as [`Status::Timeout`].
+    pub timeout_ms: Option<u64>,
+    /// Memory ceiling in MiB, beyond which the run ends as [`Status::MemoryLimit`].
+    pub memory_mb: Option<u64>,
+    /// Cap on captured bytes of stdout and of stderr (each stream counted on its own), beyond
+    /// which output is cut, the truncation flag set, and the run stopped as [`Status::OutputLimit`].
+    pub output_bytes: Option<u64>,
+}
+
+/// A frame sent by the server to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Accepts the client's [`Request::Hello`].
+    Hello(HelloReply),
+    /// The one final answer to a [`Request::Run`].
+    Result {
+        /// The id of the run this result ends.
+        id: u64,
+        /// How the run ended and what it printed.
+        result: RunResult,
+    },
+    /// A request, or the connection, failed at the protocol level (not a run that failed: that is
+    /// a [`Response::Result`] with a non-`ok` status).
+    Error {
+        /// The id of the request the error answers; `None` for a connection-level error (bad frame,
+        /// missing hello), which cannot be tied to a request.
+        id: Option<u64>,
+        /// What went wrong.
+        error: ErrorFrame,
+    },
+    /// Answers a [`Request::Ping`].
+    Pong {
+        /// The ping's id, echoed.
+        id: u64,
+        /// Whether the server can take work now, and its pools' state.
+        status: ServerStatus,
+    },
+}
+
+impl Response {
+    /// The request id this response answers, if any.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Response::Hello(_) => None,
+            Response::Result { id, .. } | Response::Pong { id, .. } => Some(*id),
+            Response::Error { id, .. } => *id,
+        }
+    }
+
+    /// A protocol error answering request `id` (`None`: the connection as a whole).
+    pub fn error(id: Option<u64>, kind: ErrorKind, message: impl Into<String>) -> Self {
+        Response::Error {
+            id,
+            error: ErrorFrame::new(kind, message),
+        }
+    }
+}
+
+/// The server's answer to a hello.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// Protocol version the server speaks, so a client can log or adapt to it.
+    pub version: u32,
+    /// Free-form server name and version, for the client's logs and bug reports.
+    pub server: String,
+    /// Largest payload, in bytes, the server accepts in one frame (and the largest it sends), so
+    /// the client can size its reads and refuse to send what would be rejected.
+    pub max_frame_len: u32,
+}
+
+/// A protocol-level error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// Machine-readable class of the error, for clients to branch on.
+    pub kind: ErrorKind,
+    /// Human-readable detail, for logs; not meant to be parsed.
+    pub message: String,
+}
+
+impl ErrorFrame {
+    /// An error of `kind` with a human-readable `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ErrorFrame {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Classes of protocol-level errors. `docs/PROTOCOL.md` says when each is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// A complete frame whose payload does not decode (or a frame cut short by end of stream).
+    Malformed,
+    /// A frame header announced more bytes than the cap.
+    FrameTooLarge,
+    /// The hello's version is one the server does not speak.
+    UnsupportedVersion,
+    /// Something other than a hello came first.
+    HelloRequired,
+    /// A well-formed request that makes no sense here (e.g. a second hello).
+    InvalidRequest,
+    /// A run reused the id of a run still in flight on this connection.
+    DuplicateId,
+    /// A cancel named an id with no run in flight on this connection.
+    UnknownId,
+    /// The server is draining and takes no new work.
+    ShuttingDown,
+    /// The server failed in a way that is not the client's fault.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind, in wire (variant index) order.
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::Malformed,
+        ErrorKind::FrameTooLarge,
+        ErrorKind::UnsupportedVersion,
+        ErrorKind::HelloRequired,
+        ErrorKind::InvalidRequest,
+        ErrorKind::DuplicateId,
+        ErrorKind::UnknownId,
+        ErrorKind::ShuttingDown,
+        ErrorKind::Internal,
+    ];
+
+    /// The kind's snake_case name, as serde names it in text formats and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Malformed => "malformed",
+            ErrorKind::FrameTooLarge => "frame_too_large",
+            ErrorKind::UnsupportedVersion => "unsupported_version",
+            ErrorKind::HelloRequired => "hello_required",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::DuplicateId => "duplicate_id",
+            ErrorKind::UnknownId => "unknown_id",
+            ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The server's health, as reported in a pong.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// True when the server accepts runs now (started, not draining), so a load balancer or a
+    /// readiness probe can route around a server that is not.
+    pub ready: bool,
+    /// One entry per configured profile, so a client can see which pools are warm.
+    pub profiles: Vec<ProfileStatus>,
+}
+
+/// The state of one profile's zygote pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileStatus {
+    /// The profile's name, as a client would put it in [`RunSpec::profile`].
+    pub name: String,
+    /// Zygotes up and able to fork right now; zero means runs of this profile would wait.
+    pub zygotes_ready: u32,
+    /// Zygotes the pool is configured to keep, so `ready < wanted` shows a pool still warming up
+    /// or respawning.
+    pub zygotes_wanted: u32,
+}
+
+/// How one run ended, with what it printed and what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The one outcome of the run; clients branch on this first.
+    pub status: Status,
+    /// The process's exit code when it exited on its own; `None` if it never ran or was killed.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the process, if one did (e.g. 9 for a kill at the deadline, 31 for a
+    /// seccomp kill), so a client can tell how a `killed` run died.
+    pub signal: Option<i32>,
+    /// What the program wrote to standard output, up to the output cap.
+    #[serde(with = "serde_bytes")]
+    pub stdout: Vec<u8>,
+    /// What the program wrote to standard error (tracebacks land here), up to the output cap.
+    #[serde(with = "serde_bytes")]
+    pub stderr: Vec<u8>,
+    /// True when `stdout` was cut at the cap, so the client knows it does not have all of it.
+    pub stdout_truncated: bool,
+    /// True when `stderr` was cut at the cap, so the client knows it does not have all of it.
+    pub stderr_truncated: bool,
+    /// Resources the run consumed, for billing, quotas and tuning limits.
+    pub usage: Usage,
+    /// Where the time went on the server, for latency debugging.
+    pub timings: Timings,
+    /// Human-readable reason for a `rejected`, `internal_error`, `killed` or limit status (e.g.
+    /// "unknown profile \"gpu\""), so the status alone need not explain itself.
+    pub message: Option<String>,
+}
+
+impl RunResult {
+    /// A result with `status` and every other field empty or zero.
+    pub fn new(status: Status) -> Self {
+        RunResult {
+            status,
+            exit_code: None,
+            signal: None,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            usage: Usage::default(),
+            timings: Timings::default(),
+            message: None,
+        }
+    }
+
+    /// The same result with `message` set.
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+}
+
+/// Resources one run consumed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Wall-clock time of the program itself, from "go" to exit, in milliseconds.
+    pub wall_ms: f64,
+    /// CPU time (user + system) the program used, in milliseconds; compare with `wall_ms` to see
+    /// whether it computed or waited.
+    pub cpu_ms: f64,
+    /// Peak resident memory of the program, in KiB, to tune `memory_mb`.
+    pub max_rss_kb: u64,
+}
+
+/// Where the time of one request went on the server, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Waiting for admission and a free slot; high values mean the server is saturated.
+    pub queue_ms: f64,
+    /// Getting a locked-down child ready (a warm child, or a fork from the zygote).
+    pub spawn_ms: f64,
+    /// From "go" to the child's exit and the collection of its output.
+    pub run_ms: f64,
+    /// From the request's arrival to the result being ready to send.
+    pub total_ms: f64,
+}
+
+/// The one outcome of a run. `docs/PROTOCOL.md` says what each means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The program exited with code 0.
+    Ok,
+    /// The program exited non-zero or raised an uncaught exception (traceback in stderr).
+    Error,
+    /// The wall-clock budget ran out.
+    Timeout,
+    /// The CPU-time limit was hit.
+    CpuLimit,
+    /// The memory limit was hit.
+    MemoryLimit,
+    /// Output exceeded the cap; the run was stopped and a truncation flag set.
+    OutputLimit,
+    /// The program died by any other signal (e.g. SIGSYS from a seccomp kill) or was cancelled.
+    Killed,
+    /// Refused by policy before running (unknown profile, a limit above the ceiling, quota).
+    Rejected,
+    /// The sandbox failed; never the user's fault.
+    InternalError,
+}
+
+impl Status {
+    /// Every status, in wire (variant index) order.
+    pub const ALL: [Status; 9] = [
+        Status::Ok,
+        Status::Error,
+        Status::Timeout,
+        Status::CpuLimit,
+        Status::MemoryLimit,
+        Status::OutputLimit,
+        Status::Killed,
+        Status::Rejected,
+        Status::InternalError,
+    ];
+
+    /// The status's snake_case name, as serde names it in text formats, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error => "error",
+            Status::Timeout => "timeout",
+            Status::CpuLimit => "cpu_limit",
+            Status::MemoryLimit => "memory_limit",
+            Status::OutputLimit => "output_limit",
+            Status::Killed => "killed",
+            Status::Rejected => "rejected",
+            Status::InternalError => "internal_error",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn as_str_matches_serde_names() {
+        for status in Status::ALL {
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+            assert_eq!(status.to_string(), status.as_str());
+        }
+        for kind in ErrorKind::ALL {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(kind.to_string(), kind.as_str());
+        }
+    }
+
+    #[test]
+    fn run_result_new_is_empty() {
+        let result = RunResult::new(Status::Rejected).with_message("unknown profile");
+        assert_eq!(result.status, Status::Rejected);
+        assert_eq!(result.exit_code, None);
+        assert_eq!(result.signal, None);
+        assert!(result.stdout.is_empty() && result.stderr.is_empty());
+        assert!(!result.stdout_truncated && !result.stderr_truncated);
+        assert_eq!(result.usage, Usage::default());
+        assert_eq!(result.timings, Timings::default());
+        assert_eq!(result.message.as_deref(), Some("unknown profile"));
+    }
+
+    #[test]
+    fn ids() {
+        assert_eq!(Request::Hello(Hello::new("t")).id(), None);
+        assert_eq!(Request::Cancel { id: 3 }.id(), Some(3));
+        assert_eq!(Request::Ping { id: 4 }.id(), Some(4));
+        assert_eq!(Response::error(None, ErrorKind::Malformed, "x").id(), None);
+        assert_eq!(
+            Response::error(Some(5), ErrorKind::UnknownId, "x").id(),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn hello_new_uses_current_version() {
+        assert_eq!(Hello::new("t").version, PROTOCOL_VERSION);
+    }
+}
