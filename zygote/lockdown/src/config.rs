@@ -1,0 +1,183 @@
+//! The two inputs of the lockdown: [`InitConfig`] (once per zygote) and [`ChildParams`] (once per
+//! child), as the JSON the Python zygote passes through the C ABI. Unknown fields are rejected:
+//! a misspelled limit must fail loudly, not be ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// What `sandfork_lockdown_init` receives: the filesystem view every child of this zygote gets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitConfig {
+    /// Read and execute: the interpreter's prefix and the directories its libraries load from.
+    #[serde(default)]
+    pub read_exec_paths: Vec<PathBuf>,
+    /// Read only: single files such as /etc/ld.so.cache and /dev/urandom.
+    #[serde(default)]
+    pub read_paths: Vec<PathBuf>,
+    /// Read and write, no creation: devices such as /dev/null.
+    #[serde(default)]
+    pub read_write_paths: Vec<PathBuf>,
+    /// Parent of the per-child tmpfs mount point. The read/write/create rule goes here and not on
+    /// the mount point itself, because landlock ignores a rule on a directory that is later
+    /// mounted over (DESIGN §8).
+    pub work_parent: PathBuf,
+    /// Fail init when the kernel has no landlock, instead of running children without it.
+    #[serde(default = "landlock_required_default")]
+    pub landlock_required: bool,
+}
+
+fn landlock_required_default() -> bool {
+    true
+}
+
+/// What `sandfork_child_lockdown` receives: this run's fds, work dir, identity and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildParams {
+    /// Fds that survive step 1 (stdin, stdout, stderr, the control socket, the run's memfds).
+    pub keep_fds: Vec<i32>,
+    /// Mount point of the run's tmpfs; must lie inside the init config's `work_parent`.
+    pub work_dir: PathBuf,
+    /// Size limit of the tmpfs (the run's only writable storage).
+    pub tmpfs_bytes: u64,
+    /// The slot's uid inside the zygote's user namespace; never 0.
+    pub uid: u32,
+    /// The slot's gid inside the zygote's user namespace; never 0.
+    pub gid: u32,
+    /// Step 4's limits.
+    pub rlimits: RlimitParams,
+}
+
+/// Resource limits applied in step 4.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlimitParams {
+    /// RLIMIT_CPU soft limit; the hard limit is one second more so SIGXCPU (reported as
+    /// `cpu_limit`) arrives before SIGKILL.
+    pub cpu_seconds: u64,
+    /// RLIMIT_FSIZE: largest file the run may write.
+    pub fsize_bytes: u64,
+    /// RLIMIT_NOFILE.
+    pub nofile: u64,
+    /// RLIMIT_NPROC: threads count against it (new processes are refused by seccomp anyway).
+    pub nproc: u64,
+    /// RLIMIT_AS, only where no memory cgroup is available (it also counts untouched
+    /// reservations, which numpy and thread stacks make large).
+    #[serde(default)]
+    pub as_bytes: Option<u64>,
+}
+
+/// A child parameter that cannot be honoured; reported as step 100.
+#[derive(Debug, thiserror::Error)]
+pub enum ParamsError {
+    /// The JSON does not parse or does not match [`ChildParams`].
+    #[error("bad params json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Running as uid/gid 0 of the zygote's namespace would keep every capability.
+    #[error("uid {uid} / gid {gid}: the child must not stay root in its namespace")]
+    Root { uid: u32, gid: u32 },
+    /// A negative number in keep_fds.
+    #[error("keep_fds contains {fd}, which is not an fd number")]
+    NegativeFd { fd: i32 },
+    /// The work dir is not below the directory the landlock rule covers, so the run could not
+    /// write to its own tmpfs.
+    #[error("work_dir {work_dir} is not inside work_parent {work_parent}")]
+    WorkDirOutsideParent {
+        work_dir: PathBuf,
+        work_parent: PathBuf,
+    },
+    /// Relative paths would depend on the zygote's cwd.
+    #[error("work_dir {work_dir} is not an absolute path")]
+    RelativeWorkDir { work_dir: PathBuf },
+}
+
+impl ChildParams {
+    /// Parse the JSON the zygote passes to `sandfork_child_lockdown`.
+    pub fn from_json(json: &str) -> Result<Self, ParamsError> {
+        Ok(serde_json::from_str(json)?)
+    }
+
+    /// Check what can be checked before anything irreversible happens.
+    pub fn validate(&self, work_parent: &Path) -> Result<(), ParamsError> {
+        if self.uid == 0 || self.gid == 0 {
+            return Err(ParamsError::Root {
+                uid: self.uid,
+                gid: self.gid,
+            });
+        }
+        if let Some(&fd) = self.keep_fds.iter().find(|fd| **fd < 0) {
+            return Err(ParamsError::NegativeFd { fd });
+        }
+        if !self.work_dir.is_absolute() {
+            return Err(ParamsError::RelativeWorkDir {
+                work_dir: self.work_dir.clone(),
+            });
+        }
+        if self.work_dir == work_parent || !self.work_dir.starts_with(work_parent) {
+            return Err(ParamsError::WorkDirOutsideParent {
+                work_dir: self.work_dir.clone(),
+                work_parent: work_parent.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARAMS: &str = r#"{"keep_fds": [0,1,2,3], "work_dir": "/sandbox/work",
+        "tmpfs_bytes": 67108864, "uid": 5, "gid": 5,
+        "rlimits": {"cpu_seconds": 15, "fsize_bytes": 67108864, "nofile": 256, "nproc": 64,
+                    "as_bytes": null}}"#;
+
+    #[test]
+    fn parses_the_documented_params() {
+        let params = ChildParams::from_json(PARAMS).unwrap();
+        assert_eq!(params.keep_fds, [0, 1, 2, 3]);
+        assert_eq!(params.rlimits.as_bytes, None);
+        params.validate(Path::new("/sandbox")).unwrap();
+    }
+
+    #[test]
+    fn parses_the_documented_config() {
+        let config: InitConfig = serde_json::from_str(
+            r#"{"read_exec_paths": ["/root/.pyenv/versions/3.11.7", "/usr/lib/x86_64-linux-gnu"],
+                "read_paths": ["/etc/ld.so.cache"], "read_write_paths": ["/dev/null"],
+                "work_parent": "/sandbox", "landlock_required": true}"#,
+        )
+        .unwrap();
+        assert!(config.landlock_required);
+        assert_eq!(config.work_parent, Path::new("/sandbox"));
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_root() {
+        let typo = PARAMS.replace("nofile", "no_file");
+        assert!(matches!(
+            ChildParams::from_json(&typo),
+            Err(ParamsError::Json(_))
+        ));
+        let root = ChildParams::from_json(&PARAMS.replace("\"uid\": 5", "\"uid\": 0")).unwrap();
+        assert!(matches!(
+            root.validate(Path::new("/sandbox")),
+            Err(ParamsError::Root { uid: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn work_dir_must_be_below_work_parent() {
+        let params = ChildParams::from_json(PARAMS).unwrap();
+        assert!(matches!(
+            params.validate(Path::new("/elsewhere")),
+            Err(ParamsError::WorkDirOutsideParent { .. })
+        ));
+        assert!(matches!(
+            params.validate(Path::new("/sandbox/work")),
+            Err(ParamsError::WorkDirOutsideParent { .. })
+        ));
+    }
+}

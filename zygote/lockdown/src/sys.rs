@@ -1,0 +1,98 @@
+//! The few raw system calls that neither nix nor the landlock crate expose in the form the
+//! lockdown needs. Every `unsafe` block of the library lives here (and in the C ABI edge, `ffi`).
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::errno::Errno;
+
+/// `LANDLOCK_CREATE_RULESET_VERSION`: ask the kernel for its landlock ABI version.
+const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1 << 0;
+
+/// `close_range(first, last, 0)`: close every open fd in `first..=last`.
+///
+/// nix 0.30 has no wrapper, and calling the raw syscall (rather than glibc's 2.34+ symbol) keeps
+/// the cdylib loadable by interpreters linked against older glibc.
+pub fn close_range(first: u32, last: u32) -> Result<(), Errno> {
+    // SAFETY: close_range only takes integers and touches no memory of ours; closing fds the
+    // caller chose is the purpose of the call (the caller guarantees nothing still uses them).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            libc::c_uint::from(first),
+            libc::c_uint::from(last),
+            0 as libc::c_uint,
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// The landlock ABI version of the running kernel (`landlock_create_ruleset(NULL, 0, VERSION)`),
+/// or the errno: ENOSYS when the kernel is built without landlock, EOPNOTSUPP when it is
+/// disabled at boot.
+///
+/// The landlock crate keeps its own probe private, and the report must name the number.
+pub fn landlock_abi_version() -> Result<i32, Errno> {
+    // SAFETY: with a NULL attribute pointer, size 0 and the VERSION flag the kernel reads no
+    // memory and creates no fd; it only returns the ABI number.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    Errno::result(rc).map(|v| i32::try_from(v).unwrap_or(i32::MAX))
+}
+
+/// `landlock_restrict_self(ruleset, flags)`: enforce a prebuilt ruleset on the calling thread.
+///
+/// The landlock crate's `RulesetCreated::restrict_self` cannot be used on a ruleset built in the
+/// zygote and inherited across fork without also hiding the fd number that step 1 must keep open,
+/// so the child enforces the inherited fd directly.
+pub fn landlock_restrict_self(ruleset: BorrowedFd<'_>, flags: u32) -> Result<(), Errno> {
+    // SAFETY: the call takes an fd we borrow for its duration and integer flags; it reads no
+    // memory of ours.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_restrict_self,
+            ruleset.as_raw_fd(),
+            libc::c_uint::from(flags),
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// An fd owned through an atomic integer, so that a forked child can take it through `&self`
+/// (the lockdown state lives in a global) without a lock: a lock that another thread held at
+/// fork time would never be released in the child.
+#[derive(Debug)]
+pub struct AtomicOwnedFd(AtomicI32);
+
+impl AtomicOwnedFd {
+    /// Hold `fd` (or nothing).
+    pub fn new(fd: Option<OwnedFd>) -> Self {
+        AtomicOwnedFd(AtomicI32::new(fd.map_or(-1, IntoRawFd::into_raw_fd)))
+    }
+
+    /// The fd number while it is still held.
+    pub fn peek(&self) -> Option<RawFd> {
+        Some(self.0.load(Ordering::SeqCst)).filter(|fd| *fd >= 0)
+    }
+
+    /// Take the fd out; `None` if it was never there or was already taken.
+    pub fn take(&self) -> Option<OwnedFd> {
+        let fd = self.0.swap(-1, Ordering::SeqCst);
+        // SAFETY: a non-negative value can only come from the OwnedFd given to `new` (its
+        // ownership was released with into_raw_fd), and the swap leaves -1 behind, so exactly
+        // one caller gets to own it.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+impl Drop for AtomicOwnedFd {
+    fn drop(&mut self) {
+        drop(self.take());
+    }
+}
