@@ -1,0 +1,119 @@
+//! `sandforkd`: the supervisor daemon. Foreground, logs to stderr.
+//!
+//! Start-up: config → runtime files → probe profiles → start zygotes → bind the socket → serve
+//! until SIGTERM/SIGINT → stop accepting, let runs finish within the grace period, kill the
+//! rest, remove the socket, exit 0.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use sandfork::config::{default_socket_path, Config};
+use sandfork::server;
+use sandfork::supervisor::{Paths, Supervisor};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+/// Runs untrusted Python from pre-initialized, namespaced zygotes.
+#[derive(Debug, Parser)]
+#[command(name = "sandforkd", version)]
+struct Args {
+    /// TOML configuration file (default: built-in configuration)
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Unix socket to listen on (default: the config's `socket`, else /run/sandfork/sandfork.sock
+    /// as root or $XDG_RUNTIME_DIR/sandfork.sock; SANDFORK_SOCKET overrides the default)
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default().validated()?,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(serve(args, config))
+}
+
+async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("sandforkd must run as root: it maps a uid range into each zygote's user namespace and mounts its jail");
+    }
+    let socket = args
+        .socket
+        .or_else(|| config.socket.clone())
+        .unwrap_or_else(default_socket_path);
+    let runtime_dir = config
+        .runtime_dir
+        .clone()
+        .unwrap_or_else(Paths::default_runtime_dir);
+    let paths = Paths::discover(runtime_dir)?;
+    info!(
+        socket = %socket.display(),
+        zygote_init = %paths.zygote_init.display(),
+        runtime_dir = %paths.runtime_dir.display(),
+        slots = config.slot_count(),
+        "starting"
+    );
+    let listener = bind(&socket).await?;
+    let supervisor = Supervisor::start(&config, paths).await?;
+    let ready = supervisor.wait_ready(Duration::from_secs(120)).await;
+    if ready {
+        info!(status = ?supervisor.status(), "ready");
+    } else {
+        warn!(status = ?supervisor.status(), "not every profile has a zygote yet; serving anyway");
+    }
+
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM"),
+            _ = int.recv() => info!("SIGINT"),
+        }
+    };
+    server::run(listener, std::sync::Arc::clone(&supervisor), shutdown).await;
+    supervisor.shutdown().await;
+    if let Err(err) = std::fs::remove_file(&socket) {
+        warn!(socket = %socket.display(), cause = %err, "could not remove the socket");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Binds the socket, replacing a stale one (left by a crash) but never a live daemon's.
+async fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating socket directory {}", dir.display()))?;
+    }
+    if socket.exists() {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            bail!("{} is in use by a running daemon", socket.display());
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("removing stale socket {}", socket.display()))?;
+        info!(socket = %socket.display(), "removed a stale socket");
+    }
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    // Owner and group only: until per-tenant identity exists, whoever can connect can run code.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting permissions of {}", socket.display()))?;
+    Ok(listener)
+}

@@ -1,0 +1,383 @@
+//! The daemon's configuration: a TOML file, or the built-in default when there is none.
+//!
+//! Every key is optional; `Config::default()` is a working single-profile setup that runs the
+//! host's `python3`. docs/CONFIG.md lists the keys; keep the two in step.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Name of the profile a request gets when it names none.
+pub const DEFAULT_PROFILE: &str = "default";
+
+/// The stdlib modules a `default` zygote imports before it forks anything, so that a child
+/// pays nothing for them. Missing ones are logged and skipped.
+pub const DEFAULT_PRELOAD: &[&str] = &[
+    "abc",
+    "argparse",
+    "array",
+    "ast",
+    "asyncio",
+    "base64",
+    "binascii",
+    "bisect",
+    "bz2",
+    "calendar",
+    "cmath",
+    "codecs",
+    "collections",
+    "collections.abc",
+    "concurrent.futures",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "dis",
+    "email",
+    "enum",
+    "fnmatch",
+    "fractions",
+    "functools",
+    "glob",
+    "graphlib",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html",
+    "html.parser",
+    "inspect",
+    "io",
+    "ipaddress",
+    "itertools",
+    "json",
+    "locale",
+    "logging",
+    "lzma",
+    "math",
+    "numbers",
+    "operator",
+    "pathlib",
+    "pprint",
+    "queue",
+    "random",
+    "re",
+    "secrets",
+    "shutil",
+    "sqlite3",
+    "statistics",
+    "string",
+    "struct",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "time",
+    "tokenize",
+    "traceback",
+    "typing",
+    "unicodedata",
+    "urllib.parse",
+    "uuid",
+    "warnings",
+    "weakref",
+    "xml.etree.ElementTree",
+    "zipfile",
+    "zlib",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the daemon listens; `--socket` and `SANDFORK_SOCKET` override it.
+    pub socket: Option<PathBuf>,
+    /// Where the daemon writes the files its zygotes read (zygote.py, the lockdown library);
+    /// bind-mounted read-only into every jail.
+    pub runtime_dir: Option<PathBuf>,
+    /// Concurrent runs. Each slot owns one uid, so no two live children share a uid.
+    pub slots: Option<u32>,
+    /// Host uid (and gid) that uid 0 of every zygote's user namespace maps to; slot `i` runs as
+    /// host uid `uid_base + 1 + i`. The range must belong to no real user.
+    pub uid_base: u32,
+    /// Largest frame the daemon accepts or sends.
+    pub max_frame_len: u32,
+    /// How long in-flight runs may take to finish after SIGTERM before they are killed.
+    pub shutdown_grace_ms: u64,
+    /// Limits every profile starts from.
+    pub limits: Limits,
+    /// The profiles, by name. Without any, a `default` profile is created.
+    pub profiles: BTreeMap<String, ProfileConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: None,
+            runtime_dir: None,
+            slots: None,
+            uid_base: 200_000,
+            max_frame_len: sandfork_protocol::DEFAULT_MAX_FRAME_LEN,
+            shutdown_grace_ms: 10_000,
+            limits: Limits::default(),
+            profiles: BTreeMap::new(),
+        }
+    }
+}
+
+/// Resource limits of one run. A profile may override any of them; a request may only lower
+/// the ones the protocol exposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock deadline, enforced by the supervisor through the child's pidfd.
+    pub timeout_ms: u64,
+    /// Address-space ceiling (RLIMIT_AS) in MiB until cgroup slots exist.
+    pub memory_mb: u64,
+    /// Bytes kept per output stream; more stops the run with status `output_limit`.
+    pub output_bytes: u64,
+    /// Largest accepted program text.
+    pub code_bytes: u64,
+    /// Largest accepted stdin.
+    pub stdin_bytes: u64,
+    /// Size of the run's private tmpfs working directory (also its largest file).
+    pub tmpfs_mb: u64,
+    /// Processes and threads of the run's uid (RLIMIT_NPROC).
+    pub pids: u64,
+    /// Open files (RLIMIT_NOFILE).
+    pub nofile: u64,
+    /// CPU seconds (RLIMIT_CPU); defaults to the wall-clock timeout rounded up plus one, so a
+    /// single-threaded loop meets the wall deadline (`timeout`) first and only a program using
+    /// several cores at once ends with `cpu_limit`.
+    pub cpu_seconds: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout_ms: 15_000,
+            memory_mb: 700,
+            output_bytes: 1024 * 1024,
+            code_bytes: 1024 * 1024,
+            stdin_bytes: 1024 * 1024,
+            tmpfs_mb: 64,
+            pids: 64,
+            nofile: 256,
+            cpu_seconds: None,
+        }
+    }
+}
+
+impl Limits {
+    /// CPU seconds allowed: the configured value, or the wall timeout rounded up plus one.
+    pub fn cpu_seconds(&self) -> u64 {
+        self.cpu_seconds
+            .unwrap_or_else(|| self.timeout_ms.div_ceil(1000) + 1)
+    }
+}
+
+/// One profile: an interpreter, what its zygotes preload, and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// Interpreter command or path (a venv's `bin/python` works; shims are resolved).
+    pub python: String,
+    /// Modules imported by the zygote before it forks.
+    pub preload: Vec<String>,
+    /// Zygotes kept running for this profile.
+    pub zygotes: u32,
+    /// Per-profile overrides of the global limits.
+    pub limits: LimitOverrides,
+}
+
+impl Default for ProfileConfig {
+    fn default() -> Self {
+        ProfileConfig {
+            python: "python3".into(),
+            preload: DEFAULT_PRELOAD.iter().map(|s| s.to_string()).collect(),
+            zygotes: 1,
+            limits: LimitOverrides::default(),
+        }
+    }
+}
+
+/// Optional per-profile limit values; unset ones come from `[limits]`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitOverrides {
+    pub timeout_ms: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub output_bytes: Option<u64>,
+    pub code_bytes: Option<u64>,
+    pub stdin_bytes: Option<u64>,
+    pub tmpfs_mb: Option<u64>,
+    pub pids: Option<u64>,
+    pub nofile: Option<u64>,
+    pub cpu_seconds: Option<u64>,
+}
+
+impl LimitOverrides {
+    pub fn apply(&self, base: Limits) -> Limits {
+        Limits {
+            timeout_ms: self.timeout_ms.unwrap_or(base.timeout_ms),
+            memory_mb: self.memory_mb.unwrap_or(base.memory_mb),
+            output_bytes: self.output_bytes.unwrap_or(base.output_bytes),
+            code_bytes: self.code_bytes.unwrap_or(base.code_bytes),
+            stdin_bytes: self.stdin_bytes.unwrap_or(base.stdin_bytes),
+            tmpfs_mb: self.tmpfs_mb.unwrap_or(base.tmpfs_mb),
+            pids: self.pids.unwrap_or(base.pids),
+            nofile: self.nofile.unwrap_or(base.nofile),
+            cpu_seconds: self.cpu_seconds.or(base.cpu_seconds),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        config.validated()
+    }
+
+    /// Fills in the default profile and checks values that would fail later in obscure ways.
+    pub fn validated(mut self) -> Result<Config, ConfigError> {
+        if self.profiles.is_empty() {
+            self.profiles
+                .insert(DEFAULT_PROFILE.to_string(), ProfileConfig::default());
+        }
+        if self.max_frame_len < 1024 || self.max_frame_len > sandfork_protocol::MAX_FRAME_LEN_LIMIT
+        {
+            return Err(ConfigError::Invalid(format!(
+                "max_frame_len must be between 1024 and {}",
+                sandfork_protocol::MAX_FRAME_LEN_LIMIT
+            )));
+        }
+        if self.uid_base == 0 {
+            return Err(ConfigError::Invalid(
+                "uid_base must not be 0: the jail's root must not be the host's root".into(),
+            ));
+        }
+        if self.slots == Some(0) {
+            return Err(ConfigError::Invalid("slots must be at least 1".into()));
+        }
+        for (name, profile) in &self.profiles {
+            if profile.zygotes == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "profile {name}: zygotes must be at least 1"
+                )));
+            }
+            let limits = profile.limits.apply(self.limits);
+            if limits.timeout_ms == 0 || limits.output_bytes == 0 || limits.tmpfs_mb == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "profile {name}: timeout_ms, output_bytes and tmpfs_mb must be positive"
+                )));
+            }
+            // A result carries both streams in one frame, with room for the rest of it.
+            if 2 * limits.output_bytes + 64 * 1024 > u64::from(self.max_frame_len) {
+                return Err(ConfigError::Invalid(format!(
+                    "profile {name}: two streams of output_bytes ({}) must fit in max_frame_len ({}) with 64 KiB to spare",
+                    limits.output_bytes, self.max_frame_len
+                )));
+            }
+            if limits.code_bytes + limits.stdin_bytes + 64 * 1024 > u64::from(self.max_frame_len) {
+                return Err(ConfigError::Invalid(format!(
+                    "profile {name}: code_bytes + stdin_bytes must fit in max_frame_len ({}) with 64 KiB to spare",
+                    self.max_frame_len
+                )));
+            }
+        }
+        Ok(self)
+    }
+
+    /// Concurrent-run slots: configured, or two per core.
+    pub fn slot_count(&self) -> u32 {
+        self.slots.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (2 * cores as u32).max(1)
+        })
+    }
+
+    /// Effective limits of a profile.
+    pub fn profile_limits(&self, profile: &ProfileConfig) -> Limits {
+        profile.limits.apply(self.limits)
+    }
+}
+
+/// The default socket path: `/run/sandfork/sandfork.sock` for root, `$XDG_RUNTIME_DIR/sandfork.sock`
+/// otherwise; `SANDFORK_SOCKET` overrides both.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("SANDFORK_SOCKET") {
+        return PathBuf::from(path);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/sandfork/sandfork.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => PathBuf::from(dir).join("sandfork.sock"),
+        None => std::env::temp_dir().join(format!("sandfork-{}.sock", nix::unistd::getuid())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_gets_default_profile() {
+        let config: Config = toml::from_str("").unwrap();
+        let config = config.validated().unwrap();
+        assert!(config.profiles.contains_key(DEFAULT_PROFILE));
+        assert_eq!(config.limits.timeout_ms, 15_000);
+    }
+
+    #[test]
+    fn profile_overrides_apply() {
+        let config: Config = toml::from_str(
+            "[limits]\ntimeout_ms = 5000\n[profiles.fast]\npython = \"python3\"\nlimits = { timeout_ms = 100 }\n",
+        )
+        .unwrap();
+        let config = config.validated().unwrap();
+        let fast = &config.profiles["fast"];
+        assert_eq!(config.profile_limits(fast).timeout_ms, 100);
+        assert_eq!(config.profile_limits(fast).output_bytes, 1024 * 1024);
+        assert_eq!(config.profile_limits(fast).cpu_seconds(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<Config>("sockets = 1").is_err());
+        let zero_uid: Config = toml::from_str("uid_base = 0").unwrap();
+        assert!(zero_uid.validated().is_err());
+        let tiny_frame: Config = toml::from_str("max_frame_len = 10").unwrap();
+        assert!(tiny_frame.validated().is_err());
+        let output_over_frame: Config =
+            toml::from_str("max_frame_len = 2000000\n[limits]\noutput_bytes = 1000000").unwrap();
+        assert!(output_over_frame.validated().is_err());
+    }
+}

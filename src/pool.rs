@@ -1,0 +1,300 @@
+//! Profiles and their zygote pools.
+//!
+//! A `Profile` is what one config profile becomes at start-up: a probed interpreter, the jail
+//! spec its zygotes are built from, and its limits. A `Pool` keeps the profile's zygotes
+//! running: one keeper task per zygote starts it, waits for it to die, and starts it again with
+//! exponential backoff. Runs `pick` a live zygote round-robin.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::{watch, Notify};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, Limits, ProfileConfig};
+use crate::jail::{
+    self, Bind, ExecSpec, IdMap, Interpreter, JailSpec, RootPlan, JAIL_DEVICES, JAIL_RUNTIME_DIR,
+    JAIL_WORK_DIR, JAIL_WORK_PARENT,
+};
+use crate::zygote::{Spawner, Zygote};
+
+/// File names inside the runtime dir.
+pub const ZYGOTE_SCRIPT: &str = "zygote.py";
+pub const PROBE_SCRIPT: &str = "probe.py";
+pub const LOCKDOWN_LIB: &str = "libsandfork_lockdown.so";
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A zygote that lived this long before dying restarts without backoff.
+const HEALTHY_LIFETIME: Duration = Duration::from_secs(30);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A profile ready to start zygotes.
+#[derive(Debug)]
+pub struct Profile {
+    pub name: String,
+    pub limits: Limits,
+    pub interpreter: Interpreter,
+    pub spec: JailSpec,
+    pub zygotes: u32,
+}
+
+impl Profile {
+    /// Probes the interpreter and builds the jail spec. Blocking (runs the interpreter once).
+    pub fn prepare(
+        name: &str,
+        profile: &ProfileConfig,
+        config: &Config,
+        runtime_dir: &Path,
+    ) -> Result<Profile, jail::JailError> {
+        let interpreter = Interpreter::probe(
+            &profile.python,
+            &runtime_dir.join(PROBE_SCRIPT),
+            &profile.preload,
+        )?;
+        for (module, reason) in &interpreter.preload_failed {
+            warn!(
+                profile = name,
+                module, reason, "preload module is not importable; skipped"
+            );
+        }
+        let preload: Vec<&String> = profile
+            .preload
+            .iter()
+            .filter(|m| !interpreter.preload_failed.contains_key(*m))
+            .collect();
+        let plan = RootPlan::for_interpreter(&interpreter)?;
+        // Not JAIL_RUNTIME_DIR: the child needs nothing there (the lockdown library is already
+        // mapped), so it cannot read the zygote's files either.
+        let read_exec: Vec<PathBuf> = plan.read_exec_paths();
+        let zygote_config = json!({
+            "lockdown_lib": format!("{JAIL_RUNTIME_DIR}/{LOCKDOWN_LIB}"),
+            "lockdown_init": {
+                "read_exec_paths": read_exec,
+                "read_paths": ["/dev/urandom", "/dev/random", "/dev/zero"],
+                "read_write_paths": ["/dev/null"],
+                "work_parent": JAIL_WORK_PARENT,
+                "landlock_required": true,
+            },
+            "preload": preload,
+            "work_dir": JAIL_WORK_DIR,
+            "profile": name,
+        });
+        let id_count = config.slot_count() + 1;
+        let id_map = vec![IdMap {
+            inside: 0,
+            outside: config.uid_base,
+            count: id_count,
+        }];
+        let mut binds: Vec<Bind> = plan
+            .binds()
+            .into_iter()
+            .map(|path| Bind { path, dest: None })
+            .collect();
+        binds.push(Bind {
+            path: runtime_dir.to_owned(),
+            dest: Some(PathBuf::from(JAIL_RUNTIME_DIR)),
+        });
+        let spec = JailSpec {
+            uid_map: id_map.clone(),
+            gid_map: id_map,
+            hostname: "sandfork".into(),
+            keep_fds: vec![3],
+            root_size_bytes: 4 * 1024 * 1024,
+            binds,
+            symlinks: plan.symlinks(),
+            devices: JAIL_DEVICES.iter().map(PathBuf::from).collect(),
+            dirs: vec![PathBuf::from(JAIL_WORK_DIR)],
+            cwd: PathBuf::from(JAIL_WORK_PARENT),
+            seccomp: true,
+            exec: ExecSpec {
+                path: interpreter.executable.clone(),
+                // argv[0] is the real path: without /proc, Python finds sys.executable from it.
+                argv: vec![
+                    interpreter.executable.display().to_string(),
+                    "-I".into(),
+                    "-B".into(),
+                    "-X".into(),
+                    "utf8".into(),
+                    format!("{JAIL_RUNTIME_DIR}/{ZYGOTE_SCRIPT}"),
+                    zygote_config.to_string(),
+                ],
+                env: jail::zygote_env(),
+            },
+        };
+        Ok(Profile {
+            name: name.to_string(),
+            limits: config.profile_limits(profile),
+            interpreter,
+            spec,
+            zygotes: profile.zygotes,
+        })
+    }
+}
+
+/// The running zygotes of one profile.
+#[derive(Debug)]
+pub struct Pool {
+    pub profile: Arc<Profile>,
+    members: Vec<watch::Receiver<Option<Arc<Zygote>>>>,
+    next: AtomicUsize,
+    /// Signalled by keepers whenever a zygote comes up or goes away.
+    changed: Arc<Notify>,
+}
+
+impl Pool {
+    /// Starts one keeper task per zygote. They stop when `stop` turns true.
+    pub fn start(
+        profile: Arc<Profile>,
+        spawner: Spawner,
+        init_path: PathBuf,
+        stop: watch::Receiver<bool>,
+    ) -> Pool {
+        let mut members = Vec::new();
+        let changed = Arc::new(Notify::new());
+        for n in 0..profile.zygotes {
+            let (tx, rx) = watch::channel(None);
+            members.push(rx);
+            tokio::spawn(keep_zygote(
+                format!("{}#{n}", profile.name),
+                Arc::clone(&profile),
+                spawner.clone(),
+                init_path.clone(),
+                Member {
+                    slot: tx,
+                    changed: Arc::clone(&changed),
+                },
+                stop.clone(),
+            ));
+        }
+        Pool {
+            profile,
+            members,
+            next: AtomicUsize::new(0),
+            changed,
+        }
+    }
+
+    /// Live zygotes right now.
+    pub fn ready_count(&self) -> u32 {
+        self.members
+            .iter()
+            .filter(|m| m.borrow().as_ref().is_some_and(|z| z.is_alive()))
+            .count() as u32
+    }
+
+    pub fn wanted(&self) -> u32 {
+        self.members.len() as u32
+    }
+
+    /// A live zygote, round-robin; waits up to `wait` for one to come up.
+    pub async fn pick(&self, wait: Duration) -> Option<Arc<Zygote>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before checking, so a zygote that comes up in between is not missed.
+            let notified = self.changed.notified();
+            let n = self.members.len();
+            let start = self.next.fetch_add(1, Ordering::Relaxed);
+            for i in 0..n {
+                let member = &self.members[(start + i) % n];
+                if let Some(zygote) = member.borrow().as_ref() {
+                    if zygote.is_alive() {
+                        return Some(Arc::clone(zygote));
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Every zygote of this pool, for shutdown and diagnostics.
+    pub fn zygotes(&self) -> Vec<Arc<Zygote>> {
+        self.members
+            .iter()
+            .filter_map(|m| m.borrow().clone())
+            .collect()
+    }
+}
+
+async fn keep_zygote(
+    name: String,
+    profile: Arc<Profile>,
+    spawner: Spawner,
+    init_path: PathBuf,
+    member: Member,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = BACKOFF_START;
+    while !*stop.borrow() {
+        let started = Instant::now();
+        let attempt = Zygote::start(
+            name.clone(),
+            &spawner,
+            &init_path,
+            &profile.spec,
+            READY_TIMEOUT,
+        );
+        let zygote = tokio::select! {
+            result = attempt => result,
+            _ = stop.changed() => break,
+        };
+        match zygote {
+            Ok(zygote) => {
+                info!(
+                    zygote = %name,
+                    python = %zygote.ready.python,
+                    preloaded = zygote.ready.preloaded,
+                    init_pid = zygote.init_pid().unwrap_or(0),
+                    start_ms = started.elapsed().as_millis() as u64,
+                    "zygote ready"
+                );
+                for failure in &zygote.ready.preload_failed {
+                    warn!(zygote = %name, failure = %failure, "preload failed inside the jail");
+                }
+                member.set(Some(Arc::clone(&zygote)));
+                tokio::select! {
+                    _ = zygote.died() => {
+                        member.set(None);
+                        warn!(zygote = %name, "zygote died; restarting");
+                    }
+                    _ = stop.changed() => {
+                        member.set(None);
+                        zygote.stop().await;
+                        break;
+                    }
+                }
+                zygote.stop().await;
+                if started.elapsed() >= HEALTHY_LIFETIME {
+                    backoff = BACKOFF_START;
+                    continue;
+                }
+            }
+            Err(err) => {
+                error!(zygote = %name, cause = %err, retry_ms = backoff.as_millis() as u64, "zygote failed to start");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => break,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// A keeper's handle on its place in the pool.
+struct Member {
+    slot: watch::Sender<Option<Arc<Zygote>>>,
+    changed: Arc<Notify>,
+}
+
+impl Member {
+    fn set(&self, zygote: Option<Arc<Zygote>>) {
+        self.slot.send_replace(zygote);
+        self.changed.notify_waiters();
+    }
+}

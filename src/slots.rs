@@ -1,0 +1,102 @@
+//! Concurrent-run slots. Each slot owns one uid inside every zygote's user namespace (mapped to
+//! one host uid), so no two live children ever share a uid: a child cannot signal, ptrace or
+//! read /proc of another run's process even if every other layer failed.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The pool of slots.
+#[derive(Debug)]
+pub struct Slots {
+    permits: Arc<Semaphore>,
+    /// Free slot indexes; a permit always finds one here.
+    free: Arc<Mutex<Vec<u32>>>,
+    count: u32,
+}
+
+/// A held slot; the slot returns to the pool when this is dropped.
+#[derive(Debug)]
+pub struct Slot {
+    index: u32,
+    free: Arc<Mutex<Vec<u32>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slots {
+    pub fn new(count: u32) -> Slots {
+        Slots {
+            permits: Arc::new(Semaphore::new(count as usize)),
+            free: Arc::new(Mutex::new((0..count).rev().collect())),
+            count,
+        }
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Slots in use right now.
+    pub fn busy(&self) -> u32 {
+        self.count - self.permits.available_permits() as u32
+    }
+
+    /// Waits for a free slot.
+    pub async fn acquire(&self) -> Slot {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .expect("the slot semaphore is never closed");
+        let index = self
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .expect("a permit guarantees a free slot");
+        Slot {
+            index,
+            free: Arc::clone(&self.free),
+            _permit: permit,
+        }
+    }
+}
+
+impl Slot {
+    /// The slot's uid (and gid) inside a zygote's user namespace: 1..=count (0 is the zygote).
+    pub fn inner_uid(&self) -> u32 {
+        self.index + 1
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Runs before the permit is released (fields drop after this), so the index is back
+        // before anyone else can acquire.
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn slots_are_unique_while_held_and_reused_after() {
+        let slots = Slots::new(3);
+        let a = slots.acquire().await;
+        let b = slots.acquire().await;
+        let c = slots.acquire().await;
+        let mut uids = vec![a.inner_uid(), b.inner_uid(), c.inner_uid()];
+        uids.sort();
+        assert_eq!(uids, vec![1, 2, 3]);
+        assert_eq!(slots.busy(), 3);
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), slots.acquire());
+        assert!(waiting.await.is_err(), "a fourth slot must wait");
+        let freed = b.inner_uid();
+        drop(b);
+        assert_eq!(slots.acquire().await.inner_uid(), freed);
+    }
+}

@@ -1,0 +1,312 @@
+//! The supervisor's few kernel interfaces that need raw calls: SEQPACKET channels carrying file
+//! descriptors, pidfds, sealed memfds and pipes. Every `unsafe` block of the supervisor lives here.
+
+use std::io::{self, IoSlice, IoSliceMut, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// A connected AF_UNIX SOCK_SEQPACKET socket: message boundaries are kept, so one JSON object
+/// is one packet, and file descriptors ride along as SCM_RIGHTS.
+#[derive(Debug)]
+pub struct SeqChannel {
+    fd: AsyncFd<OwnedFd>,
+}
+
+/// A fresh pair of connected, close-on-exec SEQPACKET sockets, both blocking: the end handed to
+/// a zygote or child must block, and `SeqChannel::new` makes ours non-blocking.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)
+}
+
+impl SeqChannel {
+    /// Wraps one end (which must be non-blocking) for use from tokio.
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        set_nonblocking(fd.as_raw_fd())?;
+        Ok(SeqChannel {
+            fd: register(fd, Interest::READABLE | Interest::WRITABLE)?,
+        })
+    }
+
+    /// Sends one packet with `fds` attached.
+    pub async fn send(&self, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+        loop {
+            let mut guard = self.fd.writable().await?;
+            let iov = [IoSlice::new(data)];
+            let cmsgs = [ControlMessage::ScmRights(fds)];
+            let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsgs };
+            match guard.try_io(|inner| {
+                sendmsg::<()>(
+                    inner.get_ref().as_raw_fd(),
+                    &iov,
+                    cmsgs,
+                    MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(io::Error::from)
+            }) {
+                Ok(result) => return result.map(|_| ()),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Receives one packet of at most `max` bytes and at most `max_fds` descriptors.
+    /// `Ok(None)` means the peer closed its end. A truncated packet is an error (and its
+    /// descriptors are closed), so a peer cannot smuggle a partial message through.
+    pub async fn recv(&self, max: usize, max_fds: usize) -> io::Result<Option<Packet>> {
+        let mut buf = vec![0u8; max];
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|inner| recv_packet(inner.get_ref().as_raw_fd(), &mut buf, max_fds))
+            {
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Ok(Some((len, fds)))) => {
+                    buf.truncate(len);
+                    return Ok(Some(Packet { data: buf, fds }));
+                }
+                Ok(Err(err)) => return Err(err),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// One received SEQPACKET message.
+#[derive(Debug)]
+pub struct Packet {
+    pub data: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+fn recv_packet(
+    fd: RawFd,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+    let mut cmsg_buf = nix::cmsg_space!([RawFd; 8]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        fd,
+        &mut iov,
+        Some(&mut cmsg_buf),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            for fd in raw {
+                // SAFETY: the kernel just installed this descriptor in our table for us; nothing
+                // else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    let truncated = msg
+        .flags
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    let len = msg.bytes;
+    if truncated || fds.len() > max_fds {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "packet or its descriptors exceed the expected size",
+        ));
+    }
+    if len == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((len, fds)))
+}
+
+/// Registers an owned descriptor with the tokio reactor.
+fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is open, is closed only when dropped (which the AsyncFd controls), and
+    // always returns the same descriptor from as_raw_fd, as register_with_interest requires.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(io::Error::from)
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    // SAFETY: `fd` is borrowed from an OwnedFd the caller holds for the duration of this call.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let flags = fcntl(borrowed, FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(borrowed, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// A process handle that cannot be confused with a recycled pid.
+#[derive(Debug)]
+pub struct PidFd {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl PidFd {
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        Ok(PidFd {
+            fd: register(fd, Interest::READABLE)?,
+        })
+    }
+
+    /// `pidfd_open(pid)` for a process in our pid namespace.
+    pub fn open(pid: u32) -> io::Result<Self> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is
+        // passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the syscall returned a fresh descriptor that only we own.
+        PidFd::new(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+
+    /// Sends `signal`; `Ok(false)` if the process has already exited.
+    pub fn signal(&self, signal: i32) -> io::Result<bool> {
+        // SAFETY: pidfd_send_signal with a null siginfo and no flags reads no memory of ours.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.get_ref().as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(false);
+        }
+        Err(err)
+    }
+
+    /// Resolves when the process has exited (the pidfd turns readable).
+    pub async fn exited(&self) -> io::Result<()> {
+        let _guard = self.fd.readable().await?;
+        Ok(())
+    }
+
+    /// The process's pid in our pid namespace, from /proc/self/fdinfo (0 once it has exited).
+    pub fn host_pid(&self) -> Option<i32> {
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            self.fd.get_ref().as_raw_fd()
+        ))
+        .ok()?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("Pid:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+/// A sealed memfd holding `data`, positioned at offset 0, that nobody can modify any more.
+pub fn sealed_memfd(name: &str, data: &[u8]) -> io::Result<OwnedFd> {
+    let memfd = memfd::MemfdOptions::default()
+        .allow_sealing(true)
+        .close_on_exec(true)
+        .create(name)
+        .map_err(|err| io::Error::other(format!("memfd_create: {err}")))?;
+    let mut file = memfd.as_file();
+    file.write_all(data)?;
+    file.seek(SeekFrom::Start(0))?;
+    memfd
+        .add_seals(&[
+            memfd::FileSeal::SealShrink,
+            memfd::FileSeal::SealGrow,
+            memfd::FileSeal::SealWrite,
+            memfd::FileSeal::SealSeal,
+        ])
+        .map_err(|err| io::Error::other(format!("memfd seals: {err}")))?;
+    Ok(OwnedFd::from(memfd.into_file()))
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// Sets PR_SET_PDEATHSIG for the calling thread's future children; used in `pre_exec`.
+/// Async-signal-safe: one prctl.
+pub fn set_parent_death_signal(signal: i32) -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG, sig) takes plain integers.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Makes `fd` the process's fd `target` without close-on-exec; used in `pre_exec`.
+/// Async-signal-safe: dup2 / fcntl only.
+pub fn install_fd(fd: RawFd, target: RawFd) -> io::Result<()> {
+    if fd == target {
+        // SAFETY: fcntl on a descriptor number with integer arguments.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(());
+    }
+    // SAFETY: dup2 on descriptor numbers; the target is replaced atomically.
+    if unsafe { libc::dup2(fd, target) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn seqpacket_carries_messages_and_fds() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (a, b) = (SeqChannel::new(a).unwrap(), SeqChannel::new(b).unwrap());
+        let memfd = sealed_memfd("t", b"hello").unwrap();
+        a.send(b"one", &[memfd.as_raw_fd()]).await.unwrap();
+        a.send(b"two", &[]).await.unwrap();
+        let first = b.recv(64, 2).await.unwrap().unwrap();
+        assert_eq!(first.data, b"one");
+        assert_eq!(first.fds.len(), 1);
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::fs::File::from(first.fds.into_iter().next().unwrap()),
+            &mut text,
+        )
+        .unwrap();
+        assert_eq!(text, "hello");
+        let second = b.recv(64, 2).await.unwrap().unwrap();
+        assert_eq!(second.data, b"two");
+        drop(a);
+        assert!(b.recv(64, 2).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn oversized_packet_is_an_error() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (a, b) = (SeqChannel::new(a).unwrap(), SeqChannel::new(b).unwrap());
+        a.send(&[7u8; 100], &[]).await.unwrap();
+        assert!(b.recv(10, 0).await.is_err());
+    }
+
+    #[test]
+    fn sealed_memfd_cannot_be_written() {
+        let fd = sealed_memfd("t", b"abc").unwrap();
+        let mut file = std::fs::File::from(fd);
+        assert!(file.write_all(b"x").is_err());
+    }
+}

@@ -1,0 +1,457 @@
+//! One zygote: a `zygote-init` process (which built the jail and exec'd the Python zygote as PID 1
+//! of its pid namespace) and the SEQPACKET control channel to it.
+//!
+//! The supervisor asks a zygote to `spawn` a child for a run id; the zygote answers `spawned`
+//! with the child's pidfd, and later `exit` with its wait status and rusage. A reader task routes
+//! those events to the run waiting for them. When the channel closes the zygote is dead: every
+//! waiting run sees its event channel close and reports `internal_error`.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::jail::JailSpec;
+use crate::sys::{self, PidFd, SeqChannel};
+
+/// Largest control packet accepted from a zygote.
+const MAX_CONTROL_PACKET: usize = 64 * 1024;
+/// Exit codes a child uses when it failed before reaching user code (zygote/zygote.py).
+pub const EXIT_LOCKDOWN_FAILED: i32 = 121;
+pub const EXIT_CHILD_SETUP_FAILED: i32 = 122;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ZygoteError {
+    #[error("cannot spawn zygote-init {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("zygote control channel: {0}")]
+    Channel(#[from] std::io::Error),
+    #[error("zygote failed to start: {0}")]
+    Start(String),
+    #[error("zygote did not become ready within {0:?}")]
+    StartTimeout(Duration),
+    #[error("zygote is gone")]
+    Gone,
+    #[error("zygote refused to spawn: {0}")]
+    SpawnFailed(String),
+}
+
+/// Forks `zygote-init` processes from one long-lived thread. PR_SET_PDEATHSIG fires when the
+/// *thread* that forked a child exits, so forking from short-lived tokio blocking threads would
+/// kill zygotes at random; this thread lives as long as the daemon.
+#[derive(Debug, Clone)]
+pub struct Spawner {
+    jobs: std::sync::mpsc::Sender<SpawnJob>,
+}
+
+struct SpawnJob {
+    command: Command,
+    reply: oneshot::Sender<std::io::Result<std::process::Child>>,
+}
+
+impl Spawner {
+    pub fn start() -> Spawner {
+        let (jobs, rx) = std::sync::mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("zygote-spawner".into())
+            .spawn(move || {
+                for mut job in rx {
+                    let _ = job.reply.send(job.command.spawn());
+                }
+            })
+            .expect("spawning a thread at start-up");
+        Spawner { jobs }
+    }
+
+    async fn spawn(&self, command: Command) -> std::io::Result<std::process::Child> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(SpawnJob { command, reply })
+            .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
+        rx.await
+            .map_err(|_| std::io::Error::other("spawner thread is gone"))?
+    }
+}
+
+/// What a zygote tells us about one child.
+#[derive(Debug)]
+pub enum ChildEvent {
+    Spawned { pid: i32, pidfd: PidFd },
+    SpawnFailed(String),
+    Exited(ExitInfo),
+}
+
+/// A child's wait status and resource usage, as reaped by the zygote.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ExitInfo {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// User CPU seconds.
+    pub utime: f64,
+    /// System CPU seconds.
+    pub stime: f64,
+    pub maxrss_kb: u64,
+}
+
+/// Parameters of one child, chosen by the supervisor.
+#[derive(Debug, Clone)]
+pub struct ChildParams {
+    pub run_id: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub tmpfs_bytes: u64,
+    pub rlimits: serde_json::Value,
+}
+
+/// What the zygote said when it became ready.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ReadyInfo {
+    pub python: String,
+    pub preloaded: u64,
+    pub preload_failed: Vec<String>,
+    pub lockdown: serde_json::Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct ZygoteMessage {
+    op: String,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    pid: Option<i32>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// A running zygote.
+#[derive(Debug)]
+pub struct Zygote {
+    /// For logs: "<profile>#<n>".
+    pub name: String,
+    chan: SeqChannel,
+    /// Event channels of runs whose children this zygote holds, by run id.
+    waiters: Mutex<HashMap<u64, mpsc::UnboundedSender<ChildEvent>>>,
+    alive: AtomicBool,
+    /// zygote-init's host pid; killing it takes the whole jail down (PDEATHSIG chain, pid ns).
+    init: Mutex<Option<std::process::Child>>,
+    init_pidfd: PidFd,
+    pub ready: ReadyInfo,
+}
+
+impl Zygote {
+    /// Starts zygote-init with `spec`, waits until the Python zygote reports ready, and starts
+    /// the reader task.
+    pub async fn start(
+        name: String,
+        spawner: &Spawner,
+        init_path: &std::path::Path,
+        spec: &JailSpec,
+        ready_timeout: Duration,
+    ) -> Result<Arc<Zygote>, ZygoteError> {
+        let (ours, theirs) = sys::seqpacket_pair()?;
+        let spec_json = serde_json::to_string(spec).map_err(std::io::Error::other)?;
+        let mut command = Command::new(init_path);
+        command
+            .arg(spec_json)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let theirs_raw: RawFd = theirs.as_raw_fd();
+        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
+        // (prctl, dup2/fcntl) on plain integers.
+        unsafe {
+            command.pre_exec(move || {
+                sys::set_parent_death_signal(libc::SIGKILL)?;
+                sys::install_fd(theirs_raw, 3)
+            });
+        }
+        let mut child = spawner
+            .spawn(command)
+            .await
+            .map_err(|source| ZygoteError::Spawn {
+                path: init_path.to_owned(),
+                source,
+            })?;
+        drop(theirs);
+        let init_pidfd = PidFd::open(child.id())?;
+        let stderr_lines = forward_output(&name, child.stdout.take(), child.stderr.take());
+
+        let chan = SeqChannel::new(ours)?;
+        let ready =
+            match tokio::time::timeout(ready_timeout, chan.recv(MAX_CONTROL_PACKET, 0)).await {
+                Err(_) => {
+                    kill_and_reap(&mut child);
+                    return Err(ZygoteError::StartTimeout(ready_timeout));
+                }
+                Ok(Err(err)) => {
+                    kill_and_reap(&mut child);
+                    return Err(ZygoteError::Channel(err));
+                }
+                Ok(Ok(None)) => {
+                    // zygote-init or Python died before saying anything: its last stderr line says why.
+                    let _ = init_pidfd.exited().await;
+                    let status = child.wait().ok();
+                    let reason = stderr_lines.last_line().await.unwrap_or_default();
+                    return Err(ZygoteError::Start(format!(
+                        "{} ({})",
+                        if reason.is_empty() {
+                            "no output".into()
+                        } else {
+                            reason
+                        },
+                        status.map_or("unknown status".into(), |s| s.to_string())
+                    )));
+                }
+                Ok(Ok(Some(packet))) => packet,
+            };
+        let message: serde_json::Value = serde_json::from_slice(&ready.data)
+            .map_err(|err| ZygoteError::Start(format!("invalid ready message: {err}")))?;
+        match message.get("op").and_then(|v| v.as_str()) {
+            Some("ready") => {}
+            Some("fatal") => {
+                kill_and_reap(&mut child);
+                return Err(ZygoteError::Start(
+                    message
+                        .get("error")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("unknown error")
+                        .to_string(),
+                ));
+            }
+            other => {
+                kill_and_reap(&mut child);
+                return Err(ZygoteError::Start(format!(
+                    "unexpected first message {other:?}"
+                )));
+            }
+        }
+        let ready: ReadyInfo = serde_json::from_value(message)
+            .map_err(|err| ZygoteError::Start(format!("invalid ready message: {err}")))?;
+        let zygote = Arc::new(Zygote {
+            name,
+            chan,
+            waiters: Mutex::new(HashMap::new()),
+            alive: AtomicBool::new(true),
+            init: Mutex::new(Some(child)),
+            init_pidfd,
+            ready,
+        });
+        tokio::spawn(Arc::clone(&zygote).read_events());
+        Ok(zygote)
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the zygote has died (its channel closed).
+    pub async fn died(&self) {
+        let _ = self.init_pidfd.exited().await;
+    }
+
+    /// Asks for a child; its events arrive on the returned channel.
+    pub async fn spawn(
+        &self,
+        params: &ChildParams,
+        fds: [&OwnedFd; 3],
+    ) -> Result<mpsc::UnboundedReceiver<ChildEvent>, ZygoteError> {
+        if !self.is_alive() {
+            return Err(ZygoteError::Gone);
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock_waiters().insert(params.run_id, tx);
+        let message = json!({
+            "op": "spawn",
+            "id": params.run_id,
+            "uid": params.uid,
+            "gid": params.gid,
+            "tmpfs_bytes": params.tmpfs_bytes,
+            "rlimits": params.rlimits,
+        });
+        let raw = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
+        if let Err(err) = self.chan.send(message.to_string().as_bytes(), &raw).await {
+            self.lock_waiters().remove(&params.run_id);
+            return Err(ZygoteError::Channel(err));
+        }
+        Ok(rx)
+    }
+
+    /// Stops the zygote: kills zygote-init, which takes PID 1 and the namespace with it.
+    pub async fn stop(&self) {
+        self.alive.store(false, Ordering::Release);
+        let child = self.init.lock().ok().and_then(|mut c| c.take());
+        if let Some(mut child) = child {
+            let _ = self.init_pidfd.signal(libc::SIGKILL);
+            let _ = self.init_pidfd.exited().await;
+            let _ = child.wait();
+        }
+    }
+
+    /// Host pid of zygote-init, for diagnostics and tests.
+    pub fn init_pid(&self) -> Option<i32> {
+        self.init_pidfd.host_pid()
+    }
+
+    fn lock_waiters(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<ChildEvent>>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn read_events(self: Arc<Self>) {
+        loop {
+            let packet = match self.chan.recv(MAX_CONTROL_PACKET, 1).await {
+                Ok(Some(packet)) => packet,
+                Ok(None) => break,
+                Err(err) => {
+                    warn!(zygote = %self.name, cause = %err, "bad packet from zygote; stopping it");
+                    break;
+                }
+            };
+            if let Err(err) = self.route(packet) {
+                warn!(zygote = %self.name, cause = %err, "bad message from zygote; stopping it");
+                break;
+            }
+        }
+        self.alive.store(false, Ordering::Release);
+        // Dropping the senders tells every waiting run that its zygote is gone.
+        self.lock_waiters().clear();
+        self.stop().await;
+        info!(zygote = %self.name, "zygote exited");
+    }
+
+    fn route(&self, packet: sys::Packet) -> Result<(), String> {
+        let message: ZygoteMessage =
+            serde_json::from_slice(&packet.data).map_err(|e| e.to_string())?;
+        let id = message.id.ok_or("message without id")?;
+        let event = match message.op.as_str() {
+            "spawned" => {
+                let pidfd = packet
+                    .fds
+                    .into_iter()
+                    .next()
+                    .ok_or("spawned without a pidfd")?;
+                ChildEvent::Spawned {
+                    pid: message.pid.unwrap_or(0),
+                    pidfd: PidFd::new(pidfd).map_err(|e| e.to_string())?,
+                }
+            }
+            "spawn_failed" => ChildEvent::SpawnFailed(message.error.unwrap_or_default()),
+            "exit" => {
+                let info: ExitInfo =
+                    serde_json::from_slice(&packet.data).map_err(|e| e.to_string())?;
+                ChildEvent::Exited(info)
+            }
+            other => return Err(format!("unknown op {other:?}")),
+        };
+        let last = matches!(event, ChildEvent::Exited(_) | ChildEvent::SpawnFailed(_));
+        let mut waiters = self.lock_waiters();
+        if let Some(tx) = waiters.get(&id) {
+            let _ = tx.send(event);
+        }
+        if last {
+            waiters.remove(&id);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        if let Ok(mut guard) = self.init.lock() {
+            if let Some(mut child) = guard.take() {
+                kill_and_reap(&mut child);
+            }
+        }
+    }
+}
+
+fn kill_and_reap(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Logs what zygote-init and the zygote print, and remembers the last stderr line (the
+/// one-line reason zygote-init gives when a step fails).
+fn forward_output(
+    name: &str,
+    stdout: Option<std::process::ChildStdout>,
+    stderr: Option<std::process::ChildStderr>,
+) -> LastLine {
+    let last = LastLine::default();
+    for (stream, fd) in [
+        ("stdout", stdout.map(OwnedFd::from)),
+        ("stderr", stderr.map(OwnedFd::from)),
+    ] {
+        let Some(fd) = fd else { continue };
+        let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+            continue;
+        };
+        let name = name.to_string();
+        let last = last.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let line: String = line.chars().take(1000).collect();
+                debug!(zygote = %name, stream, "{line}");
+                if stream == "stderr" {
+                    warn!(zygote = %name, "{line}");
+                    last.set(line);
+                }
+            }
+            last.close();
+        });
+    }
+    last
+}
+
+/// The last line a process wrote to stderr, available once the stream has closed.
+#[derive(Debug, Clone, Default)]
+struct LastLine {
+    inner: Arc<Mutex<(Option<String>, bool)>>,
+    closed: Arc<tokio::sync::Notify>,
+}
+
+impl LastLine {
+    fn set(&self, line: String) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.0 = Some(line);
+        }
+    }
+
+    fn close(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.1 = true;
+        }
+        self.closed.notify_waiters();
+    }
+
+    async fn last_line(&self) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let notified = self.closed.notified();
+            if let Ok(inner) = self.inner.lock() {
+                if inner.1 {
+                    return inner.0.clone();
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.inner.lock().ok().and_then(|i| i.0.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Shared fixture of the end-to-end tests: a real `sandforkd` per test binary.
+//!
+//! The daemon is spawned from a dedicated thread that lives as long as the test process, with
+//! PR_SET_PDEATHSIG(SIGTERM): PDEATHSIG follows the *thread* that forked, and test threads come
+//! and go. When the test process exits, the daemon gets SIGTERM and shuts down cleanly.
+//!
+//! Tests that cannot run on a host (not root) print `SKIPPED: <reason>`; with `CI` set in the
+//! environment they fail instead, because on the CI machine nothing may skip.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sandfork::client::Client;
+use sandfork_protocol::{LimitsRequest, RunResult, RunSpec, Status};
+
+/// A daemon started for tests.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub pid: u32,
+}
+
+/// True if privileged tests can run; otherwise prints SKIPPED (or panics under CI).
+pub fn privileged(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let reason = "needs root (user namespace uid ranges, mounts)";
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: cannot run on CI: {reason}");
+    }
+    println!("SKIPPED: {test}: {reason}");
+    false
+}
+
+/// Config for test daemons: private socket and runtime dir, enough slots for the concurrency
+/// tests, short grace so shutdown tests stay fast.
+pub fn test_config(dir: &Path, extra: &str) -> String {
+    format!(
+        "socket = \"{}\"\nruntime_dir = \"{}\"\nslots = 8\nshutdown_grace_ms = 3000\n{extra}\n",
+        dir.join("sandfork.sock").display(),
+        dir.join("runtime").display(),
+    )
+}
+
+/// The shared daemon of this test binary, started on first use.
+pub fn daemon() -> &'static Daemon {
+    static DAEMON: OnceLock<Daemon> = OnceLock::new();
+    DAEMON.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("sandfork-test-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let config = dir.join("config.toml");
+        std::fs::write(&config, test_config(&dir, "")).expect("write config");
+        let (pid, log) = spawn_daemon_forever(&dir, &config);
+        let socket = dir.join("sandfork.sock");
+        wait_ready(&socket, &log, Duration::from_secs(90));
+        Daemon {
+            dir,
+            socket,
+            log,
+            pid,
+        }
+    })
+}
+
+/// Spawns sandforkd from a thread that never ends, so PDEATHSIG only fires when the test
+/// process exits. Returns the daemon's pid and log path.
+fn spawn_daemon_forever(dir: &Path, config: &Path) -> (u32, PathBuf) {
+    let log = dir.join("daemon.log");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (config, log_path) = (config.to_owned(), log.clone());
+    std::thread::Builder::new()
+        .name("test-daemon-parent".into())
+        .spawn(move || {
+            let child = start_daemon_process(&config, &log_path);
+            let _ = tx.send(child.id());
+            // Keep this thread (the daemon's parent thread for PDEATHSIG) alive forever.
+            let _keep = child;
+            loop {
+                std::thread::park();
+            }
+        })
+        .expect("thread");
+    let pid = rx.recv().expect("daemon pid");
+    (pid, log)
+}
+
+/// Starts a daemon process with PDEATHSIG(SIGTERM) tied to the calling thread.
+pub fn start_daemon_process(config: &Path, log: &Path) -> Child {
+    let log_file = std::fs::File::create(log).expect("log file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sandforkd"));
+    command
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file);
+    // SAFETY: prctl with integer arguments is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().expect("spawn sandforkd")
+}
+
+/// Polls the daemon until it reports ready; panics with its log otherwise. Polls from its own
+/// thread, so it may be called from inside an async test.
+pub fn wait_ready(socket: &Path, log: &Path, timeout: Duration) {
+    let (socket, log) = (socket.to_owned(), log.to_owned());
+    std::thread::spawn(move || poll_ready(&socket, &log, timeout))
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+fn poll_ready(socket: &Path, log: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let rt = runtime();
+    while Instant::now() < deadline {
+        let ready = rt.block_on(async {
+            match Client::connect(socket).await {
+                Ok(mut client) => client.ping().await.map(|s| s.ready).unwrap_or(false),
+                Err(_) => false,
+            }
+        });
+        if ready {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("daemon not ready in {timeout:?}; log:\n{}", read_log(log));
+}
+
+pub fn read_log(log: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(log) {
+        let _ = file.read_to_string(&mut text);
+    }
+    text
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A run request for `code` with default everything.
+pub fn spec(code: &str) -> RunSpec {
+    RunSpec {
+        profile: None,
+        code: code.as_bytes().to_vec(),
+        stdin: Vec::new(),
+        argv: Vec::new(),
+        limits: LimitsRequest::default(),
+    }
+}
+
+/// Runs `spec` on the shared daemon.
+pub async fn run_spec(spec: RunSpec) -> RunResult {
+    let mut client = Client::connect(&daemon().socket).await.expect("connect");
+    client.run(spec).await.expect("run")
+}
+
+/// Runs `code` on the shared daemon.
+pub async fn run(code: &str) -> RunResult {
+    run_spec(spec(code)).await
+}
+
+/// stdout as text.
+pub fn out(result: &RunResult) -> String {
+    String::from_utf8_lossy(&result.stdout).into_owned()
+}
+
+/// stderr as text.
+pub fn err(result: &RunResult) -> String {
+    String::from_utf8_lossy(&result.stderr).into_owned()
+}
+
+/// Asserts status `ok` and returns stdout, showing everything on failure.
+pub fn ok_stdout(result: &RunResult) -> String {
+    assert_eq!(
+        result.status,
+        Status::Ok,
+        "expected ok; stdout={:?} stderr={:?} message={:?}",
+        out(result),
+        err(result),
+        result.message
+    );
+    out(result)
+}
+
+/// Host pids of all processes whose parent chain leads to `root` (excluding `root`).
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // The comm field may contain spaces; the ppid is the 2nd field after the last ')'.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                continue;
+            };
+            if let Some(ppid) = rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok())
+            {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        for &(pid, ppid) in &parent_of {
+            if ppid == parent && !found.contains(&pid) {
+                found.push(pid);
+            }
+        }
+        i += 1;
+    }
+    found.remove(0);
+    found
+}

@@ -1,0 +1,274 @@
+//! The daemon's own life: a zygote killed from outside is replaced, SIGTERM drains in-flight
+//! runs and removes the socket, and nothing is left running afterwards. Each test starts its own
+//! daemon, since these tests kill things.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::{
+    descendants, ok_stdout, privileged, spec, start_daemon_process, test_config, wait_ready,
+};
+use sandfork::client::Client;
+use sandfork_protocol::{Request, Response, Status};
+
+struct OwnDaemon {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    log: PathBuf,
+    child: Child,
+}
+
+impl OwnDaemon {
+    fn start() -> OwnDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix("sandfork-lifecycle-")
+            .tempdir()
+            .unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, test_config(dir.path(), "")).unwrap();
+        let log = dir.path().join("daemon.log");
+        let child = start_daemon_process(&config, &log);
+        let socket = dir.path().join("sandfork.sock");
+        wait_ready(&socket, &log, Duration::from_secs(90));
+        OwnDaemon {
+            _dir: dir,
+            socket,
+            log,
+            child,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Host pids of the Python zygotes: root of the jail (uid = uid_base), not zygote-init's
+    /// monitor, which runs with the same uid.
+    fn zygotes(&self) -> Vec<u32> {
+        descendants(self.pid())
+            .into_iter()
+            .filter(|pid| host_uid(*pid) == Some(200_000))
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() != "zygote-init")
+            })
+            .collect()
+    }
+
+    fn terminate_and_wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {within:?}; log:\n{}",
+                common::read_log(&self.log)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for OwnDaemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn host_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_zygote_fails_its_run_and_is_replaced() {
+    if !privileged("a_killed_zygote_fails_its_run_and_is_replaced") {
+        return;
+    }
+    let daemon = OwnDaemon::start();
+    let mut client = Client::connect(&daemon.socket).await.unwrap();
+    assert_eq!(
+        ok_stdout(&client.run(spec("print(1)")).await.unwrap()),
+        "1\n"
+    );
+    let zygotes = daemon.zygotes();
+    assert_eq!(zygotes.len(), 1, "one zygote for the default profile");
+
+    // A run in progress when its zygote is killed from outside.
+    let socket = daemon.socket.clone();
+    let in_flight = tokio::spawn(async move {
+        let mut client = Client::connect(&socket).await.unwrap();
+        client
+            .run(spec(
+                "import time\nprint('started', flush=True)\ntime.sleep(20)",
+            ))
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(zygotes[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("the run must end promptly when its zygote dies")
+        .unwrap();
+    assert_eq!(result.status, Status::InternalError, "{:?}", result.message);
+    assert!(result.message.unwrap().contains("zygote"));
+
+    // The next request succeeds (on a new zygote).
+    let result = client.run(spec("print('after respawn')")).await.unwrap();
+    assert_eq!(ok_stdout(&result), "after respawn\n");
+    let replaced = daemon.zygotes();
+    assert_eq!(replaced.len(), 1);
+    assert_ne!(replaced, zygotes);
+    assert!(!alive(zygotes[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_runs_finish_then_cleans_up() {
+    if !privileged("sigterm_lets_runs_finish_then_cleans_up") {
+        return;
+    }
+    let mut daemon = OwnDaemon::start();
+    let mut client = Client::connect(&daemon.socket).await.unwrap();
+    client
+        .send(&Request::Run {
+            id: 1,
+            spec: spec("import time\ntime.sleep(1)\nprint('finished')"),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let everything = descendants(daemon.pid());
+    assert!(!everything.is_empty());
+    let socket = daemon.socket.clone();
+
+    let waiter = std::thread::spawn(move || daemon.terminate_and_wait(Duration::from_secs(10)));
+    // New runs on the open connection are refused while draining.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client
+        .send(&Request::Run {
+            id: 2,
+            spec: spec("print('late')"),
+        })
+        .await
+        .unwrap();
+    let mut finished = None;
+    let mut refused = None;
+    while finished.is_none() || refused.is_none() {
+        match client.recv().await {
+            Ok(Response::Result { id: 1, result }) => finished = Some(result),
+            Ok(Response::Error { id: Some(2), error }) => refused = Some(error),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(err) => panic!("connection ended early: {err}"),
+        }
+    }
+    assert_eq!(ok_stdout(&finished.unwrap()), "finished\n");
+    assert_eq!(
+        refused.unwrap().kind,
+        sandfork_protocol::ErrorKind::ShuttingDown
+    );
+    drop(client);
+    let status = waiter.join().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(!socket.exists(), "the socket is removed");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while everything.iter().any(|&pid| alive(pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<u32> = everything.into_iter().filter(|&pid| alive(pid)).collect();
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_kills_runs_that_outlast_the_grace_period() {
+    if !privileged("sigterm_kills_runs_that_outlast_the_grace_period") {
+        return;
+    }
+    let mut daemon = OwnDaemon::start();
+    let socket = daemon.socket.clone();
+    let long_run = tokio::spawn(async move {
+        let mut client = Client::connect(&socket).await.unwrap();
+        client.run(spec("import time\ntime.sleep(60)")).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let everything = descendants(daemon.pid());
+    let started = Instant::now();
+    // Grace is 3 s in the test config.
+    let status = daemon.terminate_and_wait(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    // The client learns the run did not complete (its connection ends).
+    let outcome = long_run.await.unwrap();
+    assert!(
+        outcome.is_err() || outcome.as_ref().unwrap().status != Status::Ok,
+        "{outcome:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while everything.iter().any(|&pid| alive(pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<u32> = everything.into_iter().filter(|&pid| alive(pid)).collect();
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
+    if !privileged("a_stale_socket_is_replaced_and_a_live_one_is_not") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("sandfork.sock");
+    // A socket file nobody listens on, as a crash leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, test_config(dir.path(), "")).unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut first = start_daemon_process(&config, &log);
+    wait_ready(&socket, &log, Duration::from_secs(90));
+    // A second daemon on the same socket must refuse to start, leaving the first alone.
+    let log2 = dir.path().join("daemon2.log");
+    let mut second = start_daemon_process(&config, &log2);
+    let status = second.wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        common::read_log(&log2).contains("in use"),
+        "{}",
+        common::read_log(&log2)
+    );
+    let mut client = Client::connect(&socket).await.unwrap();
+    assert_eq!(
+        ok_stdout(&client.run(spec("print(2)")).await.unwrap()),
+        "2\n"
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+}

@@ -1,0 +1,396 @@
+"""sandfork zygote: a pre-initialized Python that forks one locked-down child per run.
+
+Runs as PID 1 of its own pid namespace, inside the jail that zygote-init built (user, mount, pid,
+net, ipc, uts and cgroup namespaces; a read-only root; no /proc; NO_NEW_PRIVS; the zygote seccomp
+filter). It is trusted code and never sees user code or data: code and stdin travel from the
+supervisor straight to the child as memfds, after the child has locked itself down.
+
+Control channel: fd 3, an AF_UNIX SOCK_SEQPACKET socket to the supervisor. One JSON object per
+packet, file descriptors as SCM_RIGHTS:
+
+  supervisor -> zygote
+    {"op": "spawn", "id", "uid", "gid", "tmpfs_bytes", "rlimits": {...}}
+        fds: [child control socket, stdout write end, stderr write end]
+    {"op": "shutdown"}
+  zygote -> supervisor
+    {"op": "ready", "pid", "python", "preloaded", "preload_failed", "lockdown"}
+    {"op": "fatal", "error"}                       (then the zygote exits)
+    {"op": "spawned", "id", "pid"}   fds: [pidfd]
+    {"op": "spawn_failed", "id", "error"}
+    {"op": "exit", "id", "pid", "exit_code", "signal", "utime", "stime", "maxrss_kb"}
+
+Child channel: fd 3 in the child, a SEQPACKET socket whose other end the supervisor holds.
+
+  child -> supervisor  {"op": "ready"}            after lockdown, before any user input
+  supervisor -> child  {"op": "go", "argv", "rlimits"}   fds: [code memfd, stdin memfd]
+
+The child then closes its channel, runs the code once in a fresh __main__ and _exits.
+"""
+
+import builtins
+import ctypes
+import gc
+import json
+import linecache
+import os
+import resource
+import selectors
+import signal
+import socket
+import sys
+import threading
+import traceback
+import types
+
+CONTROL_FD = 3
+MAX_PACKET = 1 << 20
+# Exit codes of a child that never reached user code; the supervisor reports them as
+# internal_error and never blames the user for them.
+EXIT_LOCKDOWN_FAILED = 121
+EXIT_CHILD_SETUP_FAILED = 122
+SCRIPT_NAME = "main.py"
+
+
+def log(message):
+    """Writes one line to the zygote's stderr, which the supervisor logs."""
+    try:
+        sys.stderr.write("zygote: %s\n" % message)
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+def send(sock, message, fds=()):
+    data = json.dumps(message, separators=(",", ":")).encode()
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.send(data)
+
+
+RLIMITS = {
+    "cpu_seconds": resource.RLIMIT_CPU,
+    "fsize_bytes": resource.RLIMIT_FSIZE,
+    "nofile": resource.RLIMIT_NOFILE,
+    "nproc": resource.RLIMIT_NPROC,
+    "as_bytes": resource.RLIMIT_AS,
+}
+
+
+def lower_rlimits(limits):
+    """Lowers (never raises) the child's rlimits to the values the run asked for."""
+    for key, value in (limits or {}).items():
+        which = RLIMITS.get(key)
+        if which is None or value is None:
+            continue
+        soft, hard = resource.getrlimit(which)
+        value = int(value)
+        if hard != resource.RLIM_INFINITY and value > hard:
+            value = hard
+        new_hard = hard
+        if key == "cpu_seconds":
+            # SIGXCPU at the soft limit, SIGKILL one second later at the hard limit.
+            new_hard = value + 1 if hard == resource.RLIM_INFINITY else min(hard, value + 1)
+        elif hard == resource.RLIM_INFINITY or value < hard:
+            new_hard = value
+        resource.setrlimit(which, (value, new_hard))
+
+
+class Zygote:
+    def __init__(self, config):
+        self.config = config
+        self.ctrl = socket.socket(fileno=CONTROL_FD)
+        self.children = {}  # pid -> run id
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.lockdown = None
+
+    # ---- start-up -------------------------------------------------------------------------
+    def start(self):
+        lib = ctypes.CDLL(self.config["lockdown_lib"])
+        lib.sandfork_lockdown_init.argtypes = [ctypes.c_char_p]
+        lib.sandfork_lockdown_init.restype = ctypes.c_int32
+        lib.sandfork_child_lockdown.argtypes = [ctypes.c_char_p]
+        lib.sandfork_child_lockdown.restype = ctypes.c_int32
+        lib.sandfork_lockdown_error.restype = ctypes.c_char_p
+        lib.sandfork_lockdown_report.restype = ctypes.c_char_p
+        rc = lib.sandfork_lockdown_init(json.dumps(self.config["lockdown_init"]).encode())
+        if rc != 0:
+            raise RuntimeError(
+                "lockdown init failed (%d): %s" % (rc, lib.sandfork_lockdown_error().decode())
+            )
+        self.lockdown = lib
+        report = json.loads(lib.sandfork_lockdown_report().decode() or "{}")
+
+        failed = []
+        preloaded = 0
+        for name in self.config.get("preload", []):
+            try:
+                __import__(name)
+                preloaded += 1
+            except Exception as err:  # a missing optional module is reported, not fatal
+                failed.append("%s: %s: %s" % (name, type(err).__name__, err))
+        if threading.active_count() != 1:
+            raise RuntimeError(
+                "zygote is not single-threaded after preload (%d threads)"
+                % threading.active_count()
+            )
+        # Children must not copy pages when they collect: move everything preloaded out of
+        # the collector's generations for good.
+        gc.collect()
+        gc.freeze()
+
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        send(
+            self.ctrl,
+            {
+                "op": "ready",
+                "pid": os.getpid(),
+                "python": sys.version.split()[0],
+                "preloaded": preloaded,
+                "preload_failed": failed,
+                "lockdown": report,
+            },
+        )
+
+    # ---- serving --------------------------------------------------------------------------
+    def serve(self):
+        sel = selectors.DefaultSelector()
+        sel.register(self.ctrl, selectors.EVENT_READ, "ctrl")
+        sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
+        while True:
+            for key, _ in sel.select():
+                if key.data == "sigchld":
+                    try:
+                        while os.read(self.wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    self.reap()
+                elif not self.handle_control():
+                    return
+
+    def handle_control(self):
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.ctrl, MAX_PACKET, 8)
+        except InterruptedError:
+            return True
+        if not data:
+            return False  # the supervisor went away: PID 1 exits and the kernel ends the rest
+        try:
+            message = json.loads(data)
+            op = message.get("op")
+            if op == "spawn":
+                self.spawn(message, fds)
+                fds = []
+            elif op == "shutdown":
+                return False
+            else:
+                log("unknown control op %r" % (op,))
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return True
+
+    def spawn(self, message, fds):
+        run_id = message.get("id")
+        if len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            send(self.ctrl, {"op": "spawn_failed", "id": run_id, "error": "expected 3 fds"})
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            pid = os.fork()
+        except OSError as err:
+            for fd in fds:
+                os.close(fd)
+            send(self.ctrl, {"op": "spawn_failed", "id": run_id, "error": str(err)})
+            return
+        if pid == 0:
+            code = EXIT_CHILD_SETUP_FAILED
+            try:
+                code = self.become_child(message, fds)
+            except BaseException as err:
+                # Never unwind into the zygote's loop; say why on the run's stderr.
+                try:
+                    os.write(2, ("sandfork: child setup failed: %s: %s\n" % (type(err).__name__, err)).encode())
+                except BaseException:
+                    pass
+            finally:
+                os._exit(code)
+        for fd in fds:
+            os.close(fd)
+        self.children[pid] = run_id
+        pidfd = os.pidfd_open(pid)
+        try:
+            send(self.ctrl, {"op": "spawned", "id": run_id, "pid": pid}, [pidfd])
+        finally:
+            os.close(pidfd)
+
+    def reap(self):
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            run_id = self.children.pop(pid, None)
+            if run_id is None:
+                continue
+            send(
+                self.ctrl,
+                {
+                    "op": "exit",
+                    "id": run_id,
+                    "pid": pid,
+                    "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                    "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                    "utime": usage.ru_utime,
+                    "stime": usage.ru_stime,
+                    "maxrss_kb": usage.ru_maxrss,
+                },
+            )
+
+    # ---- the child ------------------------------------------------------------------------
+    def become_child(self, message, fds):
+        """Runs in the forked child. Returns the exit code; never returns to the zygote loop."""
+        # The zygote's own channel must not survive in the child, not even as a Python object
+        # that could close a reused fd number when collected.
+        self.ctrl.detach()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        child_ctrl, out_w, err_w = fds
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.dup2(child_ctrl, CONTROL_FD)
+        params = {
+            "keep_fds": [0, 1, 2, CONTROL_FD],
+            "work_dir": self.config["work_dir"],
+            "tmpfs_bytes": message["tmpfs_bytes"],
+            "uid": message["uid"],
+            "gid": message["gid"],
+            "rlimits": message["rlimits"],
+        }
+        rc = self.lockdown.sandfork_child_lockdown(json.dumps(params).encode())
+        if rc != 0:
+            err = self.lockdown.sandfork_lockdown_error().decode(errors="replace")
+            os.write(2, ("sandfork: lockdown failed at step %d: %s\n" % (rc, err)).encode())
+            return EXIT_LOCKDOWN_FAILED
+        return run_child()
+
+
+def run_child():
+    """Locked down: tell the supervisor, wait for the code, run it once."""
+    chan = socket.socket(fileno=CONTROL_FD)
+    chan.setblocking(True)
+    send(chan, {"op": "ready"})
+    data, fds, _flags, _addr = socket.recv_fds(chan, MAX_PACKET, 2)
+    chan.close()
+    if not data or len(fds) != 2:
+        os.write(2, b"sandfork: no code arrived\n")
+        return EXIT_CHILD_SETUP_FAILED
+    go = json.loads(data)
+    code_fd, stdin_fd = fds
+    lower_rlimits(go.get("rlimits"))
+    os.dup2(stdin_fd, 0)
+    os.close(stdin_fd)
+    chunks = []
+    while True:
+        chunk = os.read(code_fd, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(code_fd)
+    source = b"".join(chunks)
+
+    sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", closefd=False)
+    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
+    sys.stderr = sys.__stderr__ = open(
+        2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1
+    )
+    sys.argv = [SCRIPT_NAME] + [str(a) for a in go.get("argv", [])]
+    main = types.ModuleType("__main__")
+    main.__dict__["__builtins__"] = builtins
+    main.__dict__["__file__"] = SCRIPT_NAME
+    sys.modules["__main__"] = main
+    text = source.decode("utf-8", errors="replace")
+    # mtime None: linecache keeps the entry although no such file exists, so tracebacks show
+    # the offending lines.
+    linecache.cache[SCRIPT_NAME] = (len(text), None, text.splitlines(True), SCRIPT_NAME)
+
+    code = 0
+    try:
+        exec(compile(source, SCRIPT_NAME, "exec", dont_inherit=True), main.__dict__)
+    except SystemExit as exc:
+        code = exit_code_of(exc)
+    except BaseException as exc:
+        print_user_traceback(exc)
+        code = 1
+    code = finish(code)
+    return code
+
+
+def exit_code_of(exc):
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    try:
+        print(exc.code, file=sys.stderr)
+    except Exception:
+        pass
+    return 1
+
+
+def print_user_traceback(exc):
+    """Prints the traceback without the zygote's own frame."""
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame.f_code is run_child.__code__:
+        tb = tb.tb_next
+    try:
+        traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+    except Exception:
+        os.write(2, ("%s: %s\n" % (type(exc).__name__, exc)).encode(errors="replace"))
+
+
+def finish(code):
+    """What the interpreter does at exit: join non-daemon threads, run atexit, flush."""
+    try:
+        threading._shutdown()
+    except BaseException:
+        pass
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()
+    except BaseException:
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            code = code or 1
+    return code
+
+
+def main():
+    config = json.loads(sys.argv[1])
+    zygote = Zygote(config)
+    try:
+        zygote.start()
+    except BaseException as err:
+        try:
+            send(zygote.ctrl, {"op": "fatal", "error": "%s: %s" % (type(err).__name__, err)})
+        finally:
+            os._exit(70)
+    zygote.serve()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
