@@ -22,6 +22,7 @@ fn run_request() -> Request {
                 memory_mb: Some(256),
                 output_bytes: None,
             },
+            ..Default::default()
         },
     }
 }

@@ -222,6 +222,20 @@ mod tests {
                 memory_mb: Some(256),
                 output_bytes: None,
             },
+            mode: Mode::Function,
+            files: vec![
+                FileData {
+                    path: "data/in.csv".into(),
+                    content: b"a,b\n1,2\n".to_vec(),
+                },
+                FileData {
+                    path: "blob".into(),
+                    content: vec![0, 255],
+                },
+            ],
+            tenant: Some("acme".into()),
+            request_id: Some("req-1".into()),
+            client_addr: Some("203.0.113.7:52100".into()),
         }
     }
 
@@ -246,6 +260,15 @@ mod tests {
                 total_ms: 2.0,
             },
             message: Some("killed by SIGSYS".into()),
+            request_id: "req-1".into(),
+            result: Some("{\"answer\": 42}".into()),
+            files: vec![FileData {
+                path: "out/plot.png".into(),
+                content: vec![0x89, b'P', b'N', b'G'],
+            }],
+            files_truncated: true,
+            rejection: None,
+            warm: true,
         }
     }
 
@@ -258,16 +281,11 @@ mod tests {
             },
             Request::Run {
                 id: 0,
-                spec: RunSpec {
-                    profile: None,
-                    code: Vec::new(),
-                    stdin: Vec::new(),
-                    argv: Vec::new(),
-                    limits: LimitsRequest::default(),
-                },
+                spec: RunSpec::default(),
             },
             Request::Cancel { id: 251 },
             Request::Ping { id: 70_000 },
+            Request::Metrics { id: 1 << 32 },
         ]
     }
 
@@ -294,8 +312,16 @@ mod tests {
                         name: "stdlib".into(),
                         zygotes_ready: 2,
                         zygotes_wanted: 4,
+                        warm_children: 3,
+                        queued: 300,
                     }],
+                    slots_total: 64,
+                    slots_busy: 7,
                 },
+            },
+            Response::Metrics {
+                id: 4,
+                text: "# TYPE sandfork_runs_total counter\nsandfork_runs_total 3\n".into(),
             },
         ];
         for kind in ErrorKind::ALL {
@@ -308,6 +334,21 @@ mod tests {
                 result: RunResult::new(status),
             });
         }
+        for kind in RejectKind::ALL {
+            out.push(Response::Result {
+                id: 3,
+                result: RunResult::rejected(kind, kind.as_str()),
+            });
+            let mut result = RunResult::rejected(kind, "");
+            if let Some(rejection) = result.rejection.as_mut() {
+                rejection.retry_after_ms = Some(1_500);
+            }
+            out.push(Response::Result { id: 3, result });
+        }
+        out.push(Response::Pong {
+            id: 5,
+            status: ServerStatus::default(),
+        });
         out
     }
 
@@ -340,14 +381,37 @@ mod tests {
         for (i, kind) in ErrorKind::ALL.into_iter().enumerate() {
             assert_eq!(encode(&kind).unwrap(), vec![i as u8]);
         }
+        for (i, kind) in RejectKind::ALL.into_iter().enumerate() {
+            assert_eq!(encode(&kind).unwrap(), vec![i as u8]);
+        }
+        assert_eq!(encode(&Mode::Script).unwrap(), [0]);
+        assert_eq!(encode(&Mode::Function).unwrap(), [1]);
         let firsts: Vec<u8> = requests().iter().map(|r| encode(r).unwrap()[0]).collect();
-        assert_eq!(firsts, [0, 1, 1, 2, 3]);
-        let firsts: Vec<u8> = responses()[..4]
+        assert_eq!(firsts, [0, 1, 1, 2, 3, 4]);
+        let firsts: Vec<u8> = responses()[..5]
             .iter()
             .map(|r| encode(r).unwrap()[0])
             .collect();
-        assert_eq!(firsts, [0, 1, 1, 3]);
-        assert_eq!(encode(&responses()[4]).unwrap()[0], 2);
+        assert_eq!(firsts, [0, 1, 1, 3, 4]);
+        assert_eq!(encode(&responses()[5]).unwrap()[0], 2);
+    }
+
+    #[test]
+    fn new_fields_follow_the_old_ones() {
+        // A default spec: the five original fields, then mode Script (0), no files (0), and the
+        // three None options.
+        let payload = encode(&Request::Run {
+            id: 7,
+            spec: RunSpec::default(),
+        })
+        .unwrap();
+        assert_eq!(payload, [1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        // An empty result ends with request_id "", result None, no files, files_truncated false,
+        // rejection None and warm false.
+        let payload = encode(&RunResult::new(Status::Ok)).unwrap();
+        assert_eq!(payload[payload.len() - 6..], [0, 0, 0, 0, 0, 0]);
+        let payload = encode(&RunResult::rejected(RejectKind::Busy, "")).unwrap();
+        assert_eq!(payload[payload.len() - 5..], [0, 1, 7, 0, 0]);
     }
 
     #[test]
@@ -486,8 +550,8 @@ mod tests {
 
     #[test]
     fn unknown_variant_is_malformed() {
-        // Request has 4 variants; index 4 does not exist.
-        let err = decode::<Request>(&[4, 1]).unwrap_err();
+        // Request has 5 variants; index 5 does not exist.
+        let err = decode::<Request>(&[5, 1]).unwrap_err();
         assert!(matches!(err, CodecError::Decode(_)), "{err:?}");
         // A Result whose status index is 9 (Status has 9 variants: 0..=8).
         let mut payload = encode(&Response::Result {
@@ -501,6 +565,9 @@ mod tests {
             decode::<Response>(&payload),
             Err(CodecError::Decode(_))
         ));
+        // Mode has 2 variants and RejectKind 9.
+        assert!(decode::<Mode>(&[2]).is_err());
+        assert!(decode::<RejectKind>(&[9]).is_err());
         // Non-0/1 bool and option tags are refused too.
         assert!(decode::<Option<u8>>(&[2, 0]).is_err());
         assert!(decode::<bool>(&[2]).is_err());
@@ -532,6 +599,21 @@ mod tests {
             Err(CodecError::Decode(_))
         ));
         assert!(start.elapsed() < Duration::from_secs(1));
+        // A huge files count, then a file whose content claims a huge length: empty argv, no
+        // limits, mode Script.
+        for (count, content_len) in [(1u64 << 40, 1u64), (1, 1u64 << 40)] {
+            let mut payload = vec![1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 253];
+            payload.extend_from_slice(&count.to_le_bytes());
+            payload.extend_from_slice(&[1, b'f', 253]);
+            payload.extend_from_slice(&content_len.to_le_bytes());
+            payload.extend_from_slice(b"abc");
+            let start = Instant::now();
+            assert!(matches!(
+                decode::<Request>(&payload),
+                Err(CodecError::Decode(_))
+            ));
+            assert!(start.elapsed() < Duration::from_secs(1));
+        }
     }
 
     #[test]

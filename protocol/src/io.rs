@@ -275,6 +275,7 @@ mod tests {
                 stdin: Vec::new(),
                 argv: vec!["a".into()],
                 limits: LimitsRequest::default(),
+                ..Default::default()
             },
         }
     }

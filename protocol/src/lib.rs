@@ -24,8 +24,9 @@ pub mod messages;
 pub use codec::CodecError;
 pub use io::{read_frame_blocking, write_frame_blocking, FrameReader, FrameWriter};
 pub use messages::{
-    ErrorFrame, ErrorKind, Hello, HelloReply, LimitsRequest, ProfileStatus, Request, Response,
-    RunResult, RunSpec, ServerStatus, Status, Timings, Usage,
+    ErrorFrame, ErrorKind, FileData, Hello, HelloReply, LimitsRequest, Mode, ProfileStatus,
+    RejectKind, Rejection, Request, Response, RunResult, RunSpec, ServerStatus, Status, Timings,
+    Usage,
 };
 
 /// Version of the protocol this crate speaks, sent in both hellos. Bump it for any change to the

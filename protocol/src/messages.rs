@@ -2,7 +2,7 @@
 //!
 //! These types are the protocol. Their field order and variant order *are* the wire format (see
 //! `docs/PROTOCOL.md`): append new variants at the end, never reorder or insert, and bump
-//! [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) for any change an old peer would misread.
+//! [`PROTOCOL_VERSION`] for any change an old peer would misread.
 
 use std::fmt;
 
@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::PROTOCOL_VERSION;
 
 /// A frame sent by a client to the server.
+// `Run` is much larger than the other variants, but a request lives only from decode to dispatch,
+// one per frame; boxing the spec would cost an allocation per run and change every match on it.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Opens the conversation. Must be the first frame on a connection, so the server learns the
@@ -35,6 +38,12 @@ pub enum Request {
         /// Echoed in the pong so a client can match it to this ping.
         id: u64,
     },
+    /// Asks for the daemon's own metrics; answered by [`Response::Metrics`], so a monitoring
+    /// agent (or the HTTP shim's `/metrics`) can scrape them over the same socket.
+    Metrics {
+        /// Echoed in the answer so a client can match it to this request.
+        id: u64,
+    },
 }
 
 impl Request {
@@ -42,7 +51,10 @@ impl Request {
     pub fn id(&self) -> Option<u64> {
         match self {
             Request::Hello(_) => None,
-            Request::Run { id, .. } | Request::Cancel { id } | Request::Ping { id } => Some(*id),
+            Request::Run { id, .. }
+            | Request::Cancel { id }
+            | Request::Ping { id }
+            | Request::Metrics { id } => Some(*id),
         }
     }
 }
@@ -67,7 +79,10 @@ impl Hello {
 }
 
 /// Everything the server needs to run one program.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The default is an empty script in the server's default profile under the policy's default
+/// limits, so callers can spell out only what they set (`RunSpec { code, ..Default::default() }`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
     /// Which interpreter profile (zygote pool, e.g. `"stdlib"` or `"pandas"`) runs the code;
     /// `None` picks the server's default profile so simple clients need not know profile names.
@@ -82,6 +97,47 @@ pub struct RunSpec {
     pub argv: Vec<String>,
     /// Limits the client asks for; each may only lower the server's policy, never raise it.
     pub limits: LimitsRequest,
+    /// How the code is run: as a script, or as a module whose `main()` returns a value, so
+    /// callers that want a result need not parse it out of stdout.
+    pub mode: Mode,
+    /// Files written into the run's working directory before the code starts, so a program can
+    /// be given data (a CSV, a config) without smuggling it through stdin or the source.
+    pub files: Vec<FileData>,
+    /// Run on behalf of this tenant instead of the one the peer's uid maps to. Only a proxy peer
+    /// (the HTTP shim, which authenticates its own callers) may say so; the server refuses it from
+    /// anyone else, so a local client cannot borrow another tenant's quota or ceilings.
+    pub tenant: Option<String>,
+    /// The caller's id for this run in the audit trail, so a request can be followed across the
+    /// shim, the daemon and the caller's own logs; `None` lets the server make one.
+    pub request_id: Option<String>,
+    /// The remote client's address as the proxy saw it, recorded in the audit record because the
+    /// daemon itself only sees the proxy's uid.
+    pub client_addr: Option<String>,
+}
+
+/// How a run's code is executed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The code runs top to bottom as `__main__`; what it prints is its output.
+    #[default]
+    Script,
+    /// The code defines `main()`; the server calls it and its JSON-serializable return value
+    /// comes back in [`RunResult::result`], on its own channel (never parsed from stdout). A
+    /// missing `main` or a value JSON cannot encode ends the run as [`Status::Error`], with the
+    /// reason in stderr.
+    Function,
+}
+
+/// One file carried into or out of a run's working directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileData {
+    /// Path relative to the run's working directory (e.g. `"data/in.csv"`); absolute paths, `..`
+    /// components and NUL bytes are refused, so a file can never land outside that directory.
+    pub path: String,
+    /// The file's bytes, verbatim (not necessarily UTF-8).
+    #[serde(with = "serde_bytes")]
+    pub content: Vec<u8>,
 }
 
 /// Limits a client asks for one run; `None` means "the policy's default".
@@ -99,6 +155,9 @@ pub struct LimitsRequest {
 }
 
 /// A frame sent by the server to a client.
+// `Result` is much larger than the other variants, but a response lives only from the run's end to
+// its encoding; boxing it would cost an allocation per run and change every match on it.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     /// Accepts the client's [`Request::Hello`].
@@ -126,6 +185,14 @@ pub enum Response {
         /// Whether the server can take work now, and its pools' state.
         status: ServerStatus,
     },
+    /// Answers a [`Request::Metrics`].
+    Metrics {
+        /// The request's id, echoed.
+        id: u64,
+        /// The daemon's metrics in the Prometheus text exposition format (version 0.0.4), ready
+        /// to be served as is to a scraper.
+        text: String,
+    },
 }
 
 impl Response {
@@ -133,7 +200,9 @@ impl Response {
     pub fn id(&self) -> Option<u64> {
         match self {
             Response::Hello(_) => None,
-            Response::Result { id, .. } | Response::Pong { id, .. } => Some(*id),
+            Response::Result { id, .. }
+            | Response::Pong { id, .. }
+            | Response::Metrics { id, .. } => Some(*id),
             Response::Error { id, .. } => *id,
         }
     }
@@ -200,11 +269,14 @@ pub enum ErrorKind {
     ShuttingDown,
     /// The server failed in a way that is not the client's fault.
     Internal,
+    /// The peer's uid maps to no tenant, or a peer that is not a proxy named a tenant in
+    /// [`RunSpec::tenant`].
+    PermissionDenied,
 }
 
 impl ErrorKind {
     /// Every kind, in wire (variant index) order.
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::Malformed,
         ErrorKind::FrameTooLarge,
         ErrorKind::UnsupportedVersion,
@@ -214,6 +286,7 @@ impl ErrorKind {
         ErrorKind::UnknownId,
         ErrorKind::ShuttingDown,
         ErrorKind::Internal,
+        ErrorKind::PermissionDenied,
     ];
 
     /// The kind's snake_case name, as serde names it in text formats and in logs.
@@ -228,6 +301,7 @@ impl ErrorKind {
             ErrorKind::UnknownId => "unknown_id",
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::Internal => "internal",
+            ErrorKind::PermissionDenied => "permission_denied",
         }
     }
 }
@@ -239,17 +313,22 @@ impl fmt::Display for ErrorKind {
 }
 
 /// The server's health, as reported in a pong.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerStatus {
     /// True when the server accepts runs now (started, not draining), so a load balancer or a
     /// readiness probe can route around a server that is not.
     pub ready: bool,
     /// One entry per configured profile, so a client can see which pools are warm.
     pub profiles: Vec<ProfileStatus>,
+    /// Runs the server can execute at once (one slot, one uid each), so a client or balancer can
+    /// size its concurrency to the server.
+    pub slots_total: u32,
+    /// Slots running a program right now; `slots_busy == slots_total` means new runs queue.
+    pub slots_busy: u32,
 }
 
 /// The state of one profile's zygote pool.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProfileStatus {
     /// The profile's name, as a client would put it in [`RunSpec::profile`].
     pub name: String,
@@ -258,6 +337,11 @@ pub struct ProfileStatus {
     /// Zygotes the pool is configured to keep, so `ready < wanted` shows a pool still warming up
     /// or respawning.
     pub zygotes_wanted: u32,
+    /// Pre-forked children waiting for work right now; zero means the next run of this profile
+    /// pays for a fork.
+    pub warm_children: u32,
+    /// Runs of this profile waiting for a slot, so a client can see the backlog before adding to it.
+    pub queued: u32,
 }
 
 /// How one run ended, with what it printed and what it cost.
@@ -287,6 +371,24 @@ pub struct RunResult {
     /// Human-readable reason for a `rejected`, `internal_error`, `killed` or limit status (e.g.
     /// "unknown profile \"gpu\""), so the status alone need not explain itself.
     pub message: Option<String>,
+    /// The run's id in the audit trail: the spec's [`RunSpec::request_id`] echoed, or the one the
+    /// server made, so the caller can quote it when asking about the run.
+    pub request_id: String,
+    /// In [`Mode::Function`], `main()`'s return value as JSON text; `None` in script mode or when
+    /// there is no value. It travels on its own channel, so nothing the program prints can forge it.
+    pub result: Option<String>,
+    /// Regular files the program left in its working directory (within the caps), so a program
+    /// can hand back output that is not text on stdout.
+    pub files: Vec<FileData>,
+    /// True when more files, or more bytes, were there than the caps allow, so the client knows
+    /// `files` is not everything.
+    pub files_truncated: bool,
+    /// Why the run was refused, machine-readable; set exactly when `status` is
+    /// [`Status::Rejected`], so a client can back off or fix the request without parsing `message`.
+    pub rejection: Option<Rejection>,
+    /// True when a pre-forked (warm) child served the run, to explain `timings.spawn_ms` and tune
+    /// the pools.
+    pub warm: bool,
 }
 
 impl RunResult {
@@ -303,13 +405,102 @@ impl RunResult {
             usage: Usage::default(),
             timings: Timings::default(),
             message: None,
+            request_id: String::new(),
+            result: None,
+            files: Vec::new(),
+            files_truncated: false,
+            rejection: None,
+            warm: false,
         }
+    }
+
+    /// A [`Status::Rejected`] result saying why, machine-readable (`kind`, no retry hint) and for
+    /// people (`message`).
+    pub fn rejected(kind: RejectKind, message: impl Into<String>) -> Self {
+        RunResult {
+            rejection: Some(Rejection {
+                kind,
+                retry_after_ms: None,
+            }),
+            ..RunResult::new(Status::Rejected)
+        }
+        .with_message(message)
     }
 
     /// The same result with `message` set.
     pub fn with_message(mut self, message: impl Into<String>) -> Self {
         self.message = Some(message.into());
         self
+    }
+}
+
+/// Why a run was refused before it ran.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Rejection {
+    /// The reason, for clients to branch on.
+    pub kind: RejectKind,
+    /// For `rate_limited` and `busy`: milliseconds after which a retry may succeed, so a client
+    /// backs off for the right time instead of hammering; `None` when retrying will not help.
+    pub retry_after_ms: Option<u64>,
+}
+
+/// Reasons a run is refused. `docs/PROTOCOL.md` says when each is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectKind {
+    /// No profile of that name exists.
+    UnknownProfile,
+    /// The profile exists but the tenant may not use it.
+    ProfileNotAllowed,
+    /// A limit is zero or otherwise malformed.
+    InvalidLimits,
+    /// A limit is above the tenant's or the profile's ceiling.
+    LimitAboveCeiling,
+    /// The code, stdin or input files are over their caps.
+    TooLarge,
+    /// An input file's path is unusable (absolute, `..`, NUL, duplicate) or there are too many.
+    InvalidFiles,
+    /// The tenant's rate limit (token bucket) is exhausted.
+    RateLimited,
+    /// The tenant is at its concurrency cap, or the profile's queue is full.
+    Busy,
+    /// The run waited for a slot longer than the tenant's maximum queue wait.
+    QueueTimeout,
+}
+
+impl RejectKind {
+    /// Every kind, in wire (variant index) order.
+    pub const ALL: [RejectKind; 9] = [
+        RejectKind::UnknownProfile,
+        RejectKind::ProfileNotAllowed,
+        RejectKind::InvalidLimits,
+        RejectKind::LimitAboveCeiling,
+        RejectKind::TooLarge,
+        RejectKind::InvalidFiles,
+        RejectKind::RateLimited,
+        RejectKind::Busy,
+        RejectKind::QueueTimeout,
+    ];
+
+    /// The kind's snake_case name, as serde names it in text formats, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::UnknownProfile => "unknown_profile",
+            RejectKind::ProfileNotAllowed => "profile_not_allowed",
+            RejectKind::InvalidLimits => "invalid_limits",
+            RejectKind::LimitAboveCeiling => "limit_above_ceiling",
+            RejectKind::TooLarge => "too_large",
+            RejectKind::InvalidFiles => "invalid_files",
+            RejectKind::RateLimited => "rate_limited",
+            RejectKind::Busy => "busy",
+            RejectKind::QueueTimeout => "queue_timeout",
+        }
+    }
+}
+
+impl fmt::Display for RejectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -356,7 +547,8 @@ pub enum Status {
     OutputLimit,
     /// The program died by any other signal (e.g. SIGSYS from a seccomp kill) or was cancelled.
     Killed,
-    /// Refused by policy before running (unknown profile, a limit above the ceiling, quota).
+    /// Refused by policy before running (unknown profile, a limit above the ceiling, quota);
+    /// [`RunResult::rejection`] says why.
     Rejected,
     /// The sandbox failed; never the user's fault.
     InternalError,
@@ -414,6 +606,27 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
             assert_eq!(kind.to_string(), kind.as_str());
         }
+        for kind in RejectKind::ALL {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(kind.to_string(), kind.as_str());
+        }
+        for (mode, name) in [(Mode::Script, "script"), (Mode::Function, "function")] {
+            assert_eq!(serde_json::to_string(&mode).unwrap(), format!("\"{name}\""));
+        }
+    }
+
+    #[test]
+    fn run_spec_default_is_an_empty_script() {
+        let spec = RunSpec::default();
+        assert_eq!(spec.profile, None);
+        assert!(spec.code.is_empty() && spec.stdin.is_empty() && spec.argv.is_empty());
+        assert_eq!(spec.limits, LimitsRequest::default());
+        assert_eq!(spec.mode, Mode::Script);
+        assert!(spec.files.is_empty());
+        assert_eq!(spec.tenant, None);
+        assert_eq!(spec.request_id, None);
+        assert_eq!(spec.client_addr, None);
     }
 
     #[test]
@@ -427,6 +640,26 @@ mod tests {
         assert_eq!(result.usage, Usage::default());
         assert_eq!(result.timings, Timings::default());
         assert_eq!(result.message.as_deref(), Some("unknown profile"));
+        assert!(result.request_id.is_empty());
+        assert_eq!(result.result, None);
+        assert!(result.files.is_empty() && !result.files_truncated);
+        assert_eq!(result.rejection, None);
+        assert!(!result.warm);
+    }
+
+    #[test]
+    fn rejected_says_why() {
+        let result = RunResult::rejected(RejectKind::UnknownProfile, "unknown profile \"gpu\"");
+        assert_eq!(result.status, Status::Rejected);
+        assert_eq!(
+            result.rejection,
+            Some(Rejection {
+                kind: RejectKind::UnknownProfile,
+                retry_after_ms: None,
+            })
+        );
+        assert_eq!(result.message.as_deref(), Some("unknown profile \"gpu\""));
+        assert_eq!(result.exit_code, None);
     }
 
     #[test]
@@ -434,6 +667,15 @@ mod tests {
         assert_eq!(Request::Hello(Hello::new("t")).id(), None);
         assert_eq!(Request::Cancel { id: 3 }.id(), Some(3));
         assert_eq!(Request::Ping { id: 4 }.id(), Some(4));
+        assert_eq!(Request::Metrics { id: 6 }.id(), Some(6));
+        assert_eq!(
+            Response::Metrics {
+                id: 6,
+                text: String::new()
+            }
+            .id(),
+            Some(6)
+        );
         assert_eq!(Response::error(None, ErrorKind::Malformed, "x").id(), None);
         assert_eq!(
             Response::error(Some(5), ErrorKind::UnknownId, "x").id(),

@@ -2,8 +2,9 @@
 
 use sandfork_protocol::codec::encode_frame;
 use sandfork_protocol::{
-    ErrorKind, Hello, HelloReply, LimitsRequest, Request, Response, RunResult, RunSpec, Status,
-    Timings, Usage, DEFAULT_MAX_FRAME_LEN, MAX_FRAME_LEN_LIMIT, PROTOCOL_VERSION,
+    ErrorKind, FileData, Hello, HelloReply, LimitsRequest, Mode, RejectKind, Rejection, Request,
+    Response, RunResult, RunSpec, Status, Timings, Usage, DEFAULT_MAX_FRAME_LEN,
+    MAX_FRAME_LEN_LIMIT, PROTOCOL_VERSION,
 };
 
 const DOC: &str = include_str!("../../docs/PROTOCOL.md");
@@ -31,6 +32,29 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
                 memory_mb: None,
                 output_bytes: None,
             },
+            mode: Mode::Script,
+            files: Vec::new(),
+            tenant: None,
+            request_id: None,
+            client_addr: None,
+        },
+    };
+    let run_function = Request::Run {
+        id: 8,
+        spec: RunSpec {
+            profile: None,
+            code: b"def main():\n    return open('n').read()\n".to_vec(),
+            stdin: Vec::new(),
+            argv: Vec::new(),
+            limits: LimitsRequest::default(),
+            mode: Mode::Function,
+            files: vec![FileData {
+                path: "n".into(),
+                content: b"42".to_vec(),
+            }],
+            tenant: None,
+            request_id: Some("r-8".into()),
+            client_addr: None,
         },
     };
     let result = Response::Result {
@@ -55,14 +79,58 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
                 total_ms: 2.0,
             },
             message: None,
+            request_id: "r-7".into(),
+            result: None,
+            files: Vec::new(),
+            files_truncated: false,
+            rejection: None,
+            warm: true,
         },
     };
+    let result_function = Response::Result {
+        id: 8,
+        result: RunResult {
+            status: Status::Ok,
+            exit_code: Some(0),
+            usage: Usage {
+                wall_ms: 0.5,
+                cpu_ms: 0.5,
+                max_rss_kb: 9000,
+            },
+            timings: Timings {
+                queue_ms: 0.0,
+                spawn_ms: 0.25,
+                run_ms: 0.5,
+                total_ms: 1.0,
+            },
+            request_id: "r-8".into(),
+            result: Some("\"42\"".into()),
+            warm: true,
+            ..RunResult::new(Status::Ok)
+        },
+    };
+    let rejected = Response::Result {
+        id: 9,
+        result: RunResult {
+            rejection: Some(Rejection {
+                kind: RejectKind::RateLimited,
+                retry_after_ms: Some(250),
+            }),
+            request_id: "r-9".into(),
+            ..RunResult::rejected(RejectKind::RateLimited, "rate limited")
+        },
+    };
+    let metrics = Request::Metrics { id: 10 };
     let error = Response::error(Some(7), ErrorKind::DuplicateId, "id 7 in flight");
     vec![
         ("hello", frame(&hello)),
         ("hello-reply", frame(&hello_reply)),
         ("run", frame(&run)),
         ("result", frame(&result)),
+        ("run-function", frame(&run_function)),
+        ("result-function", frame(&result_function)),
+        ("rejected", frame(&rejected)),
+        ("metrics", frame(&metrics)),
         ("error", frame(&error)),
     ]
 }
@@ -124,13 +192,21 @@ fn worked_examples_match_the_encoder() {
 }
 
 #[test]
-fn doc_lists_every_status_and_error_kind_at_its_index() {
+fn doc_lists_every_enum_variant_at_its_index() {
     for (i, status) in Status::ALL.into_iter().enumerate() {
         let row = format!("| {i} | `{}` |", status.as_str());
         assert!(DOC.contains(&row), "docs/PROTOCOL.md lacks the row {row}");
     }
     for (i, kind) in ErrorKind::ALL.into_iter().enumerate() {
         let row = format!("| {i} | `{}` |", kind.as_str());
+        assert!(DOC.contains(&row), "docs/PROTOCOL.md lacks the row {row}");
+    }
+    for (i, kind) in RejectKind::ALL.into_iter().enumerate() {
+        let row = format!("| {i} | `{}` |", kind.as_str());
+        assert!(DOC.contains(&row), "docs/PROTOCOL.md lacks the row {row}");
+    }
+    for (i, mode) in ["script", "function"].into_iter().enumerate() {
+        let row = format!("| {i} | `{mode}` |");
         assert!(DOC.contains(&row), "docs/PROTOCOL.md lacks the row {row}");
     }
 }
