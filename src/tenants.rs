@@ -1,0 +1,952 @@
+//! Tenants: who a caller is, and what its policy lets it do.
+//!
+//! A tenant is declared in the config (`[[tenants]]`) with the SHA-256 hashes of its API keys
+//! (never the keys), the Unix uids that act as it on the socket, and a [`PolicyConfig`]: ceilings
+//! on a request's limits, the profiles it may use, and the admission numbers that
+//! [`crate::admission`] enforces (concurrency, rate, queue wait).
+//!
+//! Identity on the socket is the peer's uid (SO_PEERCRED): [`Tenants::identify`] maps it to a
+//! tenant. Only proxy uids — the daemon's own and `proxy_uids` (the HTTP shim's user) — may say
+//! "on behalf of tenant X"; the shim authenticates its remote callers with
+//! [`Tenants::by_api_key`]. The daemon's own uid, unless a tenant claims it, is the built-in
+//! tenant [`LOCAL_TENANT`] with the default policy, so a config without tenants just works for
+//! the daemon's own user; every other uid must be listed.
+//!
+//! `sandfork keygen` prints a fresh key ([`generate_key`]) and the TOML fragment declaring its
+//! tenant ([`keygen_fragment`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Read;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sandfork_protocol::LimitsRequest;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tracing::warn;
+
+use crate::config::{Config, Limits, DEFAULT_PROFILE};
+
+/// Name of the built-in tenant the daemon's own uid is served as when no tenant claims it.
+pub const LOCAL_TENANT: &str = "local";
+/// Prefix of generated API keys, so a leaked key is recognizable (e.g. by secret scanners).
+pub const KEY_PREFIX: &str = "sf_";
+/// Random bytes in a generated key (256 bits).
+const KEY_BYTES: usize = 32;
+/// Longest tenant name: names appear in logs, metrics and the shim's requests.
+const MAX_NAME_LEN: usize = 64;
+/// Refused "on behalf of" attempts logged per minute; the rest are counted and summarized.
+const NOT_A_PROXY_LOGS_PER_MINUTE: u32 = 10;
+
+/// One `[[tenants]]` entry of the config.
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The tenant's name: what logs, metrics and the shim's "on behalf of" use.
+    pub name: String,
+    /// SHA-256 of each API key, 64 hex digits (lowercase as `sandfork keygen` writes them); the
+    /// keys themselves are never stored, so a leaked config leaks no key.
+    #[serde(default)]
+    pub api_key_sha256: Vec<String>,
+    /// Local users (SO_PEERCRED uids) that act as this tenant on the socket.
+    #[serde(default)]
+    pub uids: Vec<u32>,
+    /// What the tenant may do.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// A tenant's policy (`[tenants.policy]`).
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Ceiling on a run's wall-clock limit; `None`: the profile's limit is the ceiling.
+    pub max_timeout_ms: Option<u64>,
+    /// Ceiling on a run's memory limit (MiB); `None`: the profile's.
+    pub max_memory_mb: Option<u64>,
+    /// Ceiling on a run's per-stream output cap (bytes); `None`: the profile's.
+    pub max_output_bytes: Option<u64>,
+    /// Profiles the tenant may use; empty means all of them.
+    pub profiles: Vec<String>,
+    /// Runs the tenant may have admitted at once, waiting for a slot or running: one tenant
+    /// cannot fill the daemon's queues on its own.
+    pub max_concurrent: u32,
+    /// Sustained requests per second (token bucket refill rate).
+    pub rate_per_sec: f64,
+    /// Requests allowed at once above the rate (token bucket size).
+    pub burst: u32,
+    /// Longest a run waits for a slot before it ends as a queue timeout.
+    pub max_queue_wait_ms: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            max_timeout_ms: None,
+            max_memory_mb: None,
+            max_output_bytes: None,
+            profiles: Vec::new(),
+            max_concurrent: 64,
+            rate_per_sec: 1000.0,
+            burst: 2000,
+            max_queue_wait_ms: 10_000,
+        }
+    }
+}
+
+/// A tenant, validated and ready to be looked up.
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    /// The tenant's name (unique).
+    pub name: String,
+    /// What the tenant may do.
+    pub policy: PolicyConfig,
+    /// Decoded SHA-256 digests of its keys, compared in constant time by [`Tenants::by_api_key`].
+    key_hashes: Vec<[u8; 32]>,
+    /// True for the built-in `local` tenant (not declared in the config).
+    builtin: bool,
+}
+
+/// Why a config's tenants are refused. Each names the tenant and the offending value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TenantError {
+    #[error(
+        "tenant name {name:?} is invalid: use 1 to {MAX_NAME_LEN} letters, digits, '.', '_' or '-'"
+    )]
+    BadName { name: String },
+    #[error("tenant {name:?} is declared twice")]
+    DuplicateName { name: String },
+    #[error("tenant {tenant:?}: api_key_sha256 entry {hash:?} is not 64 hex digits (run `sandfork keygen` to make a key and its hash)")]
+    BadHash { tenant: String, hash: String },
+    #[error("tenants {first:?} and {second:?} share an API key hash")]
+    SharedHash { first: String, second: String },
+    #[error("uid {uid} is claimed by tenants {first:?} and {second:?}; a uid acts as one tenant at most")]
+    SharedUid {
+        uid: u32,
+        first: String,
+        second: String,
+    },
+    #[error("tenant {tenant:?}: profile {profile:?} in policy.profiles is not configured")]
+    UnknownProfile { tenant: String, profile: String },
+    #[error("tenant {tenant:?}: {reason}")]
+    BadPolicy { tenant: String, reason: String },
+}
+
+/// Why a socket peer is refused. Every variant is a permission error.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    #[error("permission denied: uid {uid} is not a tenant of this daemon (list it in a [[tenants]] entry's uids)")]
+    UnknownUid { uid: u32 },
+    #[error("permission denied: uid {uid} may not act on behalf of tenant {tenant:?}: only the daemon's own uid and proxy_uids may")]
+    NotAProxy { uid: u32, tenant: String },
+    #[error(
+        "permission denied: uid {uid} acts on behalf of tenant {tenant:?}, which is not configured"
+    )]
+    UnknownTenant { uid: u32, tenant: String },
+    #[error("permission denied: uid {uid} is a proxy and no tenant itself: it must name the tenant it acts for")]
+    ProxyNeedsTenant { uid: u32 },
+}
+
+impl IdentityError {
+    /// A short machine-readable name for the error, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IdentityError::UnknownUid { .. } => "unknown_uid",
+            IdentityError::NotAProxy { .. } => "not_a_proxy",
+            IdentityError::UnknownTenant { .. } => "unknown_tenant",
+            IdentityError::ProxyNeedsTenant { .. } => "proxy_needs_tenant",
+        }
+    }
+}
+
+/// Why a request does not fit its tenant's policy (the run is `rejected` with this message).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("tenant {tenant:?} may not use profile {profile:?}")]
+    ProfileNotAllowed { tenant: String, profile: String },
+    #[error("{limit} must be positive")]
+    NotPositive { limit: &'static str },
+    #[error("{limit} {asked} exceeds tenant {tenant:?}'s ceiling of {ceiling}")]
+    OverTenantCeiling {
+        tenant: String,
+        limit: &'static str,
+        asked: u64,
+        ceiling: u64,
+    },
+    #[error("{limit} {asked} exceeds the profile's ceiling of {ceiling}")]
+    OverProfileCeiling {
+        limit: &'static str,
+        asked: u64,
+        ceiling: u64,
+    },
+}
+
+impl Tenant {
+    /// The built-in tenant for the daemon's own uid.
+    fn local() -> Tenant {
+        Tenant {
+            name: LOCAL_TENANT.to_string(),
+            policy: PolicyConfig::default(),
+            key_hashes: Vec::new(),
+            builtin: true,
+        }
+    }
+
+    /// True for the built-in `local` tenant, which the config does not declare.
+    pub fn is_builtin(&self) -> bool {
+        self.builtin
+    }
+
+    /// Whether the tenant may run code under `profile`.
+    pub fn allows_profile(&self, profile: &str) -> bool {
+        self.policy.profiles.is_empty() || self.policy.profiles.iter().any(|p| p == profile)
+    }
+
+    /// The limits of one run: the profile's `limits`, capped by the tenant's ceilings, then
+    /// lowered by the request. A request above either ceiling, or for a profile the tenant may not
+    /// use, is refused with the reason.
+    pub fn effective_limits(
+        &self,
+        profile: &str,
+        limits: &Limits,
+        request: &LimitsRequest,
+    ) -> Result<Limits, PolicyError> {
+        if !self.allows_profile(profile) {
+            return Err(PolicyError::ProfileNotAllowed {
+                tenant: self.name.clone(),
+                profile: profile.to_string(),
+            });
+        }
+        let mut out = *limits;
+        out.timeout_ms = self.lower(
+            "timeout_ms",
+            request.timeout_ms,
+            limits.timeout_ms,
+            self.policy.max_timeout_ms,
+        )?;
+        out.memory_mb = self.lower(
+            "memory_mb",
+            request.memory_mb,
+            limits.memory_mb,
+            self.policy.max_memory_mb,
+        )?;
+        out.output_bytes = self.lower(
+            "output_bytes",
+            request.output_bytes,
+            limits.output_bytes,
+            self.policy.max_output_bytes,
+        )?;
+        // An unset `cpu_seconds` is derived from `timeout_ms`, so it follows a lowered timeout.
+        Ok(out)
+    }
+
+    /// One limit: `asked` (if any) must be positive and within both ceilings.
+    fn lower(
+        &self,
+        limit: &'static str,
+        asked: Option<u64>,
+        profile_ceiling: u64,
+        tenant_ceiling: Option<u64>,
+    ) -> Result<u64, PolicyError> {
+        let ceiling = tenant_ceiling.map_or(profile_ceiling, |t| t.min(profile_ceiling));
+        match asked {
+            None => Ok(ceiling),
+            Some(0) => Err(PolicyError::NotPositive { limit }),
+            Some(asked) if asked <= ceiling => Ok(asked),
+            Some(asked) => match tenant_ceiling {
+                Some(tenant_ceiling) if tenant_ceiling < profile_ceiling => {
+                    Err(PolicyError::OverTenantCeiling {
+                        tenant: self.name.clone(),
+                        limit,
+                        asked,
+                        ceiling: tenant_ceiling,
+                    })
+                }
+                _ => Err(PolicyError::OverProfileCeiling {
+                    limit,
+                    asked,
+                    ceiling: profile_ceiling,
+                }),
+            },
+        }
+    }
+}
+
+/// Every tenant of a daemon (or of the shim), and the uid and key lookups.
+#[derive(Debug)]
+pub struct Tenants {
+    /// Declared tenants, plus the built-in `local` when it is served.
+    tenants: Vec<Tenant>,
+    /// Listed uid → index in `tenants`.
+    by_uid: HashMap<u32, usize>,
+    /// The daemon's own uid: always a proxy, and `local` unless a tenant claims it.
+    daemon_uid: u32,
+    /// Index of the tenant the daemon's own uid acts as.
+    daemon_tenant: usize,
+    /// Uids that may act on behalf of a tenant: the daemon's own and `proxy_uids`.
+    proxies: BTreeSet<u32>,
+    /// Keeps "not a proxy" warnings calm when a local user hammers the socket.
+    not_a_proxy_log: Mutex<LogBudget>,
+}
+
+impl Tenants {
+    /// Validates the config's tenants and builds the lookups. `daemon_uid` is the uid the
+    /// daemon (or the shim, for its own lookups) runs as.
+    ///
+    /// Refused: invalid or duplicate names, hashes that are not 64 hex digits, a hash or a uid
+    /// shared by two tenants, unknown profiles, impossible policy numbers. `local` is the
+    /// built-in tenant's name unless the config declares a tenant of that name itself.
+    pub fn from_config(config: &Config, daemon_uid: u32) -> Result<Tenants, TenantError> {
+        let profiles: Vec<&str> = if config.profiles.is_empty() {
+            vec![DEFAULT_PROFILE]
+        } else {
+            config.profiles.keys().map(String::as_str).collect()
+        };
+        let mut tenants = Vec::with_capacity(config.tenants.len() + 1);
+        let mut by_uid = HashMap::new();
+        let mut owner_of_hash: HashMap<[u8; 32], usize> = HashMap::new();
+        for (index, declared) in config.tenants.iter().enumerate() {
+            check_name(&declared.name)?;
+            if tenants.iter().any(|t: &Tenant| t.name == declared.name) {
+                return Err(TenantError::DuplicateName {
+                    name: declared.name.clone(),
+                });
+            }
+            check_policy(&declared.name, &declared.policy, &profiles)?;
+            let mut key_hashes = Vec::with_capacity(declared.api_key_sha256.len());
+            for hash in &declared.api_key_sha256 {
+                let digest = decode_digest(hash).ok_or_else(|| TenantError::BadHash {
+                    tenant: declared.name.clone(),
+                    hash: hash.clone(),
+                })?;
+                match owner_of_hash.insert(digest, index) {
+                    Some(other) if other != index => {
+                        return Err(TenantError::SharedHash {
+                            first: config.tenants[other].name.clone(),
+                            second: declared.name.clone(),
+                        })
+                    }
+                    _ => {}
+                }
+                key_hashes.push(digest);
+            }
+            for &uid in &declared.uids {
+                match by_uid.insert(uid, index) {
+                    Some(other) if other != index => {
+                        return Err(TenantError::SharedUid {
+                            uid,
+                            first: config.tenants[other].name.clone(),
+                            second: declared.name.clone(),
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            tenants.push(Tenant {
+                name: declared.name.clone(),
+                policy: declared.policy.clone(),
+                key_hashes,
+                builtin: false,
+            });
+        }
+        let daemon_tenant = match by_uid.get(&daemon_uid) {
+            Some(&index) => index,
+            None => match tenants.iter().position(|t| t.name == LOCAL_TENANT) {
+                Some(index) => index,
+                None => {
+                    tenants.push(Tenant::local());
+                    tenants.len() - 1
+                }
+            },
+        };
+        let mut proxies: BTreeSet<u32> = config.proxy_uids.iter().copied().collect();
+        proxies.insert(daemon_uid);
+        Ok(Tenants {
+            tenants,
+            by_uid,
+            daemon_uid,
+            daemon_tenant,
+            proxies,
+            not_a_proxy_log: Mutex::new(LogBudget::default()),
+        })
+    }
+
+    /// The tenant holding `key`, if any. The key is hashed and the digest compared in constant
+    /// time against every configured hash (no early exit), so timing tells nothing about which
+    /// hash, or how much of one, matched.
+    pub fn by_api_key(&self, key: &str) -> Option<&Tenant> {
+        let digest = digest_key(key);
+        let mut found = None;
+        for tenant in &self.tenants {
+            for hash in &tenant.key_hashes {
+                if bool::from(digests_equal(&digest, hash)) {
+                    found = Some(tenant);
+                }
+            }
+        }
+        found
+    }
+
+    /// The tenant called `name`, if it is configured (or is the built-in `local` being served).
+    pub fn by_name(&self, name: &str) -> Option<&Tenant> {
+        self.tenants.iter().find(|t| t.name == name)
+    }
+
+    /// Who a socket peer is.
+    ///
+    /// Without `on_behalf_of`: the tenant listing `peer_uid`, or for the daemon's own uid the
+    /// tenant claiming it, else `local`. With it: the named tenant, but only for a proxy uid (the
+    /// daemon's own or `proxy_uids`); any other peer saying it is refused (and logged), even if
+    /// it names its own tenant, so a misconfigured client is noticed rather than half-trusted.
+    pub fn identify(
+        &self,
+        peer_uid: u32,
+        on_behalf_of: Option<&str>,
+    ) -> Result<&Tenant, IdentityError> {
+        match on_behalf_of {
+            Some(name) if !self.is_proxy(peer_uid) => {
+                self.log_not_a_proxy(peer_uid, name);
+                Err(IdentityError::NotAProxy {
+                    uid: peer_uid,
+                    tenant: name.to_string(),
+                })
+            }
+            Some(name) => self
+                .by_name(name)
+                .ok_or_else(|| IdentityError::UnknownTenant {
+                    uid: peer_uid,
+                    tenant: name.to_string(),
+                }),
+            None => {
+                if let Some(&index) = self.by_uid.get(&peer_uid) {
+                    Ok(&self.tenants[index])
+                } else if peer_uid == self.daemon_uid {
+                    Ok(&self.tenants[self.daemon_tenant])
+                } else if self.is_proxy(peer_uid) {
+                    Err(IdentityError::ProxyNeedsTenant { uid: peer_uid })
+                } else {
+                    Err(IdentityError::UnknownUid { uid: peer_uid })
+                }
+            }
+        }
+    }
+
+    /// Whether `uid` may act on behalf of a tenant: the daemon's own uid or one of `proxy_uids`.
+    pub fn is_proxy(&self, uid: u32) -> bool {
+        self.proxies.contains(&uid)
+    }
+
+    /// Every tenant (the built-in `local` included when it is served), for metrics and admission.
+    pub fn iter(&self) -> impl Iterator<Item = &Tenant> {
+        self.tenants.iter()
+    }
+
+    fn log_not_a_proxy(&self, uid: u32, tenant: &str) {
+        let mut budget = self
+            .not_a_proxy_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(suppressed) = budget.take(Instant::now()) {
+            warn!(
+                peer_uid = uid,
+                tenant,
+                suppressed,
+                "refused: a peer that is not a proxy tried to act on behalf of a tenant"
+            );
+        }
+    }
+}
+
+/// A per-minute budget of log lines; the lines over budget are counted and reported with the
+/// next line logged.
+#[derive(Debug, Default)]
+struct LogBudget {
+    window_start: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    /// `Some(lines suppressed since the last logged one)` when this line may be logged.
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        let new_window = self
+            .window_start
+            .is_none_or(|start| now.duration_since(start) >= Duration::from_secs(60));
+        if new_window {
+            self.window_start = Some(now);
+            self.logged = 0;
+        }
+        if self.logged >= NOT_A_PROXY_LOGS_PER_MINUTE {
+            self.suppressed += 1;
+            return None;
+        }
+        self.logged += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// Checks config tenants without building the lookups (for `Config::validated`, so that both
+/// the daemon and the shim refuse a bad config at load).
+pub fn validate(config: &Config) -> Result<(), TenantError> {
+    // Which uid the daemon runs as changes no verdict.
+    Tenants::from_config(config, 0).map(drop)
+}
+
+/// Checks a tenant name: 1 to 64 ASCII letters, digits, `.`, `_` or `-` (names go into logs
+/// and the shim's requests unescaped).
+pub fn check_name(name: &str) -> Result<(), TenantError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(TenantError::BadName {
+            name: name.to_string(),
+        })
+    }
+}
+
+fn check_policy(tenant: &str, policy: &PolicyConfig, profiles: &[&str]) -> Result<(), TenantError> {
+    let bad = |reason: &str| TenantError::BadPolicy {
+        tenant: tenant.to_string(),
+        reason: reason.to_string(),
+    };
+    if policy.max_concurrent == 0 {
+        return Err(bad("policy.max_concurrent must be at least 1"));
+    }
+    if !(policy.rate_per_sec.is_finite() && policy.rate_per_sec > 0.0) {
+        return Err(bad("policy.rate_per_sec must be a positive number"));
+    }
+    if policy.burst == 0 {
+        return Err(bad("policy.burst must be at least 1"));
+    }
+    if policy.max_queue_wait_ms > crate::admission::MAX_QUEUE_WAIT.as_millis() as u64 {
+        return Err(bad(
+            "policy.max_queue_wait_ms must be at most 3600000 (one hour)",
+        ));
+    }
+    for (name, value) in [
+        ("policy.max_timeout_ms", policy.max_timeout_ms),
+        ("policy.max_memory_mb", policy.max_memory_mb),
+        ("policy.max_output_bytes", policy.max_output_bytes),
+    ] {
+        if value == Some(0) {
+            return Err(bad(&format!("{name} must be positive")));
+        }
+    }
+    if let Some(profile) = policy
+        .profiles
+        .iter()
+        .find(|p| !profiles.contains(&p.as_str()))
+    {
+        return Err(TenantError::UnknownProfile {
+            tenant: tenant.to_string(),
+            profile: profile.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The SHA-256 of `key`, as lowercase hex: the form `api_key_sha256` holds.
+pub fn hash_key(key: &str) -> String {
+    to_hex(&digest_key(key))
+}
+
+fn digest_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// Constant-time equality of two digests. In tests it counts its calls, so a test can check
+/// that `by_api_key` compares against every hash.
+fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> subtle::Choice {
+    #[cfg(test)]
+    tests::COMPARISONS.with(|c| c.set(c.get() + 1));
+    a.ct_eq(b)
+}
+
+/// A fresh API key: `sf_` followed by 32 bytes from the OS random number generator, as 64
+/// lowercase hex digits.
+///
+/// # Panics
+/// If the operating system cannot supply random bytes (`getrandom(2)` failing, or no
+/// `/dev/urandom`): there is no safe key to return then.
+pub fn generate_key() -> String {
+    let mut bytes = [0u8; KEY_BYTES];
+    if getrandom::fill(&mut bytes).is_err() {
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .expect("the operating system supplies no random bytes");
+    }
+    format!("{KEY_PREFIX}{}", to_hex(&bytes))
+}
+
+/// The TOML fragment `sandfork keygen` prints after the key: a `[[tenants]]` entry named
+/// `tenant` holding the hash of `key` (never the key) and the default policy written out, ready
+/// to append to a config file. `tenant` should have passed [`check_name`]; it is quoted as a
+/// TOML string either way.
+pub fn keygen_fragment(tenant: &str, key: &str) -> String {
+    let policy = PolicyConfig::default();
+    let name = toml::Value::String(tenant.to_string());
+    format!(
+        r#"
+# Tenant {name}, made by `sandfork keygen`. Append to the config that sandforkd --config and
+# sandfork-http --config read. Only the key's SHA-256 is here; keep the key itself secret.
+[[tenants]]
+name = {name}
+api_key_sha256 = ["{hash}"]
+# uids = [1001]  # local users that act as this tenant on the socket
+
+[tenants.policy]
+# max_timeout_ms = 15000  # ceilings on a request's limits (default: the profile's own)
+# max_memory_mb = 700
+# max_output_bytes = 1048576
+profiles = []  # profiles it may use; empty: all
+max_concurrent = {max_concurrent}  # runs admitted at once, waiting for a slot or running
+rate_per_sec = {rate:?}  # requests per second, sustained
+burst = {burst}  # requests at once above the rate
+max_queue_wait_ms = {wait}  # longest wait for a slot before the run is refused
+"#,
+        hash = hash_key(key),
+        max_concurrent = policy.max_concurrent,
+        rate = policy.rate_per_sec,
+        burst = policy.burst,
+        wait = policy.max_queue_wait_ms,
+    )
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
+}
+
+/// 64 hex digits (either case) → 32 bytes.
+fn decode_digest(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    thread_local! {
+        /// Calls of `digests_equal` on this thread.
+        pub(super) static COMPARISONS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    const DAEMON: u32 = 0;
+
+    fn config(text: &str) -> Config {
+        let config: Config = toml::from_str(text).unwrap();
+        config.validated().unwrap()
+    }
+
+    fn tenants(text: &str) -> Tenants {
+        Tenants::from_config(&config(text), DAEMON).unwrap()
+    }
+
+    fn refused(text: &str) -> TenantError {
+        let config: Config = toml::from_str(text).unwrap();
+        Tenants::from_config(&config, DAEMON).unwrap_err()
+    }
+
+    #[test]
+    fn key_hash_is_sha256_hex() {
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            hash_key(""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn generated_keys_are_fresh_and_well_formed() {
+        let (a, b) = (generate_key(), generate_key());
+        assert_ne!(a, b);
+        assert!(a.starts_with(KEY_PREFIX));
+        assert_eq!(a.len(), KEY_PREFIX.len() + 64);
+        assert!(a[KEY_PREFIX.len()..]
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+    }
+
+    #[test]
+    fn keygen_fragment_appended_to_an_empty_config_loads_and_authenticates() {
+        let key = generate_key();
+        let fragment = keygen_fragment("acme", &key);
+        assert!(
+            !fragment.contains(&key),
+            "the plain key must not be in the fragment"
+        );
+        assert!(!fragment.contains(&key[KEY_PREFIX.len()..]));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sandfork.toml");
+        std::fs::write(&path, "").unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, fragment.as_bytes()).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.tenants.len(), 1);
+        assert_eq!(config.tenants[0].policy, PolicyConfig::default());
+        let tenants = Tenants::from_config(&config, 1000).unwrap();
+        assert_eq!(tenants.by_api_key(&key).unwrap().name, "acme");
+        assert!(tenants.by_api_key(&generate_key()).is_none());
+        // The daemon's own uid still works, as `local`.
+        assert_eq!(tenants.identify(1000, None).unwrap().name, LOCAL_TENANT);
+        // Two fragments append to one config.
+        let second = generate_key();
+        std::io::Write::write_all(&mut file, keygen_fragment("beta", &second).as_bytes()).unwrap();
+        let tenants = Tenants::from_config(&Config::load(&path).unwrap(), 1000).unwrap();
+        assert_eq!(tenants.by_api_key(&second).unwrap().name, "beta");
+        assert_eq!(tenants.by_api_key(&key).unwrap().name, "acme");
+    }
+
+    #[test]
+    fn api_keys_are_compared_in_constant_time_against_every_hash() {
+        let keys = ["k1", "k2", "k3"];
+        let t = tenants(&format!(
+            "[[tenants]]\nname = \"a\"\napi_key_sha256 = [\"{}\", \"{}\"]\n\
+             [[tenants]]\nname = \"b\"\napi_key_sha256 = [\"{}\"]\n",
+            hash_key(keys[0]),
+            hash_key(keys[1]),
+            hash_key(keys[2]).to_uppercase(),
+        ));
+        for (key, owner) in [("k1", Some("a")), ("k3", Some("b")), ("nope", None)] {
+            COMPARISONS.with(|c| c.set(0));
+            assert_eq!(t.by_api_key(key).map(|t| t.name.as_str()), owner);
+            // A match on the first hash still compares the rest: no early exit.
+            assert_eq!(COMPARISONS.with(Cell::get), 3, "key {key}");
+        }
+    }
+
+    #[test]
+    fn identify_maps_uids_and_proxies() {
+        let t = tenants(
+            "proxy_uids = [900]\n\
+             [[tenants]]\nname = \"acme\"\nuids = [1001, 1002]\n\
+             [[tenants]]\nname = \"beta\"\nuids = [1003]\n",
+        );
+        assert_eq!(t.identify(1001, None).unwrap().name, "acme");
+        assert_eq!(t.identify(1003, None).unwrap().name, "beta");
+        let err = t.identify(4242, None).unwrap_err();
+        assert_eq!(err, IdentityError::UnknownUid { uid: 4242 });
+        assert!(err.to_string().contains("permission denied"));
+        // The daemon's own uid is `local` with the default policy.
+        let local = t.identify(DAEMON, None).unwrap();
+        assert_eq!(local.name, LOCAL_TENANT);
+        assert!(local.is_builtin());
+        assert_eq!(local.policy, PolicyConfig::default());
+        // Proxies: the shim's uid and the daemon's own.
+        assert!(t.is_proxy(900) && t.is_proxy(DAEMON) && !t.is_proxy(1001));
+        assert_eq!(t.identify(900, Some("beta")).unwrap().name, "beta");
+        assert_eq!(t.identify(DAEMON, Some("acme")).unwrap().name, "acme");
+        assert_eq!(
+            t.identify(900, None).unwrap_err(),
+            IdentityError::ProxyNeedsTenant { uid: 900 }
+        );
+        assert_eq!(
+            t.identify(900, Some("ghost")).unwrap_err(),
+            IdentityError::UnknownTenant {
+                uid: 900,
+                tenant: "ghost".into()
+            }
+        );
+        // Non-proxies may not say "on behalf of", not even for their own tenant.
+        for name in ["beta", "acme"] {
+            let err = t.identify(1001, Some(name)).unwrap_err();
+            assert_eq!(err.kind(), "not_a_proxy");
+        }
+        assert_eq!(
+            t.identify(4242, Some("acme")).unwrap_err().kind(),
+            "not_a_proxy"
+        );
+    }
+
+    #[test]
+    fn a_tenant_claiming_the_daemon_uid_wins_over_local() {
+        let t = tenants("[[tenants]]\nname = \"ops\"\nuids = [0]\n");
+        assert_eq!(t.identify(DAEMON, None).unwrap().name, "ops");
+        assert!(
+            t.by_name(LOCAL_TENANT).is_none(),
+            "local is not served then"
+        );
+        assert!(t.identify(DAEMON, Some(LOCAL_TENANT)).is_err());
+        // A declared `local` replaces the built-in one and serves the daemon's uid.
+        let t = tenants("[[tenants]]\nname = \"local\"\n[tenants.policy]\nmax_concurrent = 9\n");
+        let local = t.identify(DAEMON, None).unwrap();
+        assert!(!local.is_builtin());
+        assert_eq!(local.policy.max_concurrent, 9);
+        assert_eq!(t.iter().count(), 1);
+    }
+
+    #[test]
+    fn no_config_serves_the_daemon_uid_only() {
+        let t = Tenants::from_config(&Config::default(), 1234).unwrap();
+        assert_eq!(t.identify(1234, None).unwrap().name, LOCAL_TENANT);
+        assert!(t.identify(1235, None).is_err());
+        assert!(t.by_api_key("").is_none());
+    }
+
+    #[test]
+    fn bad_tenant_configs_are_refused() {
+        let hash = hash_key("k");
+        assert!(matches!(
+            refused("[[tenants]]\nname = \"a\"\n[[tenants]]\nname = \"a\"\n"),
+            TenantError::DuplicateName { .. }
+        ));
+        assert!(matches!(
+            refused("[[tenants]]\nname = \"a b\"\n"),
+            TenantError::BadName { .. }
+        ));
+        assert!(matches!(
+            refused("[[tenants]]\nname = \"a\"\napi_key_sha256 = [\"abc\"]\n"),
+            TenantError::BadHash { .. }
+        ));
+        let not_hex = format!(
+            "[[tenants]]\nname = \"a\"\napi_key_sha256 = [\"{}\"]\n",
+            "g".repeat(64)
+        );
+        assert!(matches!(refused(&not_hex), TenantError::BadHash { .. }));
+        let shared = format!(
+            "[[tenants]]\nname = \"a\"\napi_key_sha256 = [\"{hash}\"]\n\
+             [[tenants]]\nname = \"b\"\napi_key_sha256 = [\"{hash}\"]\n"
+        );
+        assert!(matches!(refused(&shared), TenantError::SharedHash { .. }));
+        assert_eq!(
+            refused(
+                "[[tenants]]\nname = \"a\"\nuids = [7]\n[[tenants]]\nname = \"b\"\nuids = [7]\n"
+            ),
+            TenantError::SharedUid {
+                uid: 7,
+                first: "a".into(),
+                second: "b".into()
+            }
+        );
+        assert!(matches!(
+            refused("[[tenants]]\nname = \"a\"\n[tenants.policy]\nprofiles = [\"gpu\"]\n"),
+            TenantError::UnknownProfile { .. }
+        ));
+        for policy in [
+            "max_concurrent = 0",
+            "rate_per_sec = 0.0",
+            "rate_per_sec = nan",
+            "burst = 0",
+            "max_memory_mb = 0",
+            "max_queue_wait_ms = 3600001",
+        ] {
+            let text = format!("[[tenants]]\nname = \"a\"\n[tenants.policy]\n{policy}\n");
+            assert!(
+                matches!(refused(&text), TenantError::BadPolicy { .. }),
+                "{policy}"
+            );
+        }
+        // Unknown keys are typos, not silently ignored.
+        assert!(toml::from_str::<Config>("[[tenants]]\nname = \"a\"\napi_key = \"x\"\n").is_err());
+        assert!(toml::from_str::<Config>(
+            "[[tenants]]\nname = \"a\"\n[tenants.policy]\nrate = 1\n"
+        )
+        .is_err());
+        // And `Config::load`/`validated` refuse them too.
+        let config: Config = toml::from_str(
+            "[[tenants]]\nname = \"a\"\nuids = [1]\n[[tenants]]\nname = \"b\"\nuids = [1]\n",
+        )
+        .unwrap();
+        assert!(config.validated().is_err());
+    }
+
+    #[test]
+    fn requests_may_lower_limits_but_not_exceed_the_tenants_ceilings() {
+        let t = tenants(
+            "[profiles.default]\n[profiles.big]\n\
+             [[tenants]]\nname = \"acme\"\nuids = [5]\n\
+             [tenants.policy]\nmax_timeout_ms = 2000\nprofiles = [\"default\"]\n",
+        );
+        let acme = t.identify(5, None).unwrap();
+        let profile = Limits::default();
+        let none = LimitsRequest::default();
+        let limits = acme.effective_limits("default", &profile, &none).unwrap();
+        assert_eq!(
+            limits.timeout_ms, 2000,
+            "the tenant's ceiling caps the profile's"
+        );
+        assert_eq!(limits.cpu_seconds(), 3);
+        assert_eq!(limits.memory_mb, profile.memory_mb);
+        let lower = LimitsRequest {
+            timeout_ms: Some(500),
+            memory_mb: Some(100),
+            output_bytes: Some(10),
+        };
+        let limits = acme.effective_limits("default", &profile, &lower).unwrap();
+        assert_eq!(
+            (limits.timeout_ms, limits.memory_mb, limits.output_bytes),
+            (500, 100, 10)
+        );
+        let over = LimitsRequest {
+            timeout_ms: Some(3000),
+            ..LimitsRequest::default()
+        };
+        let err = acme
+            .effective_limits("default", &profile, &over)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "timeout_ms 3000 exceeds tenant \"acme\"'s ceiling of 2000"
+        );
+        let over_profile = LimitsRequest {
+            memory_mb: Some(profile.memory_mb + 1),
+            ..LimitsRequest::default()
+        };
+        assert!(matches!(
+            acme.effective_limits("default", &profile, &over_profile),
+            Err(PolicyError::OverProfileCeiling { .. })
+        ));
+        let zero = LimitsRequest {
+            output_bytes: Some(0),
+            ..LimitsRequest::default()
+        };
+        assert!(acme.effective_limits("default", &profile, &zero).is_err());
+        assert_eq!(
+            acme.effective_limits("big", &profile, &none).unwrap_err(),
+            PolicyError::ProfileNotAllowed {
+                tenant: "acme".into(),
+                profile: "big".into()
+            }
+        );
+    }
+
+    #[test]
+    fn not_a_proxy_logging_is_budgeted() {
+        let mut budget = LogBudget::default();
+        let start = Instant::now();
+        for _ in 0..NOT_A_PROXY_LOGS_PER_MINUTE {
+            assert_eq!(budget.take(start), Some(0));
+        }
+        assert_eq!(budget.take(start), None);
+        assert_eq!(budget.take(start), None);
+        assert_eq!(budget.take(start + Duration::from_secs(61)), Some(2));
+    }
+}
