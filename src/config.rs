@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::tenants::TenantConfig;
+
 /// Name of the profile a request gets when it names none.
 pub const DEFAULT_PROFILE: &str = "default";
 
@@ -116,6 +118,9 @@ pub struct Config {
     pub runtime_dir: Option<PathBuf>,
     /// Concurrent runs. Each slot owns one uid, so no two live children share a uid.
     pub slots: Option<u32>,
+    /// Runs that may wait for a slot, per profile; more are answered `busy` at once. One
+    /// tenant may hold at most three quarters of the places.
+    pub queue_per_profile: u32,
     /// Host uid (and gid) that uid 0 of every zygote's user namespace maps to; slot `i` runs as
     /// host uid `uid_base + 1 + i`. The range must belong to no real user.
     pub uid_base: u32,
@@ -123,10 +128,21 @@ pub struct Config {
     pub max_frame_len: u32,
     /// How long in-flight runs may take to finish after SIGTERM before they are killed.
     pub shutdown_grace_ms: u64,
+    /// Log format on stderr: "text" or "json" (one JSON object per line, for log shippers).
+    pub log_format: LogFormat,
+    /// Put each run's code text in its audit record (default: only the code's SHA-256).
+    pub audit_code: bool,
     /// Limits every profile starts from.
     pub limits: Limits,
     /// The profiles, by name. Without any, a `default` profile is created.
     pub profiles: BTreeMap<String, ProfileConfig>,
+    /// Who may run code, and under which policy (`[[tenants]]`; see `crate::tenants`). The
+    /// daemon's own uid is served as the built-in tenant `local` unless one of these claims it.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    /// Uids besides the daemon's own that may act on behalf of a tenant (the HTTP shim's user).
+    #[serde(default)]
+    pub proxy_uids: Vec<u32>,
 }
 
 impl Default for Config {
@@ -135,13 +151,26 @@ impl Default for Config {
             socket: None,
             runtime_dir: None,
             slots: None,
+            queue_per_profile: 128,
             uid_base: 200_000,
             max_frame_len: sandfork_protocol::DEFAULT_MAX_FRAME_LEN,
             shutdown_grace_ms: 10_000,
+            log_format: LogFormat::Text,
+            audit_code: false,
             limits: Limits::default(),
             profiles: BTreeMap::new(),
+            tenants: Vec::new(),
+            proxy_uids: Vec::new(),
         }
     }
+}
+
+/// How the daemon writes its logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Resource limits of one run. A profile may override any of them; a request may only lower
@@ -165,6 +194,10 @@ pub struct Limits {
     pub pids: u64,
     /// Open files (RLIMIT_NOFILE).
     pub nofile: u64,
+    /// Input files a request may bring, and output files a run may return.
+    pub max_files: u64,
+    /// Total bytes of a request's input files.
+    pub files_bytes: u64,
     /// CPU seconds (RLIMIT_CPU); defaults to the wall-clock timeout rounded up plus one, so a
     /// single-threaded loop meets the wall deadline (`timeout`) first and only a program using
     /// several cores at once ends with `cpu_limit`.
@@ -182,6 +215,8 @@ impl Default for Limits {
             tmpfs_mb: 64,
             pids: 64,
             nofile: 256,
+            max_files: 100,
+            files_bytes: 8 * 1024 * 1024,
             cpu_seconds: None,
         }
     }
@@ -201,10 +236,19 @@ impl Limits {
 pub struct ProfileConfig {
     /// Interpreter command or path (a venv's `bin/python` works; shims are resolved).
     pub python: String,
-    /// Modules imported by the zygote before it forks.
+    /// Modules imported by the zygote before it forks. The entry `@stdlib` stands for the
+    /// default stdlib list (`DEFAULT_PRELOAD`).
     pub preload: Vec<String>,
     /// Zygotes kept running for this profile.
     pub zygotes: u32,
+    /// Children forked and locked down ahead of requests (0: fork per request).
+    pub warm_children: u32,
+    /// A warm child that waited longer than this is discarded and replaced.
+    pub warm_idle_ms: u64,
+    /// A zygote is replaced by a fresh one after this many forks.
+    pub zygote_max_forks: u64,
+    /// … or once its peak RSS has grown this much beyond what it was after preloading.
+    pub zygote_max_rss_growth_mb: u64,
     /// Per-profile overrides of the global limits.
     pub limits: LimitOverrides,
 }
@@ -215,6 +259,10 @@ impl Default for ProfileConfig {
             python: "python3".into(),
             preload: DEFAULT_PRELOAD.iter().map(|s| s.to_string()).collect(),
             zygotes: 1,
+            warm_children: 2,
+            warm_idle_ms: 60_000,
+            zygote_max_forks: 10_000,
+            zygote_max_rss_growth_mb: 256,
             limits: LimitOverrides::default(),
         }
     }
@@ -232,6 +280,8 @@ pub struct LimitOverrides {
     pub tmpfs_mb: Option<u64>,
     pub pids: Option<u64>,
     pub nofile: Option<u64>,
+    pub max_files: Option<u64>,
+    pub files_bytes: Option<u64>,
     pub cpu_seconds: Option<u64>,
 }
 
@@ -246,6 +296,8 @@ impl LimitOverrides {
             tmpfs_mb: self.tmpfs_mb.unwrap_or(base.tmpfs_mb),
             pids: self.pids.unwrap_or(base.pids),
             nofile: self.nofile.unwrap_or(base.nofile),
+            max_files: self.max_files.unwrap_or(base.max_files),
+            files_bytes: self.files_bytes.unwrap_or(base.files_bytes),
             cpu_seconds: self.cpu_seconds.or(base.cpu_seconds),
         }
     }
@@ -283,10 +335,25 @@ impl Config {
                 "uid_base must not be 0: the jail's root must not be the host's root".into(),
             ));
         }
+        if self.queue_per_profile == 0 {
+            return Err(ConfigError::Invalid(
+                "queue_per_profile must be at least 1".into(),
+            ));
+        }
         if self.slots == Some(0) {
             return Err(ConfigError::Invalid("slots must be at least 1".into()));
         }
         for (name, profile) in &self.profiles {
+            if profile.warm_children > 0 && profile.warm_idle_ms < 100 {
+                return Err(ConfigError::Invalid(format!(
+                    "profile {name}: warm_idle_ms must be at least 100"
+                )));
+            }
+            if profile.zygote_max_forks == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "profile {name}: zygote_max_forks must be at least 1"
+                )));
+            }
             if profile.zygotes == 0 {
                 return Err(ConfigError::Invalid(format!(
                     "profile {name}: zygotes must be at least 1"
@@ -298,20 +365,25 @@ impl Config {
                     "profile {name}: timeout_ms, output_bytes and tmpfs_mb must be positive"
                 )));
             }
-            // A result carries both streams in one frame, with room for the rest of it.
-            if 2 * limits.output_bytes + 64 * 1024 > u64::from(self.max_frame_len) {
+            // A result carries both streams, main()'s value and the output files (each capped
+            // at output_bytes) in one frame, with room for the rest of it.
+            if 4 * limits.output_bytes + 64 * 1024 > u64::from(self.max_frame_len) {
                 return Err(ConfigError::Invalid(format!(
-                    "profile {name}: two streams of output_bytes ({}) must fit in max_frame_len ({}) with 64 KiB to spare",
+                    "profile {name}: 4 × output_bytes ({}) must fit in max_frame_len ({}) with 64 KiB to spare",
                     limits.output_bytes, self.max_frame_len
                 )));
             }
-            if limits.code_bytes + limits.stdin_bytes + 64 * 1024 > u64::from(self.max_frame_len) {
+            if limits.code_bytes + limits.stdin_bytes + limits.files_bytes + 64 * 1024
+                > u64::from(self.max_frame_len)
+            {
                 return Err(ConfigError::Invalid(format!(
-                    "profile {name}: code_bytes + stdin_bytes must fit in max_frame_len ({}) with 64 KiB to spare",
+                    "profile {name}: code_bytes + stdin_bytes + files_bytes must fit in max_frame_len ({}) with 64 KiB to spare",
                     self.max_frame_len
                 )));
             }
         }
+        // Tenants: names, key hashes, uids, policies (the daemon and the shim both load this).
+        crate::tenants::validate(&self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(self)
     }
 
@@ -321,6 +393,29 @@ impl Config {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             (2 * cores as u32).max(1)
         })
+    }
+
+    /// Slots (uids) needed: one per concurrent run plus one per warm child of every profile.
+    pub fn identity_count(&self) -> u32 {
+        self.slot_count() + self.profiles.values().map(|p| p.warm_children).sum::<u32>()
+    }
+
+    /// A profile's preload list with `@stdlib` expanded, without duplicates, in order.
+    pub fn preload_modules(profile: &ProfileConfig) -> Vec<String> {
+        let mut modules: Vec<String> = Vec::new();
+        for entry in &profile.preload {
+            let expanded: Vec<String> = if entry == "@stdlib" {
+                DEFAULT_PRELOAD.iter().map(|m| m.to_string()).collect()
+            } else {
+                vec![entry.clone()]
+            };
+            for module in expanded {
+                if !modules.contains(&module) {
+                    modules.push(module);
+                }
+            }
+        }
+        modules
     }
 
     /// Effective limits of a profile.
@@ -370,6 +465,18 @@ mod tests {
     }
 
     #[test]
+    fn stdlib_preload_expands() {
+        let profile = ProfileConfig {
+            preload: vec!["numpy".into(), "@stdlib".into(), "json".into()],
+            ..ProfileConfig::default()
+        };
+        let modules = Config::preload_modules(&profile);
+        assert_eq!(modules[0], "numpy");
+        assert_eq!(modules.len(), DEFAULT_PRELOAD.len() + 1);
+        assert_eq!(modules.iter().filter(|m| *m == "json").count(), 1);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(toml::from_str::<Config>("sockets = 1").is_err());
         let zero_uid: Config = toml::from_str("uid_base = 0").unwrap();
@@ -377,7 +484,7 @@ mod tests {
         let tiny_frame: Config = toml::from_str("max_frame_len = 10").unwrap();
         assert!(tiny_frame.validated().is_err());
         let output_over_frame: Config =
-            toml::from_str("max_frame_len = 2000000\n[limits]\noutput_bytes = 1000000").unwrap();
+            toml::from_str("max_frame_len = 4000000\n[limits]\noutput_bytes = 1000000").unwrap();
         assert!(output_over_frame.validated().is_err());
     }
 }

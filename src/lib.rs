@@ -5,28 +5,42 @@
 //! - [`server`]: the Unix-socket server; frames (from the `sandfork-protocol` crate) become
 //!   requests; Hello, then Run / Cancel / Ping, several in flight per connection.
 //! - [`supervisor`]: owns the profiles' pools and the slots; `execute` runs one request.
-//! - [`run`]: one run: limits, slot, zygote, spawn, "go" with the code memfd, output capture,
-//!   deadline, classification into exactly one status.
+//! - [`run`]: one run: limits, run permit, a warm child or a cold fork.
+//! - [`child`]: a child from fork to exit: lockdown handshake, "go" with the code memfd, output
+//!   capture, deadline, classification into exactly one status.
+//! - [`warm`]: per profile, children forked and locked down before requests arrive.
 //! - [`pool`]: a profile (probed interpreter + jail spec) and the keeper tasks that hold its
 //!   zygotes up, restarting them with backoff.
 //! - [`zygote`]: one zygote process (zygote-init → Python) and its control channel.
 //! - [`slots`]: concurrent-run slots, one uid each.
 //! - [`jail`]: the interpreter probe and the minimal read-only root derived from it.
 //! - [`sys`]: SEQPACKET + SCM_RIGHTS, pidfds, sealed memfds, pipes (all `unsafe` is here).
+//! - [`metrics`]: Prometheus counters, histograms and gauges, rendered on request.
+//! - [`tenants`]: who a caller is (SO_PEERCRED uid, or an API key via the shim) and its policy.
+//! - [`admission`]: per-tenant rate and concurrency, bounded per-profile queues, fair run slots.
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`client`]: the client side, for the CLI, tests and benchmarks.
+//! - [`bench`]: `sandfork bench`, a bounded load generator with a fresh-interpreter baseline.
 //!
 //! Outside this crate: `protocol/` (the wire format), `zygote/zygote.py` (the Python zygote and
 //! child), `zygote/lockdown` (the child's lockdown, loaded by the zygote through a C ABI),
 //! `zygote/init` (the single-threaded jail builder).
 
+pub mod admission;
+pub mod bench;
+pub mod cgroup;
+pub mod child;
 pub mod client;
 pub mod config;
+pub mod doctor;
 pub mod jail;
+pub mod metrics;
 pub mod pool;
 pub mod run;
 pub mod server;
 pub mod slots;
 pub mod supervisor;
 pub mod sys;
+pub mod tenants;
+pub mod warm;
 pub mod zygote;

@@ -19,7 +19,7 @@ use crate::jail::{
     self, Bind, ExecSpec, IdMap, Interpreter, JailSpec, RootPlan, JAIL_DEVICES, JAIL_RUNTIME_DIR,
     JAIL_WORK_DIR, JAIL_WORK_PARENT,
 };
-use crate::zygote::{Spawner, Zygote};
+use crate::zygote::{RecyclePolicy, Spawner, Zygote};
 
 /// File names inside the runtime dir.
 pub const ZYGOTE_SCRIPT: &str = "zygote.py";
@@ -40,6 +40,11 @@ pub struct Profile {
     pub interpreter: Interpreter,
     pub spec: JailSpec,
     pub zygotes: u32,
+    /// Warm children to keep ready, and how long one may wait.
+    pub warm_children: u32,
+    pub warm_idle: std::time::Duration,
+    /// When a zygote is replaced by a fresh one.
+    pub recycle: RecyclePolicy,
 }
 
 impl Profile {
@@ -50,19 +55,16 @@ impl Profile {
         config: &Config,
         runtime_dir: &Path,
     ) -> Result<Profile, jail::JailError> {
-        let interpreter = Interpreter::probe(
-            &profile.python,
-            &runtime_dir.join(PROBE_SCRIPT),
-            &profile.preload,
-        )?;
+        let wanted = Config::preload_modules(profile);
+        let interpreter =
+            Interpreter::probe(&profile.python, &runtime_dir.join(PROBE_SCRIPT), &wanted)?;
         for (module, reason) in &interpreter.preload_failed {
             warn!(
                 profile = name,
                 module, reason, "preload module is not importable; skipped"
             );
         }
-        let preload: Vec<&String> = profile
-            .preload
+        let preload: Vec<&String> = wanted
             .iter()
             .filter(|m| !interpreter.preload_failed.contains_key(*m))
             .collect();
@@ -83,7 +85,7 @@ impl Profile {
             "work_dir": JAIL_WORK_DIR,
             "profile": name,
         });
-        let id_count = config.slot_count() + 1;
+        let id_count = config.identity_count() + 1;
         let id_map = vec![IdMap {
             inside: 0,
             outside: config.uid_base,
@@ -131,6 +133,12 @@ impl Profile {
             interpreter,
             spec,
             zygotes: profile.zygotes,
+            warm_children: profile.warm_children,
+            warm_idle: Duration::from_millis(profile.warm_idle_ms),
+            recycle: RecyclePolicy {
+                max_forks: profile.zygote_max_forks,
+                max_rss_growth_kb: profile.zygote_max_rss_growth_mb * 1024,
+            },
         })
     }
 }
@@ -182,7 +190,7 @@ impl Pool {
     pub fn ready_count(&self) -> u32 {
         self.members
             .iter()
-            .filter(|m| m.borrow().as_ref().is_some_and(|z| z.is_alive()))
+            .filter(|m| m.borrow().as_ref().is_some_and(|z| z.accepts_children()))
             .count() as u32
     }
 
@@ -201,7 +209,7 @@ impl Pool {
             for i in 0..n {
                 let member = &self.members[(start + i) % n];
                 if let Some(zygote) = member.borrow().as_ref() {
-                    if zygote.is_alive() {
+                    if zygote.accepts_children() {
                         return Some(Arc::clone(zygote));
                     }
                 }
@@ -210,6 +218,11 @@ impl Pool {
                 return None;
             }
         }
+    }
+
+    /// Resolves the next time a zygote of this pool comes up or goes away.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// Every zygote of this pool, for shutdown and diagnostics.
@@ -221,6 +234,12 @@ impl Pool {
     }
 }
 
+/// How often a keeper checks whether its zygote should be recycled.
+const RECYCLE_CHECK: Duration = Duration::from_millis(250);
+
+/// Keeps one zygote of the pool alive: starts it, restarts it with backoff when it dies, and
+/// replaces it when its recycle policy says so (the replacement is started first, so capacity
+/// never drops; the old one drains: no new children, running ones finish, then it stops).
 async fn keep_zygote(
     name: String,
     profile: Arc<Profile>,
@@ -230,6 +249,7 @@ async fn keep_zygote(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = BACKOFF_START;
+    let mut current: Option<Arc<Zygote>> = None;
     while !*stop.borrow() {
         let started = Instant::now();
         let attempt = Zygote::start(
@@ -239,16 +259,17 @@ async fn keep_zygote(
             &profile.spec,
             READY_TIMEOUT,
         );
-        let zygote = tokio::select! {
+        let attempt = tokio::select! {
             result = attempt => result,
             _ = stop.changed() => break,
         };
-        match zygote {
+        match attempt {
             Ok(zygote) => {
                 info!(
                     zygote = %name,
                     python = %zygote.ready.python,
                     preloaded = zygote.ready.preloaded,
+                    rss_kb = zygote.ready.rss_kb,
                     init_pid = zygote.init_pid().unwrap_or(0),
                     start_ms = started.elapsed().as_millis() as u64,
                     "zygote ready"
@@ -257,33 +278,75 @@ async fn keep_zygote(
                     warn!(zygote = %name, failure = %failure, "preload failed inside the jail");
                 }
                 member.set(Some(Arc::clone(&zygote)));
-                tokio::select! {
-                    _ = zygote.died() => {
-                        member.set(None);
-                        warn!(zygote = %name, "zygote died; restarting");
-                    }
-                    _ = stop.changed() => {
-                        member.set(None);
-                        zygote.stop().await;
-                        break;
-                    }
-                }
-                zygote.stop().await;
-                if started.elapsed() >= HEALTHY_LIFETIME {
-                    backoff = BACKOFF_START;
-                    continue;
+                if let Some(old) = current.replace(zygote) {
+                    tokio::spawn(drain(old, profile.limits.timeout_ms));
                 }
             }
             Err(err) => {
                 error!(zygote = %name, cause = %err, retry_ms = backoff.as_millis() as u64, "zygote failed to start");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => break,
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stop.changed() => break,
+        let Some(zygote) = current.clone() else {
+            continue;
+        };
+        let mut check = tokio::time::interval(RECYCLE_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = zygote.died() => {
+                    member.set(None);
+                    current = None;
+                    zygote.stop().await;
+                    if started.elapsed() >= HEALTHY_LIFETIME {
+                        backoff = BACKOFF_START;
+                        warn!(zygote = %name, "zygote died; restarting");
+                    } else {
+                        warn!(zygote = %name, retry_ms = backoff.as_millis() as u64, "zygote died soon after start; restarting after a pause");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.changed() => {}
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                    break;
+                }
+                _ = stop.changed() => {
+                    member.set(None);
+                    zygote.stop().await;
+                    return;
+                }
+                _ = check.tick() => {
+                    if let Some(reason) = zygote.wants_recycling(&profile.recycle) {
+                        info!(zygote = %name, reason, "recycling zygote");
+                        backoff = BACKOFF_START;
+                        break; // start the replacement; this one keeps serving until then
+                    }
+                }
+            }
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+    if let Some(zygote) = current {
+        member.set(None);
+        zygote.stop().await;
+    }
+}
+
+/// Lets a replaced zygote finish its running children (bounded by the longest a run may take),
+/// then stops it.
+async fn drain(zygote: Arc<Zygote>, timeout_ms: u64) {
+    zygote.start_draining();
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms) + Duration::from_secs(10);
+    while zygote.is_alive() && zygote.live_children() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    info!(zygote = %zygote.name, left = zygote.live_children(), "replaced zygote stopped");
+    zygote.stop().await;
 }
 
 /// A keeper's handle on its place in the pool.

@@ -1,84 +1,115 @@
 //! One run, from a validated request to exactly one `RunResult`.
 //!
-//! Path: check the request against the profile's limits → take a slot (its uid) → pick a
-//! zygote → ask it to fork a child, handing over the child's channel and the write ends of its
-//! stdout/stderr pipes → wait until the child reports it is locked down → send "go" with the code
-//! and stdin as sealed memfds → collect output (capped) while waiting for the exit, the wall
-//! deadline, or an output overflow → classify.
-//!
-//! Dropping the future of a run (client gone, cancel, shutdown) kills its child through the
-//! pidfd, and the slot is only returned once the child is really gone.
+//! Path: the tenant's and the profile's limits (a request may only lower them) → admission
+//! (rate, tenant concurrency, the fair per-profile queue, a run slot) → take a warm child, or fork one now (cold: a free slot, a live zygote, fork, lockdown) →
+//! `ReadyChild::run` (go, capture, deadline, classify). A warm child that turns out to be dead
+//! when its code is sent is replaced by a cold one; the request does not fail for it.
 
-use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sandfork_protocol::{LimitsRequest, RunResult, RunSpec, Status, Timings, Usage};
-use serde_json::json;
-use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, Notify};
-use tracing::warn;
+use sandfork_protocol::{RejectKind, RunResult, RunSpec, Status};
 
+use crate::admission::{Admission, Refusal};
+use crate::child::{ChildError, ReadyChild};
 use crate::config::Limits;
 use crate::pool::Pool;
-use crate::slots::{Slot, Slots};
-use crate::sys::{self, PidFd, SeqChannel};
-use crate::zygote::{ChildEvent, ChildParams, ExitInfo};
+use crate::slots::Slots;
+use crate::tenants::{PolicyError, Tenant};
+use crate::warm::WarmPool;
 
 /// How long a run may wait for a zygote to be available.
 const ZYGOTE_WAIT: Duration = Duration::from_secs(10);
-/// How long forking and locking down a child may take before it counts as a sandbox failure.
-const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
-/// After a child is killed or has exited, how long we wait for its exit report and pipe EOF.
-const REAP_TIMEOUT: Duration = Duration::from_secs(5);
-const MIB: u64 = 1024 * 1024;
-
-/// Applies a request's limits to a profile's: lower only, never higher.
-pub fn effective_limits(profile: &Limits, request: &LimitsRequest) -> Result<Limits, String> {
-    let mut limits = *profile;
-    let lower = |name: &str, asked: Option<u64>, ceiling: u64| -> Result<u64, String> {
-        match asked {
-            None => Ok(ceiling),
-            Some(0) => Err(format!("{name} must be positive")),
-            Some(v) if v > ceiling => Err(format!(
-                "{name} {v} exceeds the profile's ceiling of {ceiling}"
-            )),
-            Some(v) => Ok(v),
-        }
-    };
-    limits.timeout_ms = lower("timeout_ms", request.timeout_ms, profile.timeout_ms)?;
-    limits.memory_mb = lower("memory_mb", request.memory_mb, profile.memory_mb)?;
-    limits.output_bytes = lower("output_bytes", request.output_bytes, profile.output_bytes)?;
-    if request.timeout_ms.is_some() && profile.cpu_seconds.is_none() {
-        limits.cpu_seconds = None; // derive the CPU limit from the lowered wall timeout
-    }
-    Ok(limits)
-}
-
-/// Rlimits a child is forked with: the profile's ceilings.
-fn spawn_rlimits(limits: &Limits) -> serde_json::Value {
-    json!({
-        "cpu_seconds": limits.cpu_seconds(),
-        "fsize_bytes": limits.tmpfs_mb * MIB,
-        "nofile": limits.nofile,
-        "nproc": limits.pids,
-        "as_bytes": limits.memory_mb * MIB,
-    })
-}
-
-/// Rlimits the child lowers itself to when its request arrives.
-fn go_rlimits(limits: &Limits) -> serde_json::Value {
-    json!({
-        "cpu_seconds": limits.cpu_seconds(),
-        "as_bytes": limits.memory_mb * MIB,
-    })
-}
 
 /// A result that never ran.
-pub fn rejected(message: impl Into<String>) -> RunResult {
-    let mut result = RunResult::new(Status::Rejected);
-    result.message = Some(message.into());
-    result
+pub fn rejected(kind: RejectKind, message: impl Into<String>) -> RunResult {
+    RunResult::rejected(kind, message)
+}
+
+/// A path inside the working directory: relative, no `.`/`..`/empty components, no NUL,
+/// components of at most 255 bytes, at most 1024 bytes in all.
+pub fn check_relative_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("a file path is empty".into());
+    }
+    if path.len() > 1024 {
+        return Err(format!("file path of {} bytes is too long", path.len()));
+    }
+    if path.contains('\0') {
+        return Err(format!("file path {path:?} contains a NUL byte"));
+    }
+    if path.starts_with('/') {
+        return Err(format!("file path {path:?} is absolute"));
+    }
+    for part in path.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err(format!(
+                "file path {path:?} has an empty, '.' or '..' component"
+            ));
+        }
+        if part.len() > 255 {
+            return Err(format!("file path {path:?} has a component over 255 bytes"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a request's input files against the limits.
+fn check_files(spec: &RunSpec, limits: &Limits) -> Result<(), (RejectKind, String)> {
+    if spec.files.len() as u64 > limits.max_files {
+        return Err((
+            RejectKind::InvalidFiles,
+            format!(
+                "{} files; the limit is {}",
+                spec.files.len(),
+                limits.max_files
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    for file in &spec.files {
+        check_relative_path(&file.path).map_err(|e| (RejectKind::InvalidFiles, e))?;
+        if !seen.insert(file.path.as_str()) {
+            return Err((
+                RejectKind::InvalidFiles,
+                format!("file {:?} is given twice", file.path),
+            ));
+        }
+        // A file may not also be a directory of another one ("a" and "a/b").
+        total += file.content.len() as u64;
+    }
+    for file in &spec.files {
+        let mut prefix = String::new();
+        for part in file
+            .path
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map_or(&[][..], |(_, dirs)| dirs)
+        {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            if seen.contains(prefix.as_str()) {
+                return Err((
+                    RejectKind::InvalidFiles,
+                    format!("{prefix:?} is both a file and a directory"),
+                ));
+            }
+        }
+    }
+    if total > limits.files_bytes {
+        return Err((
+            RejectKind::TooLarge,
+            format!(
+                "input files are {total} bytes; the limit is {}",
+                limits.files_bytes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn internal_error(message: impl Into<String>) -> RunResult {
@@ -87,35 +118,75 @@ fn internal_error(message: impl Into<String>) -> RunResult {
     result
 }
 
-/// Runs `spec` on `pool`. `received` is when the request arrived (for queue timing).
-pub async fn execute(
-    pool: &Pool,
-    slots: &Slots,
-    run_id: u64,
-    spec: RunSpec,
-    received: Instant,
-) -> RunResult {
-    let limits = match effective_limits(&pool.profile.limits, &spec.limits) {
+/// What a run needs from the supervisor.
+pub struct RunContext<'a> {
+    /// Who asked: their policy caps the limits and their share of the queue.
+    pub tenant: &'a Tenant,
+    pub pool: &'a std::sync::Arc<Pool>,
+    pub warm: &'a WarmPool,
+    pub slots: &'a Slots,
+    pub admission: &'a Admission,
+    pub child_ids: &'a AtomicU64,
+}
+
+/// Runs `spec`. `received` is when the request arrived (for queue timing).
+pub async fn execute(ctx: RunContext<'_>, spec: RunSpec, received: Instant) -> RunResult {
+    let profile = &ctx.pool.profile.name;
+    let limits = match ctx
+        .tenant
+        .effective_limits(profile, &ctx.pool.profile.limits, &spec.limits)
+    {
         Ok(limits) => limits,
-        Err(message) => return rejected(message),
+        Err(err) => {
+            let kind = match err {
+                PolicyError::ProfileNotAllowed { .. } => RejectKind::ProfileNotAllowed,
+                PolicyError::NotPositive { .. } => RejectKind::InvalidLimits,
+                _ => RejectKind::LimitAboveCeiling,
+            };
+            return rejected(kind, err.to_string());
+        }
     };
     if spec.code.len() as u64 > limits.code_bytes {
-        return rejected(format!(
-            "code is {} bytes; the limit is {}",
-            spec.code.len(),
-            limits.code_bytes
-        ));
+        return rejected(
+            RejectKind::TooLarge,
+            format!(
+                "code is {} bytes; the limit is {}",
+                spec.code.len(),
+                limits.code_bytes
+            ),
+        );
     }
     if spec.stdin.len() as u64 > limits.stdin_bytes {
-        return rejected(format!(
-            "stdin is {} bytes; the limit is {}",
-            spec.stdin.len(),
-            limits.stdin_bytes
-        ));
+        return rejected(
+            RejectKind::TooLarge,
+            format!(
+                "stdin is {} bytes; the limit is {}",
+                spec.stdin.len(),
+                limits.stdin_bytes
+            ),
+        );
     }
-    let slot = slots.acquire().await;
-    let queued = received.elapsed();
-    let mut result = match run_in_slot(pool, slot, run_id, &spec, &limits).await {
+    if let Err((kind, message)) = check_files(&spec, &limits) {
+        return rejected(kind, message);
+    }
+    let permit = match ctx.admission.admit(ctx.tenant, profile).await {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            let kind = match refusal {
+                Refusal::RateLimited { .. } => RejectKind::RateLimited,
+                Refusal::Busy { .. } => RejectKind::Busy,
+                Refusal::QueueTimeout { .. } => RejectKind::QueueTimeout,
+            };
+            let mut result = rejected(kind, refusal.to_string());
+            if let Some(rejection) = result.rejection.as_mut() {
+                rejection.retry_after_ms = refusal.retry_after_ms();
+            }
+            result.timings.queue_ms = ms(received.elapsed());
+            return result;
+        }
+    };
+    let queued = permit.waited();
+    let mut result = match run_with_child(&ctx, &spec, &limits).await {
         Ok(result) => result,
         Err(message) => internal_error(message),
     };
@@ -124,403 +195,102 @@ pub async fn execute(
     result
 }
 
-async fn run_in_slot(
-    pool: &Pool,
-    slot: Slot,
-    run_id: u64,
+async fn run_with_child(
+    ctx: &RunContext<'_>,
     spec: &RunSpec,
     limits: &Limits,
 ) -> Result<RunResult, String> {
-    let zygote = pool
+    let started = Instant::now();
+    if let Some(child) = ctx.warm.take() {
+        let spawn_time = started.elapsed();
+        match child.run(spec, limits).await {
+            Ok(mut result) => {
+                result.timings.spawn_ms = ms(spawn_time);
+                result.warm = true;
+                return Ok(result);
+            }
+            Err(ChildError::Lost(reason)) => {
+                tracing::debug!(cause = %reason, "warm child lost; forking a cold one");
+            }
+            Err(ChildError::Sandbox(reason)) => return Err(reason),
+        }
+    }
+    let cold_started = Instant::now();
+    let child = fork_cold(ctx).await?;
+    let spawn_time = cold_started.elapsed();
+    match child.run(spec, limits).await {
+        Ok(mut result) => {
+            result.timings.spawn_ms = ms(spawn_time);
+            Ok(result)
+        }
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+async fn fork_cold(ctx: &RunContext<'_>) -> Result<ReadyChild, String> {
+    let slot = ctx.slots.acquire().await;
+    let zygote = ctx
+        .pool
         .pick(ZYGOTE_WAIT)
         .await
-        .ok_or_else(|| format!("no zygote of profile {} is ready", pool.profile.name))?;
-    let spawn_started = Instant::now();
-    let (chan_ours, chan_child) = sys::seqpacket_pair().map_err(|e| format!("socketpair: {e}"))?;
-    let (out_r, out_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
-    let (err_r, err_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
-    let params = ChildParams {
-        run_id,
-        uid: slot.inner_uid(),
-        gid: slot.inner_uid(),
-        tmpfs_bytes: limits.tmpfs_mb * MIB,
-        rlimits: spawn_rlimits(limits),
-    };
-    let mut events = zygote
-        .spawn(&params, [&chan_child, &out_w, &err_w])
+        .ok_or_else(|| format!("no zygote of profile {} is ready", ctx.pool.profile.name))?;
+    let id = ctx.child_ids.fetch_add(1, Ordering::Relaxed);
+    ReadyChild::fork(zygote, slot, id, &ctx.pool.profile.limits)
         .await
-        .map_err(|e| format!("zygote {}: {e}", zygote.name))?;
-    drop((chan_child, out_w, err_w));
-
-    let stdout = Capture::start(out_r, limits.output_bytes);
-    let stderr = Capture::start(err_r, limits.output_bytes);
-
-    let (pid, pidfd) = match tokio::time::timeout(SPAWN_TIMEOUT, events.recv()).await {
-        Ok(Some(ChildEvent::Spawned { pid, pidfd })) => (pid, pidfd),
-        Ok(Some(ChildEvent::SpawnFailed(reason))) => return Err(format!("fork failed: {reason}")),
-        Ok(Some(ChildEvent::Exited(_))) => return Err("child exited before it was spawned".into()),
-        Ok(None) => return Err(format!("zygote {} died", zygote.name)),
-        Err(_) => return Err("zygote did not fork in time".into()),
-    };
-    let child = ChildGuard::new(pidfd, slot);
-
-    // The child says "ready" once it is locked down; only then does it get the code.
-    let chan = SeqChannel::new(chan_ours).map_err(|e| format!("child channel: {e}"))?;
-    let ready = tokio::time::timeout(SPAWN_TIMEOUT, chan.recv(256, 0)).await;
-    let ready = matches!(&ready, Ok(Ok(Some(p))) if p.data == br#"{"op":"ready"}"#);
-    if !ready {
-        child.kill();
-        let exit = wait_exit(&mut events).await;
-        let stderr = stderr.finish().await;
-        let detail = String::from_utf8_lossy(&stderr.0).trim().to_string();
-        return Err(format!(
-            "child {pid} failed during lockdown ({}): {detail}",
-            describe_exit(exit.as_ref())
-        ));
-    }
-    let spawn_time = spawn_started.elapsed();
-
-    let code = sys::sealed_memfd("sandfork-code", &spec.code).map_err(|e| e.to_string())?;
-    let stdin = sys::sealed_memfd("sandfork-stdin", &spec.stdin).map_err(|e| e.to_string())?;
-    let go = json!({"op": "go", "argv": spec.argv, "rlimits": go_rlimits(limits)});
-    let run_started = Instant::now();
-    chan.send(go.to_string().as_bytes(), &[raw(&code), raw(&stdin)])
-        .await
-        .map_err(|e| format!("sending code to the child: {e}"))?;
-    drop((code, stdin, chan));
-
-    let deadline = tokio::time::sleep(Duration::from_millis(limits.timeout_ms));
-    tokio::pin!(deadline);
-    let mut stopped: Option<Status> = None;
-    let exit = loop {
-        tokio::select! {
-            event = events.recv() => match event {
-                Some(ChildEvent::Exited(info)) => break Some(info),
-                Some(_) => continue,
-                None => break None,
-            },
-            _ = &mut deadline, if stopped.is_none() => {
-                stopped = Some(Status::Timeout);
-                child.kill();
-            }
-            _ = stdout.overflowed(), if stopped.is_none() => {
-                stopped = Some(Status::OutputLimit);
-                child.kill();
-            }
-            _ = stderr.overflowed(), if stopped.is_none() => {
-                stopped = Some(Status::OutputLimit);
-                child.kill();
-            }
-        }
-    };
-    let run_time = run_started.elapsed();
-    let (out, out_truncated) = stdout.finish().await;
-    let (err, err_truncated) = stderr.finish().await;
-    let Some(exit) = exit else {
-        child.kill();
-        return Err(format!(
-            "zygote {} died while the run was in progress",
-            zygote.name
-        ));
-    };
-    child.exited();
-
-    let (status, message) = classify(&exit, stopped, limits);
-    Ok(RunResult {
-        status,
-        exit_code: exit.exit_code,
-        signal: exit.signal,
-        stdout: out,
-        stderr: err,
-        stdout_truncated: out_truncated,
-        stderr_truncated: err_truncated,
-        usage: Usage {
-            wall_ms: ms(run_time),
-            cpu_ms: (exit.utime + exit.stime) * 1000.0,
-            max_rss_kb: exit.maxrss_kb,
-        },
-        timings: Timings {
-            queue_ms: 0.0,
-            spawn_ms: ms(spawn_time),
-            run_ms: ms(run_time),
-            total_ms: 0.0,
-        },
-        message,
-    })
-}
-
-/// Names how a run ended. `stopped` is set when the supervisor killed it, and wins.
-pub fn classify(
-    exit: &ExitInfo,
-    stopped: Option<Status>,
-    limits: &Limits,
-) -> (Status, Option<String>) {
-    if let Some(status) = stopped {
-        let message = match status {
-            Status::Timeout => format!("wall-clock limit of {} ms reached", limits.timeout_ms),
-            Status::OutputLimit => format!(
-                "output exceeded {} bytes on a stream; the run was stopped",
-                limits.output_bytes
-            ),
-            _ => status.as_str().to_string(),
-        };
-        return (status, Some(message));
-    }
-    let cpu_ms = (exit.utime + exit.stime) * 1000.0;
-    match (exit.exit_code, exit.signal) {
-        (Some(0), _) => (Status::Ok, None),
-        (Some(code), _) => (Status::Error, Some(format!("exited with code {code}"))),
-        (None, Some(libc::SIGXCPU)) => (
-            Status::CpuLimit,
-            Some(format!("CPU limit of {} s reached", limits.cpu_seconds())),
-        ),
-        (None, Some(libc::SIGKILL)) if cpu_ms >= (limits.cpu_seconds() * 1000) as f64 => (
-            Status::CpuLimit,
-            Some(format!("CPU limit of {} s reached", limits.cpu_seconds())),
-        ),
-        (None, Some(libc::SIGSYS)) => (
-            Status::Killed,
-            Some("killed by seccomp (SIGSYS): the program made a forbidden system call".into()),
-        ),
-        (None, Some(signal)) => (
-            Status::Killed,
-            Some(format!(
-                "killed by signal {signal} ({})",
-                signal_name(signal)
-            )),
-        ),
-        (None, None) => (
-            Status::InternalError,
-            Some("child vanished without a status".into()),
-        ),
-    }
-}
-
-fn signal_name(signal: i32) -> &'static str {
-    nix::sys::signal::Signal::try_from(signal).map_or("unknown", |s| s.as_str())
-}
-
-fn describe_exit(exit: Option<&ExitInfo>) -> String {
-    match exit {
-        Some(ExitInfo {
-            exit_code: Some(code),
-            ..
-        }) => format!("exit {code}"),
-        Some(ExitInfo {
-            signal: Some(sig), ..
-        }) => format!("signal {sig}"),
-        _ => "no exit status".into(),
-    }
-}
-
-async fn wait_exit(events: &mut mpsc::UnboundedReceiver<ChildEvent>) -> Option<ExitInfo> {
-    let wait = async {
-        while let Some(event) = events.recv().await {
-            if let ChildEvent::Exited(info) = event {
-                return Some(info);
-            }
-        }
-        None
-    };
-    tokio::time::timeout(REAP_TIMEOUT, wait)
-        .await
-        .ok()
-        .flatten()
-}
-
-fn raw(fd: &OwnedFd) -> std::os::fd::RawFd {
-    std::os::fd::AsRawFd::as_raw_fd(fd)
+        .map_err(|e| e.to_string())
 }
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Owns a live child: kills it when dropped unless it has exited, and holds the slot until the
-/// process is really gone, so its uid is never shared with the next run.
-struct ChildGuard {
-    pidfd: Option<PidFd>,
-    slot: Option<Slot>,
-}
-
-impl ChildGuard {
-    fn new(pidfd: PidFd, slot: Slot) -> Self {
-        ChildGuard {
-            pidfd: Some(pidfd),
-            slot: Some(slot),
-        }
-    }
-
-    fn kill(&self) {
-        if let Some(pidfd) = &self.pidfd {
-            kill_child(pidfd);
-        }
-    }
-
-    /// The zygote reported the exit: nothing left to kill.
-    fn exited(mut self) {
-        self.pidfd = None;
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let Some(pidfd) = self.pidfd.take() else {
-            return;
-        };
-        kill_child(&pidfd);
-        let slot = self.slot.take();
-        // Keep the slot until the process has exited; then both go.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = tokio::time::timeout(REAP_TIMEOUT, pidfd.exited()).await;
-                drop(slot);
-            });
-        }
-    }
-}
-
-fn kill_child(pidfd: &PidFd) {
-    if let Err(err) = pidfd.signal(libc::SIGKILL) {
-        warn!(cause = %err, "killing a child failed");
-    }
-}
-
-/// Reads one output stream, keeping at most `cap` bytes. More than that sets the truncation
-/// flag and signals `overflowed`; the rest is read and dropped so the writer never blocks.
-struct Capture {
-    task: tokio::task::JoinHandle<(Vec<u8>, bool)>,
-    overflow: Arc<Notify>,
-}
-
-impl Capture {
-    fn start(read_end: OwnedFd, cap: u64) -> Capture {
-        let overflow = Arc::new(Notify::new());
-        let signal = Arc::clone(&overflow);
-        let cap = usize::try_from(cap).unwrap_or(usize::MAX);
-        let task = tokio::spawn(async move {
-            let mut kept = Vec::new();
-            let mut truncated = false;
-            let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) else {
-                return (kept, truncated);
-            };
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match pipe.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let room = cap.saturating_sub(kept.len());
-                        kept.extend_from_slice(&buf[..n.min(room)]);
-                        if n > room && !truncated {
-                            truncated = true;
-                            signal.notify_one();
-                        }
-                    }
-                }
-            }
-            (kept, truncated)
-        });
-        Capture { task, overflow }
-    }
-
-    async fn overflowed(&self) {
-        self.overflow.notified().await;
-    }
-
-    /// The captured bytes and the truncation flag, once the writer has closed (bounded wait).
-    async fn finish(self) -> (Vec<u8>, bool) {
-        let abort = self.task.abort_handle();
-        match tokio::time::timeout(REAP_TIMEOUT, self.task).await {
-            Ok(Ok(captured)) => captured,
-            _ => {
-                abort.abort();
-                (Vec::new(), true)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::zygote::EXIT_LOCKDOWN_FAILED;
 
-    fn exit(code: Option<i32>, signal: Option<i32>, cpu: f64) -> ExitInfo {
-        ExitInfo {
-            exit_code: code,
-            signal,
-            utime: cpu,
-            stime: 0.0,
-            maxrss_kb: 0,
+    #[test]
+    fn file_paths_must_stay_inside_the_working_directory() {
+        for good in ["a", "a.txt", "dir/sub/file.csv", "..hidden", "a..b"] {
+            assert!(check_relative_path(good).is_ok(), "{good}");
         }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "./a",
+            "a/",
+            "a\0b",
+        ] {
+            assert!(check_relative_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_relative_path(&"x".repeat(256)).is_err());
     }
 
     #[test]
-    fn requests_may_only_lower_limits() {
-        let profile = Limits::default();
-        let lowered = effective_limits(
-            &profile,
-            &LimitsRequest {
-                timeout_ms: Some(100),
-                memory_mb: None,
-                output_bytes: Some(10),
-            },
-        )
-        .unwrap();
-        assert_eq!(lowered.timeout_ms, 100);
-        assert_eq!(lowered.output_bytes, 10);
-        assert_eq!(lowered.memory_mb, profile.memory_mb);
-        let too_high = LimitsRequest {
-            timeout_ms: Some(profile.timeout_ms + 1),
-            ..Default::default()
-        };
-        assert!(effective_limits(&profile, &too_high)
-            .unwrap_err()
-            .contains("exceeds"));
-        let zero = LimitsRequest {
-            memory_mb: Some(0),
-            ..Default::default()
-        };
-        assert!(effective_limits(&profile, &zero).is_err());
-    }
-
-    #[test]
-    fn classification_names_every_ending() {
+    fn file_sets_are_checked() {
+        use sandfork_protocol::FileData;
         let limits = Limits::default();
-        let cases = [
-            (exit(Some(0), None, 0.0), None, Status::Ok),
-            (exit(Some(3), None, 0.0), None, Status::Error),
-            (exit(None, Some(libc::SIGXCPU), 1.0), None, Status::CpuLimit),
-            (
-                exit(None, Some(libc::SIGKILL), 99_999.0),
-                None,
-                Status::CpuLimit,
-            ),
-            (exit(None, Some(libc::SIGKILL), 0.1), None, Status::Killed),
-            (exit(None, Some(libc::SIGSYS), 0.0), None, Status::Killed),
-            (
-                exit(None, Some(libc::SIGKILL), 0.0),
-                Some(Status::Timeout),
-                Status::Timeout,
-            ),
-            (
-                exit(Some(0), None, 0.0),
-                Some(Status::OutputLimit),
-                Status::OutputLimit,
-            ),
-            // After "ready" every exit code is the program's own, even the zygote's setup codes.
-            (
-                exit(Some(EXIT_LOCKDOWN_FAILED), None, 0.0),
-                None,
-                Status::Error,
-            ),
-        ];
-        for (info, stopped, want) in cases {
-            assert_eq!(
-                classify(&info, stopped, &limits).0,
-                want,
-                "{info:?} {stopped:?}"
-            );
-        }
+        let file = |path: &str, n: usize| FileData {
+            path: path.into(),
+            content: vec![b'x'; n],
+        };
+        let spec = |files: Vec<FileData>| RunSpec {
+            files,
+            ..RunSpec::default()
+        };
+        assert!(check_files(&spec(vec![file("a", 1), file("d/b", 2)]), &limits).is_ok());
+        let dup = check_files(&spec(vec![file("a", 1), file("a", 1)]), &limits);
+        assert_eq!(dup.unwrap_err().0, RejectKind::InvalidFiles);
+        let clash = check_files(&spec(vec![file("a", 1), file("a/b", 1)]), &limits);
+        assert_eq!(clash.unwrap_err().0, RejectKind::InvalidFiles);
+        let many: Vec<_> = (0..101).map(|i| file(&format!("f{i}"), 0)).collect();
+        assert_eq!(
+            check_files(&spec(many), &limits).unwrap_err().0,
+            RejectKind::InvalidFiles
+        );
+        let big = check_files(&spec(vec![file("big", 8 * 1024 * 1024 + 1)]), &limits);
+        assert_eq!(big.unwrap_err().0, RejectKind::TooLarge);
     }
 }

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::supervisor::Supervisor;
+use crate::tenants::IdentityError;
 
 /// How long a new connection may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -168,6 +169,17 @@ impl Connection {
         match first {
             Request::Hello(hello) if hello.version == PROTOCOL_VERSION => {
                 debug!(peer_pid = self.peer.pid, client = %hello.client, "hello");
+                // A uid that is neither a tenant nor a proxy has nothing to do here.
+                if let Err(err @ IdentityError::UnknownUid { .. }) =
+                    self.supervisor.identify(self.peer.uid, None)
+                {
+                    let message = err.to_string();
+                    self.log_protocol_error(ErrorKind::PermissionDenied, &message);
+                    let _ = out
+                        .send(error(None, ErrorKind::PermissionDenied, message))
+                        .await;
+                    return false;
+                }
                 let reply = Response::Hello(HelloReply {
                     version: PROTOCOL_VERSION,
                     server: format!("sandforkd {}", env!("CARGO_PKG_VERSION")),
@@ -260,6 +272,19 @@ impl Connection {
                     .send(error(None, ErrorKind::InvalidRequest, message))
                     .await;
             }
+            Request::Metrics { id } => {
+                // Tenant names and counts are not for strangers.
+                if let Err(err) = self.supervisor.identify(self.peer.uid, None) {
+                    let message = err.to_string();
+                    self.log_protocol_error(ErrorKind::PermissionDenied, &message);
+                    let _ = out
+                        .send(error(Some(id), ErrorKind::PermissionDenied, message))
+                        .await;
+                    return;
+                }
+                let text = self.supervisor.metrics_text();
+                let _ = out.send(Response::Metrics { id, text }).await;
+            }
             Request::Ping { id } => {
                 let status = self.supervisor.status();
                 let _ = out.send(Response::Pong { id, status }).await;
@@ -291,6 +316,21 @@ impl Connection {
                         .await;
                     return;
                 }
+                // Who is asking: the peer's own tenant, or the one a proxy peer names.
+                let tenant = match self
+                    .supervisor
+                    .identify(self.peer.uid, spec.tenant.as_deref())
+                {
+                    Ok(tenant) => tenant,
+                    Err(err) => {
+                        let message = err.to_string();
+                        self.log_protocol_error(ErrorKind::PermissionDenied, &message);
+                        let _ = out
+                            .send(error(Some(id), ErrorKind::PermissionDenied, message))
+                            .await;
+                        return;
+                    }
+                };
                 let (cancel_tx, cancel_rx) = oneshot::channel();
                 inflight.insert(id, cancel_tx);
                 let supervisor = Arc::clone(&self.supervisor);
@@ -299,7 +339,7 @@ impl Connection {
                 let received = Instant::now();
                 tasks.spawn(async move {
                     tokio::select! {
-                        result = supervisor.execute(spec, received) => {
+                        result = supervisor.execute(&tenant, spec, received) => {
                             let _ = out.send(Response::Result { id, result }).await;
                         }
                         cancelled = cancel_rx => {
@@ -356,11 +396,8 @@ mod tests {
 
     fn spec(code: &[u8]) -> RunSpec {
         RunSpec {
-            profile: None,
             code: code.to_vec(),
-            stdin: Vec::new(),
-            argv: Vec::new(),
-            limits: Default::default(),
+            ..RunSpec::default()
         }
     }
 

@@ -1,6 +1,8 @@
-//! Concurrent-run slots. Each slot owns one uid inside every zygote's user namespace (mapped to
-//! one host uid), so no two live children ever share a uid: a child cannot signal, ptrace or
-//! read /proc of another run's process even if every other layer failed.
+//! Slots: the identities children run as. Each slot owns one uid inside every zygote's user
+//! namespace (mapped to one host uid), so no two live children ever share a uid: a child cannot
+//! signal, ptrace or read /proc of another run's process even if every other layer failed.
+//! Every live child holds one — running, or waiting warm — so there are `slots` (concurrent
+//! runs) plus the warm children of every profile; concurrency itself is a separate semaphore.
 
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +41,22 @@ impl Slots {
     /// Slots in use right now.
     pub fn busy(&self) -> u32 {
         self.count - self.permits.available_permits() as u32
+    }
+
+    /// A free slot now, or None.
+    pub fn try_acquire(&self) -> Option<Slot> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        let index = self
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .expect("a permit guarantees a free slot");
+        Some(Slot {
+            index,
+            free: Arc::clone(&self.free),
+            _permit: permit,
+        })
     }
 
     /// Waits for a free slot.

@@ -5,18 +5,23 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sandfork_protocol::{ProfileStatus, RunResult, RunSpec, ServerStatus};
+use sandfork_protocol::{ProfileStatus, RejectKind, RunResult, RunSpec, ServerStatus};
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::admission::Admission;
 use crate::config::{Config, DEFAULT_PROFILE};
+use crate::metrics::Metrics;
 use crate::pool::{Pool, Profile, LOCKDOWN_LIB, PROBE_SCRIPT, ZYGOTE_SCRIPT};
-use crate::run;
+use crate::run::{self, RunContext};
 use crate::slots::Slots;
+use crate::tenants::{IdentityError, Tenants};
+use crate::warm::WarmPool;
 use crate::zygote::Spawner;
 
 const ZYGOTE_PY: &str = include_str!("../zygote/zygote.py");
@@ -46,6 +51,8 @@ pub enum StartError {
     Join(String),
     #[error("seccomp policy does not compile: {0}")]
     Seccomp(String),
+    #[error("tenants: {0}")]
+    Tenants(String),
 }
 
 /// Where the supervisor's helper files are.
@@ -143,14 +150,31 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 /// The running supervisor.
 #[derive(Debug)]
 pub struct Supervisor {
-    pools: BTreeMap<String, Pool>,
-    slots: Slots,
-    next_run_id: AtomicU64,
+    profiles: BTreeMap<String, ProfileRuntime>,
+    /// Identities (uids): one per concurrent run plus one per warm child.
+    slots: Arc<Slots>,
+    /// Who may run code, with which policy.
+    tenants: Tenants,
+    /// Rate, concurrency and the fair queue in front of the run slots.
+    admission: Admission,
+    slot_count: u32,
+    /// Log each run's code text in its audit record (off: only its SHA-256).
+    audit_code: bool,
+    /// Ids for children, unique per daemon (the zygotes route events by them).
+    child_ids: Arc<AtomicU64>,
     /// Largest frame accepted or sent on the socket.
     pub max_frame_len: u32,
     /// In-flight runs get this long to finish after SIGTERM.
     pub shutdown_grace: Duration,
     stop: watch::Sender<bool>,
+    metrics: Metrics,
+}
+
+/// A profile's zygote pool and warm children.
+#[derive(Debug)]
+struct ProfileRuntime {
+    pool: Arc<Pool>,
+    warm: Arc<WarmPool>,
 }
 
 impl Supervisor {
@@ -162,9 +186,14 @@ impl Supervisor {
         sandfork_lockdown::seccomp::zygote_filters()
             .map_err(|e| StartError::Seccomp(e.to_string()))?;
         paths.install_runtime()?;
+        let tenants = Tenants::from_config(config, nix::unistd::geteuid().as_raw())
+            .map_err(|e| StartError::Tenants(e.to_string()))?;
+        let profile_names: Vec<String> = config.profiles.keys().cloned().collect();
         let spawner = Spawner::start();
         let (stop, stop_rx) = watch::channel(false);
-        let mut pools = BTreeMap::new();
+        let slots = Arc::new(Slots::new(config.identity_count()));
+        let child_ids = Arc::new(AtomicU64::new(1));
+        let mut profiles = BTreeMap::new();
         for (name, profile_config) in &config.profiles {
             let started = Instant::now();
             let (name_owned, profile_config, config_owned, runtime_dir) = (
@@ -190,18 +219,37 @@ impl Supervisor {
                 probe_ms = started.elapsed().as_millis() as u64,
                 "profile prepared"
             );
-            let pool = Pool::start(
-                Arc::new(profile),
+            let profile = Arc::new(profile);
+            let pool = Arc::new(Pool::start(
+                Arc::clone(&profile),
                 spawner.clone(),
                 paths.zygote_init.clone(),
                 stop_rx.clone(),
-            );
-            pools.insert(name.clone(), pool);
+            ));
+            let warm = Arc::new(WarmPool::new(profile.warm_children, profile.warm_idle));
+            if profile.warm_children > 0 {
+                tokio::spawn(Arc::clone(&warm).keep_filled(
+                    Arc::clone(&pool),
+                    Arc::clone(&slots),
+                    Arc::clone(&child_ids),
+                    stop_rx.clone(),
+                ));
+            }
+            profiles.insert(name.clone(), ProfileRuntime { pool, warm });
         }
         Ok(Arc::new(Supervisor {
-            pools,
-            slots: Slots::new(config.slot_count()),
-            next_run_id: AtomicU64::new(1),
+            profiles,
+            slots,
+            tenants,
+            admission: Admission::with_queue_capacity(
+                &profile_names,
+                config.slot_count(),
+                config.queue_per_profile,
+            ),
+            slot_count: config.slot_count(),
+            audit_code: config.audit_code,
+            child_ids,
+            metrics: Metrics::new(),
             max_frame_len: config.max_frame_len,
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
             stop,
@@ -210,7 +258,7 @@ impl Supervisor {
 
     /// True when every profile has at least one live zygote.
     pub fn is_ready(&self) -> bool {
-        self.pools.values().all(|p| p.ready_count() > 0)
+        self.profiles.values().all(|p| p.pool.ready_count() > 0)
     }
 
     /// Waits until ready, or `timeout`.
@@ -229,33 +277,105 @@ impl Supervisor {
         ServerStatus {
             ready: self.is_ready(),
             profiles: self
-                .pools
+                .profiles
                 .iter()
-                .map(|(name, pool)| ProfileStatus {
+                .map(|(name, profile)| ProfileStatus {
                     name: name.clone(),
-                    zygotes_ready: pool.ready_count(),
-                    zygotes_wanted: pool.wanted(),
+                    zygotes_ready: profile.pool.ready_count(),
+                    zygotes_wanted: profile.pool.wanted(),
+                    warm_children: profile.warm.count(),
+                    queued: self.admission.queued(name),
                 })
                 .collect(),
+            slots_total: self.slot_count,
+            slots_busy: self.admission.running(),
         }
     }
 
-    /// Runs one request to completion. Dropping the future kills the run's child.
-    pub async fn execute(&self, spec: RunSpec, received: Instant) -> RunResult {
-        let name = spec.profile.as_deref().unwrap_or(DEFAULT_PROFILE);
-        let Some(pool) = self.pools.get(name) else {
-            return run::rejected(format!("unknown profile {name:?}"));
+    /// The tenant a socket peer acts as: its own (by uid), or — for proxy peers only — the one
+    /// it names.
+    pub fn identify(
+        &self,
+        peer_uid: u32,
+        on_behalf_of: Option<&str>,
+    ) -> Result<String, IdentityError> {
+        self.tenants
+            .identify(peer_uid, on_behalf_of)
+            .map(|t| t.name.clone())
+    }
+
+    /// Runs one request of `tenant` (as returned by `identify`) to completion. Dropping the
+    /// future kills the run's child.
+    pub async fn execute(&self, tenant: &str, spec: RunSpec, received: Instant) -> RunResult {
+        let request_id = spec.request_id.clone().unwrap_or_else(new_request_id);
+        let profile_name = spec
+            .profile
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PROFILE.to_string());
+        let code_sha256 = hex_sha256(&spec.code);
+        let client_addr = spec.client_addr.clone();
+        let code_text = self
+            .audit_code
+            .then(|| String::from_utf8_lossy(&spec.code).into_owned());
+        let mut result = match (
+            self.tenants.by_name(tenant),
+            self.profiles.get(&profile_name),
+        ) {
+            (None, _) => RunResult::new(sandfork_protocol::Status::InternalError)
+                .with_message(format!("tenant {tenant:?} vanished")),
+            (_, None) => run::rejected(
+                RejectKind::UnknownProfile,
+                format!("unknown profile {profile_name:?}"),
+            ),
+            (Some(tenant), Some(profile)) => {
+                let ctx = RunContext {
+                    tenant,
+                    pool: &profile.pool,
+                    warm: &profile.warm,
+                    slots: &self.slots,
+                    admission: &self.admission,
+                    child_ids: &self.child_ids,
+                };
+                run::execute(ctx, spec, received).await
+            }
         };
-        let run_id = self.next_run_id.fetch_add(1, Ordering::Relaxed);
-        run::execute(pool, &self.slots, run_id, spec, received).await
+        result.request_id = request_id;
+        self.metrics.record(tenant, &profile_name, &result);
+        info!(
+            target: "sandfork::audit",
+            tenant,
+            request_id = %result.request_id,
+            profile = %profile_name,
+            code_sha256 = %code_sha256,
+            code = code_text.as_deref().unwrap_or(""),
+            status = result.status.as_str(),
+            exit_code = result.exit_code.unwrap_or(-1),
+            signal = result.signal.unwrap_or(0),
+            wall_ms = result.usage.wall_ms,
+            cpu_ms = result.usage.cpu_ms,
+            max_rss_kb = result.usage.max_rss_kb,
+            stdout_bytes = result.stdout.len(),
+            stderr_bytes = result.stderr.len(),
+            files_out = result.files.len(),
+            warm = result.warm,
+            client_addr = client_addr.as_deref().unwrap_or(""),
+            "run"
+        );
+        result
+    }
+
+    /// Prometheus text of the daemon's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(&self.status())
     }
 
     /// Stops the keepers and kills every zygote (and so every child: each zygote is PID 1 of
     /// its namespace).
     pub async fn shutdown(&self) {
         self.stop.send_replace(true);
-        for pool in self.pools.values() {
-            for zygote in pool.zygotes() {
+        for profile in self.profiles.values() {
+            profile.warm.clear();
+            for zygote in profile.pool.zygotes() {
                 zygote.stop().await;
             }
         }
@@ -263,10 +383,34 @@ impl Supervisor {
 
     /// zygote-init host pids of every live zygote, for tests and diagnostics.
     pub fn zygote_pids(&self) -> Vec<i32> {
-        self.pools
+        self.profiles
             .values()
-            .flat_map(|p| p.zygotes())
+            .flat_map(|p| p.pool.zygotes())
             .filter_map(|z| z.init_pid())
             .collect()
     }
+}
+
+/// A fresh request id: "r-" and 16 random hex digits.
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // The OS RNG failing is not a reason to fail a run; a time-based id is still unique
+        // enough for an audit trail.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = nanos.to_le_bytes();
+    }
+    format!(
+        "r-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -200,6 +200,16 @@ impl PidFd {
         Ok(())
     }
 
+    /// True once the process has exited (the pidfd is readable), without waiting.
+    pub fn has_exited(&self) -> bool {
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(
+            self.fd.get_ref().as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+
     /// The process's pid in our pid namespace, from /proc/self/fdinfo (0 once it has exited).
     pub fn host_pid(&self) -> Option<i32> {
         let info = std::fs::read_to_string(format!(

@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -119,6 +119,9 @@ pub struct ChildParams {
 /// What the zygote said when it became ready.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ReadyInfo {
+    /// The zygote's peak RSS after preloading: the baseline for recycling on growth.
+    #[serde(default)]
+    pub rss_kb: u64,
     pub python: String,
     pub preloaded: u64,
     pub preload_failed: Vec<String>,
@@ -134,6 +137,8 @@ struct ZygoteMessage {
     pid: Option<i32>,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    rss_kb: Option<u64>,
 }
 
 /// A running zygote.
@@ -149,6 +154,19 @@ pub struct Zygote {
     init: Mutex<Option<std::process::Child>>,
     init_pidfd: PidFd,
     pub ready: ReadyInfo,
+    /// Children forked so far, for recycling after a number of forks.
+    forks: AtomicU64,
+    /// Peak RSS the zygote last reported, for recycling on growth.
+    peak_rss_kb: AtomicU64,
+    /// Set when the zygote is being replaced: no new children; the running ones finish.
+    draining: AtomicBool,
+}
+
+/// When a zygote should be replaced by a fresh one.
+#[derive(Debug, Clone, Copy)]
+pub struct RecyclePolicy {
+    pub max_forks: u64,
+    pub max_rss_growth_kb: u64,
 }
 
 impl Zygote {
@@ -248,6 +266,9 @@ impl Zygote {
             alive: AtomicBool::new(true),
             init: Mutex::new(Some(child)),
             init_pidfd,
+            forks: AtomicU64::new(0),
+            peak_rss_kb: AtomicU64::new(ready.rss_kb),
+            draining: AtomicBool::new(false),
             ready,
         });
         tokio::spawn(Arc::clone(&zygote).read_events());
@@ -256,6 +277,37 @@ impl Zygote {
 
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
+    }
+
+    /// Alive and not being replaced: may fork new children.
+    pub fn accepts_children(&self) -> bool {
+        self.is_alive() && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Stops new forks; children already forked keep running.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Children forked by this zygote that have not exited yet.
+    pub fn live_children(&self) -> usize {
+        self.lock_waiters().len()
+    }
+
+    /// Whether `policy` says this zygote has served long enough or grown too much.
+    pub fn wants_recycling(&self, policy: &RecyclePolicy) -> Option<String> {
+        let forks = self.forks.load(Ordering::Relaxed);
+        if forks >= policy.max_forks {
+            return Some(format!("{forks} forks"));
+        }
+        let growth = self
+            .peak_rss_kb
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.ready.rss_kb);
+        if growth > policy.max_rss_growth_kb {
+            return Some(format!("peak RSS grew by {growth} KiB"));
+        }
+        None
     }
 
     /// Resolves when the zygote has died (its channel closed).
@@ -269,9 +321,10 @@ impl Zygote {
         params: &ChildParams,
         fds: [&OwnedFd; 3],
     ) -> Result<mpsc::UnboundedReceiver<ChildEvent>, ZygoteError> {
-        if !self.is_alive() {
+        if !self.accepts_children() {
             return Err(ZygoteError::Gone);
         }
+        self.forks.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         self.lock_waiters().insert(params.run_id, tx);
         let message = json!({
@@ -340,6 +393,9 @@ impl Zygote {
         let id = message.id.ok_or("message without id")?;
         let event = match message.op.as_str() {
             "spawned" => {
+                if let Some(rss) = message.rss_kb {
+                    self.peak_rss_kb.fetch_max(rss, Ordering::Relaxed);
+                }
                 let pidfd = packet
                     .fds
                     .into_iter()

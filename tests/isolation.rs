@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{daemon, descendants, err, ok_stdout, out, privileged, run};
+use common::{daemon, err, ok_stdout, out, privileged, run};
 use sandfork_protocol::Status;
 
 /// Runs `attack`, which must print lines `BLOCKED <what>` or `ESCAPED <what>`; asserts every
@@ -304,8 +304,8 @@ open('/escape-test', 'w')
 }
 
 #[tokio::test]
-async fn no_fd_beyond_stdio_is_open() {
-    if !privileged("no_fd_beyond_stdio_is_open") {
+async fn no_fd_beyond_stdio_and_the_result_channel_is_open() {
+    if !privileged("no_fd_beyond_stdio_and_the_result_channel_is_open") {
         return;
     }
     let code = r#"
@@ -317,9 +317,14 @@ for fd in range(0, 4096):
         open_fds.append(fd)
     except OSError:
         pass
-print(open_fds)
+import socket
+chan = socket.socket(fileno=3)
+print(open_fds, chan.family == socket.AF_UNIX, chan.type == socket.SOCK_SEQPACKET)
+chan.detach()
 "#;
-    assert_eq!(ok_stdout(&run(code).await), "[0, 1, 2]\n");
+    // 0-2: stdio; 3: the run's own channel to the supervisor (main()'s result and output
+    // files travel on it after the program).
+    assert_eq!(ok_stdout(&run(code).await), "[0, 1, 2, 3] True True\n");
 }
 
 #[tokio::test]
@@ -365,35 +370,24 @@ print('host', socket.gethostname())
     assert_eq!(fields[4], "[]", "no supplementary groups: {uid_line}");
 }
 
-#[tokio::test]
+// Multi-threaded: the finder blocks its thread while the run proceeds on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layers_are_on_seen_from_the_host() {
     if !privileged("layers_are_on_seen_from_the_host") {
         return;
     }
     let daemon = daemon();
-    let runner = tokio::spawn(run("import time\nprint('up', flush=True)\ntime.sleep(2)\n"));
-    // Find the child: a descendant of the daemon that is a python process with a slot uid.
-    let mut child = None;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        for pid in descendants(daemon.pid) {
-            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-                continue;
-            };
-            let uid: u32 = field(&status, "Uid")
-                .split_whitespace()
-                .next()
-                .unwrap_or("0")
-                .parse()
-                .unwrap_or(0);
-            if uid > 200_000 {
-                child = Some((pid, status));
-            }
-        }
-        if child.is_some() {
-            break;
-        }
-    }
+    let marker = format!("host-view-{}", std::process::id());
+    let code = format!(
+        "import time\nopen('{marker}', 'w').close()\nprint('up', flush=True)\ntime.sleep(2)\n"
+    );
+    let runner = tokio::spawn(async move { run(&code).await });
+    let pid = common::find_marked_child(daemon.pid, &marker);
+    let child = pid.and_then(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .map(|status| (pid, status))
+    });
     let (pid, status) = child.expect("the running child is visible from the host");
     assert_eq!(field(&status, "NoNewPrivs"), "1", "{status}");
     assert_eq!(field(&status, "Seccomp"), "2", "{status}");
@@ -446,4 +440,53 @@ fn field<'a>(status: &'a str, name: &str) -> &'a str {
         .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
         .map(str::trim)
         .unwrap_or("")
+}
+
+/// The run's channel (fd 3) is the one path from the child to the supervisor: abusing it must
+/// neither break the daemon nor forge anything beyond the run's own result.
+#[tokio::test]
+async fn abusing_the_result_channel_gets_nowhere() {
+    if !privileged("abusing_the_result_channel_gets_nowhere") {
+        return;
+    }
+    // The supervisor stops listening at the first packet it does not expect, so later sends
+    // may fail with EPIPE: every attempt is wrapped.
+    let attack = r#"
+import socket, os, json
+chan = socket.socket(fileno=3)
+def attempt(fn):
+    try:
+        fn()
+    except OSError:
+        pass
+# A forged result in script mode, a lying files header, garbage, a descriptor, a flood.
+attempt(lambda: chan.send(json.dumps({"op": "result", "size": 4}).encode()))
+attempt(lambda: chan.send(b"1234"))
+attempt(lambda: chan.send(json.dumps({"op": "files", "entries": [{"path": "../../etc/passwd", "size": 3}], "size": 3}).encode()))
+attempt(lambda: chan.send(b"abc"))
+attempt(lambda: chan.send(b"\xff\x00 not json"))
+r, w = os.pipe()
+attempt(lambda: socket.send_fds(chan, [b'{"op":"done"}'], [r, w]))
+def flood():
+    chan.setblocking(False)
+    sent = 0
+    while sent < 50 * 1024 * 1024:
+        sent += chan.send(b"x" * 65536)
+attempt(flood)
+open('real.txt', 'w').write('kept')
+print('attacked')
+"#;
+    let result = run(attack).await;
+    assert_eq!(ok_stdout(&result), "attacked\n");
+    assert_eq!(
+        result.result, None,
+        "no result in script mode, forged or not"
+    );
+    assert!(
+        result.files.iter().all(|f| !f.path.contains("..")),
+        "{:?}",
+        result.files.iter().map(|f| &f.path).collect::<Vec<_>>()
+    );
+    // The daemon is unharmed.
+    assert_eq!(ok_stdout(&run("print('fine')").await), "fine\n");
 }

@@ -23,12 +23,16 @@ struct OwnDaemon {
 
 impl OwnDaemon {
     fn start() -> OwnDaemon {
+        OwnDaemon::start_with("")
+    }
+
+    fn start_with(extra_config: &str) -> OwnDaemon {
         let dir = tempfile::Builder::new()
             .prefix("sandfork-lifecycle-")
             .tempdir()
             .unwrap();
         let config = dir.path().join("config.toml");
-        std::fs::write(&config, test_config(dir.path(), "")).unwrap();
+        std::fs::write(&config, test_config(dir.path(), extra_config)).unwrap();
         let log = dir.path().join("daemon.log");
         let child = start_daemon_process(&config, &log);
         let socket = dir.path().join("sandfork.sock");
@@ -51,9 +55,13 @@ impl OwnDaemon {
         descendants(self.pid())
             .into_iter()
             .filter(|pid| host_uid(*pid) == Some(200_000))
+            .filter(|pid| comm(*pid).is_some_and(|c| c != "zygote-init"))
+            // Its parent is zygote-init's monitor (a child being forked is briefly uid 0 of the
+            // jail too, but its parent is the zygote).
             .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|comm| comm.trim() != "zygote-init")
+                parent(*pid)
+                    .and_then(comm)
+                    .is_some_and(|c| c == "zygote-init")
             })
             .collect()
     }
@@ -86,6 +94,18 @@ impl Drop for OwnDaemon {
             let _ = self.child.wait();
         }
     }
+}
+
+fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim().to_string())
+}
+
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn host_uid(pid: u32) -> Option<u32> {
@@ -271,4 +291,41 @@ async fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
     );
     let _ = first.kill();
     let _ = first.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zygotes_are_recycled_without_failing_runs() {
+    if !privileged("zygotes_are_recycled_without_failing_runs") {
+        return;
+    }
+    let daemon =
+        OwnDaemon::start_with("[profiles.default]\nzygote_max_forks = 5\nwarm_children = 1\n");
+    let first = daemon.zygotes();
+    assert_eq!(first.len(), 1);
+    // A run that spans at least one recycle must still finish normally.
+    let socket = daemon.socket.clone();
+    let long_run = tokio::spawn(async move {
+        let mut client = Client::connect(&socket).await.unwrap();
+        client
+            .run(spec("import time\ntime.sleep(1.5)\nprint('long run done')"))
+            .await
+            .unwrap()
+    });
+    let mut client = Client::connect(&daemon.socket).await.unwrap();
+    for n in 0..20 {
+        let result = client.run(spec(&format!("print({n})"))).await.unwrap();
+        assert_eq!(ok_stdout(&result), format!("{n}\n"), "run {n}");
+    }
+    assert_eq!(ok_stdout(&long_run.await.unwrap()), "long run done\n");
+    // The first zygote was replaced (and, once drained, stopped).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(first[0]) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !alive(first[0]),
+        "the first zygote is still running after 20+ forks"
+    );
+    assert_eq!(daemon.zygotes().len(), 1);
+    assert!(common::read_log(&daemon.log).contains("recycling zygote"));
 }

@@ -13,18 +13,25 @@ packet, file descriptors as SCM_RIGHTS:
         fds: [child control socket, stdout write end, stderr write end]
     {"op": "shutdown"}
   zygote -> supervisor
-    {"op": "ready", "pid", "python", "preloaded", "preload_failed", "lockdown"}
+    {"op": "ready", "pid", "python", "preloaded", "preload_failed", "lockdown", "rss_kb"}
     {"op": "fatal", "error"}                       (then the zygote exits)
-    {"op": "spawned", "id", "pid"}   fds: [pidfd]
+    {"op": "spawned", "id", "pid", "rss_kb"}   fds: [pidfd]   (rss_kb: the zygote's peak RSS)
     {"op": "spawn_failed", "id", "error"}
     {"op": "exit", "id", "pid", "exit_code", "signal", "utime", "stime", "maxrss_kb"}
 
 Child channel: fd 3 in the child, a SEQPACKET socket whose other end the supervisor holds.
 
   child -> supervisor  {"op": "ready"}            after lockdown, before any user input
-  supervisor -> child  {"op": "go", "argv", "rlimits"}   fds: [code memfd, stdin memfd]
+  supervisor -> child  {"op": "go", "argv", "rlimits", "mode", "files", "collect"}
+                       fds: [code memfd, stdin memfd(, input files memfd)]
+  child -> supervisor  after the program:
+                       {"op": "result", "size"} + raw packets   function mode: main()'s JSON
+                       {"op": "files", "entries": [{"path", "size"}], "truncated"} + raw packets
+                       {"op": "done"}
 
-The child then closes its channel, runs the code once in a fresh __main__ and _exits.
+The child runs the code once in a fresh __main__ and _exits. The channel stays open as fd 3
+while the program runs: what the program could send on it is its own output anyway, and the
+supervisor treats every byte from a child as untrusted (bounded, strictly parsed).
 """
 
 import builtins
@@ -150,6 +157,7 @@ class Zygote:
                 "preloaded": preloaded,
                 "preload_failed": failed,
                 "lockdown": report,
+                "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             },
         )
 
@@ -225,7 +233,8 @@ class Zygote:
         self.children[pid] = run_id
         pidfd = os.pidfd_open(pid)
         try:
-            send(self.ctrl, {"op": "spawned", "id": run_id, "pid": pid}, [pidfd])
+            rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            send(self.ctrl, {"op": "spawned", "id": run_id, "pid": pid, "rss_kb": rss_kb}, [pidfd])
         finally:
             os.close(pidfd)
 
@@ -289,13 +298,13 @@ def run_child():
     chan = socket.socket(fileno=CONTROL_FD)
     chan.setblocking(True)
     send(chan, {"op": "ready"})
-    data, fds, _flags, _addr = socket.recv_fds(chan, MAX_PACKET, 2)
-    chan.close()
-    if not data or len(fds) != 2:
+    data, fds, _flags, _addr = socket.recv_fds(chan, MAX_PACKET, 3)
+    if not data or len(fds) < 2:
         os.write(2, b"sandfork: no code arrived\n")
         return EXIT_CHILD_SETUP_FAILED
     go = json.loads(data)
-    code_fd, stdin_fd = fds
+    code_fd, stdin_fd = fds[0], fds[1]
+    files_fd = fds[2] if len(fds) > 2 else None
     lower_rlimits(go.get("rlimits"))
     os.dup2(stdin_fd, 0)
     os.close(stdin_fd)
@@ -307,6 +316,7 @@ def run_child():
         chunks.append(chunk)
     os.close(code_fd)
     source = b"".join(chunks)
+    inputs = write_input_files(go.get("files") or [], files_fd)
 
     sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", closefd=False)
     sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
@@ -324,15 +334,149 @@ def run_child():
     linecache.cache[SCRIPT_NAME] = (len(text), None, text.splitlines(True), SCRIPT_NAME)
 
     code = 0
+    value = None
     try:
         exec(compile(source, SCRIPT_NAME, "exec", dont_inherit=True), main.__dict__)
+        if go.get("mode") == "function":
+            value, code = call_main(main)
     except SystemExit as exc:
         code = exit_code_of(exc)
     except BaseException as exc:
         print_user_traceback(exc)
         code = 1
     code = finish(code)
+    try:
+        if value is not None:
+            send_blob(chan, {"op": "result"}, value)
+        collect = go.get("collect") or {}
+        if collect.get("max_count", 0) > 0:
+            entries, payload, truncated = collect_output_files(collect, inputs)
+            send_blob(chan, {"op": "files", "entries": entries, "truncated": truncated}, payload)
+        send(chan, {"op": "done"})
+    except OSError:
+        pass  # the program closed or broke its channel: no result, no files
     return code
+
+
+class FunctionModeError(Exception):
+    pass
+
+
+def call_main(module):
+    """Function mode: calls main() and returns (its JSON text as bytes, exit code)."""
+    fn = module.__dict__.get("main")
+    if not callable(fn):
+        sys.stderr.write("sandfork: function mode: the script must define a function main()\n")
+        return None, 1
+    try:
+        result = fn()
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        print_user_traceback(exc)
+        return None, 1
+    try:
+        text = json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        sys.stderr.write(
+            "sandfork: function mode: main() returned a value that is not JSON-serializable"
+            " (%s: %s)\n" % (type(exc).__name__, exc)
+        )
+        return None, 1
+    return text.encode(), 0
+
+
+CHUNK = 32 * 1024
+
+
+def send_blob(chan, header, payload):
+    """A header announcing the size, then the bytes in SEQPACKET-sized pieces."""
+    header = dict(header, size=len(payload))
+    send(chan, header)
+    view = memoryview(payload)
+    for start in range(0, len(payload), CHUNK):
+        chan.send(view[start : start + CHUNK])
+
+
+def safe_relative_path(path):
+    """The path's components if it is a plain relative path inside the working directory."""
+    if not isinstance(path, str) or not path or "\0" in path or path.startswith("/"):
+        return None
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return None
+    return parts
+
+
+def write_input_files(manifest, files_fd):
+    """Writes the request's files into the working directory; returns {path: bytes written}."""
+    written = {}
+    if not manifest or files_fd is None:
+        if files_fd is not None:
+            os.close(files_fd)
+        return written
+    with os.fdopen(files_fd, "rb") as blob:
+        for entry in manifest:
+            parts = safe_relative_path(entry.get("path"))
+            size = int(entry.get("size", -1))
+            if parts is None or size < 0:
+                raise ValueError("invalid input file entry %r" % (entry,))
+            data = blob.read(size)
+            if len(data) != size:
+                raise ValueError("input file %r is truncated" % (entry.get("path"),))
+            directory = "."
+            for part in parts[:-1]:
+                directory = os.path.join(directory, part)
+                try:
+                    os.mkdir(directory, 0o755)
+                except FileExistsError:
+                    pass
+            path = "/".join(parts)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            written[path] = data
+    return written
+
+
+def collect_output_files(collect, inputs):
+    """Regular files left in the working directory, read from inside the sandbox without
+    following symlinks; unchanged input files are left out. Returns (entries, payload,
+    truncated)."""
+    import stat
+
+    max_count = int(collect.get("max_count", 0))
+    max_bytes = int(collect.get("max_bytes", 0))
+    entries, chunks, total, truncated = [], [], 0, False
+    for root, dirs, files in os.walk(".", followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.normpath(os.path.join(root, name))
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue  # a symlink (ELOOP), or gone
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    continue  # fifos, devices, sockets are never read
+                if len(entries) >= max_count or total + info.st_size > max_bytes:
+                    truncated = True
+                    continue
+                data = b""
+                while len(data) < info.st_size:
+                    chunk = os.read(fd, info.st_size - len(data))
+                    if not chunk:
+                        break
+                    data += chunk
+            finally:
+                os.close(fd)
+            if inputs.get(path) == data:
+                continue
+            entries.append({"path": path, "size": len(data)})
+            chunks.append(data)
+            total += len(data)
+    return entries, b"".join(chunks), truncated
 
 
 def exit_code_of(exc):

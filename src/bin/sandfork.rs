@@ -33,6 +33,14 @@ enum Command {
     Run(RunArgs),
     /// Exit 0 once the daemon is ready to run code
     Ping(PingArgs),
+    /// Measure round trips through the daemon (bounded load; optional python3 -c baseline)
+    Bench(BenchArgs),
+    /// Print a new API key for a tenant, then the config fragment declaring it (with the key's
+    /// SHA-256 only) to append to the config file
+    Keygen(KeygenArgs),
+    /// Check which isolation layers this host offers, one line each; exit 0 when full isolation
+    /// is available, 1 when a layer is missing, 2 when the config cannot be read
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -62,6 +70,9 @@ struct RunArgs {
     /// Memory limit in MiB (may only lower the profile's)
     #[arg(long, value_name = "N")]
     memory_mb: Option<u64>,
+    /// Run on behalf of this tenant (only proxy uids may; see README "Tenants and keys")
+    #[arg(long, value_name = "NAME")]
+    tenant: Option<String>,
     /// File whose content becomes the program's stdin (default: empty)
     #[arg(long, value_name = "FILE")]
     stdin: Option<PathBuf>,
@@ -89,6 +100,69 @@ struct PingArgs {
     wait_ms: u64,
 }
 
+/// `sandfork bench`: exits 0 when every run was `ok` with the expected stdout, 1 otherwise, 125
+/// when the benchmark could not start (daemon unreachable, no interpreter for the baseline). The
+/// last line of stdout is `p50_ms=… p90_ms=… p99_ms=… rps=… errors=…` (+ ` baseline_p50_ms=…
+/// ratio=…`); docs/BENCHMARKS.md explains the rest.
+#[derive(Debug, Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Profile to run under (default: the daemon's default profile)
+    #[arg(long, value_name = "P")]
+    profile: Option<String>,
+    /// Python source every request runs
+    #[arg(long, value_name = "CODE", default_value = sandfork::bench::DEFAULT_CODE)]
+    code: String,
+    /// Runs to send in total
+    #[arg(long, value_name = "N", default_value_t = sandfork::bench::DEFAULT_REQUESTS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    requests: u64,
+    /// Runs in flight at once, one connection each
+    #[arg(long, value_name = "C", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    concurrency: u64,
+    /// Also time `python -I -B -X utf8 -c CODE` per request (min(N, 100) runs, one at a time);
+    /// its stdout becomes the expected output
+    #[arg(long)]
+    baseline: bool,
+    /// Interpreter for the baseline, resolved to its sys.executable (default: python3)
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
+    /// Hard limit on the whole benchmark, in seconds; runs without a result by then are errors
+    #[arg(long, value_name = "S", default_value_t = sandfork::bench::DEFAULT_DEADLINE.as_secs())]
+    deadline_s: u64,
+}
+
+impl BenchArgs {
+    fn config(self) -> sandfork::bench::BenchConfig {
+        sandfork::bench::BenchConfig {
+            socket: self.socket.path(),
+            profile: self.profile,
+            code: self.code,
+            requests: self.requests,
+            concurrency: self.concurrency,
+            baseline: self.baseline,
+            python: self.python,
+            deadline: Duration::from_secs(self.deadline_s),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct KeygenArgs {
+    /// The tenant's name (1 to 64 letters, digits, '.', '_' or '-')
+    #[arg(long, value_name = "NAME")]
+    tenant: String,
+}
+
+#[derive(Debug, Args)]
+struct DoctorArgs {
+    /// Daemon config whose uid range and profiles to check (default: the built-in config)
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -105,6 +179,28 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::Ping(args) => ping(args).await,
+            Command::Bench(args) => {
+                let config = args.config();
+                match sandfork::bench::run(&config).await {
+                    Ok(report) => {
+                        report
+                            .describe(&config)
+                            .iter()
+                            .for_each(|l| println!("{l}"));
+                        report
+                            .error_examples()
+                            .for_each(|e| eprintln!("sandfork: {e}"));
+                        println!("{}", report.summary());
+                        ExitCode::from(u8::from(report.errors() > 0))
+                    }
+                    Err(err) => {
+                        eprintln!("sandfork: bench: {err}");
+                        ExitCode::from(EXIT_SANDFORK_FAILED)
+                    }
+                }
+            }
+            Command::Keygen(args) => keygen(args),
+            Command::Doctor(args) => ExitCode::from(sandfork::doctor::cli(args.config.as_deref())),
         }
     })
 }
@@ -137,6 +233,8 @@ async fn run(args: RunArgs) -> ExitCode {
             memory_mb: args.memory_mb,
             output_bytes: None,
         },
+        tenant: args.tenant.clone(),
+        ..RunSpec::default()
     };
     let socket = args.socket.path();
     let result = async {
@@ -221,5 +319,23 @@ async fn ping(args: PingArgs) -> ExitCode {
             return ExitCode::from(1);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `sandfork keygen`: the key alone on the first line, then the TOML fragment declaring the
+/// tenant with the key's hash (`sandfork keygen --tenant acme | tail -n +2 >> sandfork.toml`).
+fn keygen(args: KeygenArgs) -> ExitCode {
+    if let Err(err) = sandfork::tenants::check_name(&args.tenant) {
+        eprintln!("sandfork: {err}");
+        return ExitCode::from(2);
+    }
+    let key = sandfork::tenants::generate_key();
+    let fragment = sandfork::tenants::keygen_fragment(&args.tenant, &key);
+    match write!(std::io::stdout().lock(), "{key}\n{fragment}") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sandfork: cannot write the key: {err}");
+            ExitCode::from(EXIT_SANDFORK_FAILED)
+        }
     }
 }

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sandfork::client::Client;
-use sandfork_protocol::{LimitsRequest, RunResult, RunSpec, Status};
+use sandfork_protocol::{RunResult, RunSpec, Status};
 
 /// A daemon started for tests.
 pub struct Daemon {
@@ -44,7 +44,7 @@ pub fn privileged(test: &str) -> bool {
 /// tests, short grace so shutdown tests stay fast.
 pub fn test_config(dir: &Path, extra: &str) -> String {
     format!(
-        "socket = \"{}\"\nruntime_dir = \"{}\"\nslots = 8\nshutdown_grace_ms = 3000\n{extra}\n",
+        "socket = \"{}\"\nruntime_dir = \"{}\"\nslots = 8\nqueue_per_profile = 256\nshutdown_grace_ms = 3000\n{extra}\n",
         dir.join("sandfork.sock").display(),
         dir.join("runtime").display(),
     )
@@ -170,11 +170,8 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// A run request for `code` with default everything.
 pub fn spec(code: &str) -> RunSpec {
     RunSpec {
-        profile: None,
         code: code.as_bytes().to_vec(),
-        stdin: Vec::new(),
-        argv: Vec::new(),
-        limits: LimitsRequest::default(),
+        ..RunSpec::default()
     }
 }
 
@@ -249,4 +246,21 @@ pub fn descendants(root: u32) -> Vec<u32> {
     }
     found.remove(0);
     found
+}
+
+/// The host pid of the child (a descendant of `root`) whose working directory holds `marker`:
+/// a run creates the marker file, and the host sees it through /proc/<pid>/root. Waits up to
+/// 10 s.
+pub fn find_marked_child(root: u32, marker: &str) -> Option<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let found = descendants(root)
+            .into_iter()
+            .find(|pid| Path::new(&format!("/proc/{pid}/root/sandbox/work/{marker}")).exists());
+        if found.is_some() {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }

@@ -1,0 +1,579 @@
+//! cgroup v1: one hierarchy per controller (or per co-mounted set, e.g. `cpu,cpuacct`).
+//!
+//! A slot is a cgroup in each of the `memory`, `pids` and `cpuacct` hierarchies, under this
+//! process's own cgroup there. Semantics used (Documentation/admin-guide/cgroup-v1/memory.rst,
+//! checked on Linux 6.18):
+//! - limit: `memory.limit_in_bytes`; with swap accounting (`memory.memsw.*` present) also
+//!   `memory.memsw.limit_in_bytes` = the same value, i.e. no swap. The kernel refuses (EINVAL) a
+//!   memory limit above the memsw limit and a memsw limit below the memory limit, so raising
+//!   writes memsw first and lowering writes it last. Without swap accounting,
+//!   `memory.swappiness` = 0, which in limit reclaim really forbids swapping.
+//! - peak: `memory.max_usage_in_bytes`; writing `0` resets it to the current usage.
+//! - OOM: the `oom_kill` counter of `memory.oom_control` (Linux ≥ 4.13) counts processes of the
+//!   cgroup killed by any OOM killer; it cannot be reset, so `prepare` records a baseline.
+//!   `memory.failcnt` (times the limit was hit, reclaim included) is reset but is no OOM verdict.
+//! - CPU: `cpuacct.usage` (ns), reset by writing `0`.
+//! - `pids.max`: processes and threads.
+//! - attach: writing a pid to `cgroup.procs` moves the whole thread group.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::fs::{Access, CgroupFs, ControlFile};
+use super::{
+    create_dir, flat_key, io_err, parse_proc_self_cgroup, read_u64, remove_stale, remove_tree,
+    under, CgroupError, CgroupVersion, DetectedHierarchy, Detection, Host, SlotUsage,
+};
+
+/// The controllers a v1 slot needs, in attach order.
+const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpuacct"];
+
+/// Finds the `memory`, `pids` and `cpuacct` hierarchies and this process's cgroup in each.
+pub(super) fn detect(host: &Host) -> Result<Detection, CgroupError> {
+    let fs = host.fs.as_ref();
+    let memberships = parse_proc_self_cgroup(&host.proc_self_cgroup);
+    let mut hierarchies: Vec<(u32, DetectedHierarchy)> = Vec::new();
+    let mut missing = Vec::new();
+    for controller in CONTROLLERS {
+        let Some(member) = memberships
+            .iter()
+            .find(|m| m.controllers.iter().any(|c| c == controller))
+        else {
+            missing.push((
+                controller,
+                "not mounted as a v1 hierarchy (absent from /proc/self/cgroup)".to_string(),
+            ));
+            continue;
+        };
+        if let Some((_, hierarchy)) = hierarchies.iter_mut().find(|(id, _)| *id == member.id) {
+            hierarchy.controllers.push(controller);
+            continue;
+        }
+        // Distributions mount each hierarchy at <root>/<controller list> and link every single
+        // controller name to it (cpuacct -> cpu,cpuacct).
+        let mount = [controller.to_string(), member.controllers.join(",")]
+            .into_iter()
+            .map(|name| host.fs_root.join(name))
+            .find(|path| fs.exists(&path.join("cgroup.procs")));
+        let Some(mount) = mount else {
+            missing.push((
+                controller,
+                format!(
+                    "no hierarchy mounted at {}",
+                    host.fs_root.join(controller).display()
+                ),
+            ));
+            continue;
+        };
+        let base = under(&mount, &member.path);
+        if !fs.exists(&base.join("cgroup.procs")) {
+            missing.push((
+                controller,
+                format!("own cgroup {} not found", base.display()),
+            ));
+            continue;
+        }
+        hierarchies.push((
+            member.id,
+            DetectedHierarchy {
+                controllers: vec![controller],
+                base,
+            },
+        ));
+    }
+    if hierarchies.is_empty() && !fs.exists(&host.fs_root) {
+        return Err(CgroupError::NoHierarchy {
+            fs_root: host.fs_root.clone(),
+            reason: "the directory does not exist".into(),
+        });
+    }
+    let hierarchies: Vec<DetectedHierarchy> = hierarchies.into_iter().map(|(_, h)| h).collect();
+    let mut notes = Vec::new();
+    if let Some(memory) = hierarchies
+        .iter()
+        .find(|h| h.controllers.contains(&"memory"))
+    {
+        notes.push(
+            if fs.exists(&memory.base.join("memory.memsw.limit_in_bytes")) {
+                "swap accounting on: memsw limit = memory limit"
+            } else {
+                "no swap accounting: swap kept out with memory.swappiness=0"
+            }
+            .to_string(),
+        );
+        let oom_control = fs
+            .read(&memory.base.join("memory.oom_control"))
+            .unwrap_or_default();
+        if !oom_control.contains("oom_kill ") {
+            missing.push((
+                "memory",
+                "memory.oom_control has no oom_kill counter (Linux < 4.13)".to_string(),
+            ));
+        }
+    }
+    Ok(Detection {
+        version: CgroupVersion::V1,
+        hierarchies,
+        missing,
+        notes,
+    })
+}
+
+/// What removal needs: the instance directory in each hierarchy.
+#[derive(Debug)]
+pub(super) struct Tree {
+    fs: Arc<dyn CgroupFs>,
+    instance_dirs: Vec<PathBuf>,
+}
+
+/// A slot's cgroups.
+#[derive(Debug)]
+pub(super) struct Slot {
+    fs: Arc<dyn CgroupFs>,
+    /// Slot directory in each hierarchy (same order as the detection's hierarchies).
+    dirs: Vec<PathBuf>,
+    memory: PathBuf,
+    pids: PathBuf,
+    cpuacct: PathBuf,
+    /// `cgroup.procs` of each hierarchy, opened at creation: attaching is one write per
+    /// hierarchy and no path lookup.
+    procs: Vec<Box<dyn ControlFile>>,
+    /// `memory.memsw.*` exist (swap accounting), so swap is limited through them.
+    memsw: bool,
+    state: Mutex<State>,
+}
+
+/// What `prepare` remembers for `usage` and for skipping unchanged writes.
+#[derive(Debug, Default)]
+struct State {
+    /// `oom_kill` of `memory.oom_control` at `prepare` (the counter cannot be reset).
+    oom_kill_baseline: u64,
+    /// Limits in force, so a run with the same limits as the last one writes nothing.
+    memory_limit: Option<u64>,
+    pids_limit: Option<u64>,
+}
+
+pub(super) fn create(
+    host: &Host,
+    detection: &Detection,
+    dir_name: &str,
+    count: u32,
+) -> Result<(Tree, Vec<Slot>), CgroupError> {
+    let fs = &host.fs;
+    let instance_dirs: Vec<PathBuf> = detection
+        .hierarchies
+        .iter()
+        .map(|h| h.base.join(dir_name))
+        .collect();
+    for dir in &instance_dirs {
+        remove_stale(fs.as_ref(), dir)?;
+    }
+    // From here on the tree is ours: dropping `tree` on an error removes what was made.
+    let mut tree = Tree {
+        fs: Arc::clone(fs),
+        instance_dirs: Vec::new(),
+    };
+    for dir in &instance_dirs {
+        create_dir(fs.as_ref(), dir)?;
+        tree.instance_dirs.push(dir.clone());
+    }
+    let dir_of = |controller: &str| -> PathBuf {
+        let index = detection
+            .hierarchies
+            .iter()
+            .position(|h| h.controllers.contains(&controller))
+            .unwrap_or(0);
+        instance_dirs[index].clone()
+    };
+    let memory_instance = dir_of("memory");
+    let memsw = fs.exists(&memory_instance.join("memory.memsw.limit_in_bytes"));
+    let mut slots = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let name = format!("slot-{index}");
+        let mut procs = Vec::new();
+        for dir in &instance_dirs {
+            let slot_dir = dir.join(&name);
+            create_dir(fs.as_ref(), &slot_dir)?;
+            let procs_path = slot_dir.join("cgroup.procs");
+            procs.push(
+                fs.open(&procs_path, Access::Write)
+                    .map_err(io_err("open", &procs_path))?,
+            );
+        }
+        let memory = dir_of("memory").join(&name);
+        if !memsw {
+            let swappiness = memory.join("memory.swappiness");
+            fs.write(&swappiness, "0")
+                .map_err(io_err("write", &swappiness))?;
+        }
+        slots.push(Slot {
+            fs: Arc::clone(fs),
+            dirs: instance_dirs.iter().map(|d| d.join(&name)).collect(),
+            memory,
+            pids: dir_of("pids").join(&name),
+            cpuacct: dir_of("cpuacct").join(&name),
+            procs,
+            memsw,
+            state: Mutex::new(State::default()),
+        });
+    }
+    Ok((tree, slots))
+}
+
+impl Tree {
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "cgroup v1: {}",
+            self.instance_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+
+    /// Removes the slots, then the instance directories; reports the first failure after
+    /// trying everything.
+    pub(super) fn remove(&mut self, slots: impl Iterator<Item = Slot>) -> Result<(), CgroupError> {
+        let fs = self.fs.as_ref();
+        let mut first_error = None;
+        for slot in slots {
+            let dirs = slot.dirs.clone();
+            drop(slot); // close the pre-opened descriptors first
+            for dir in dirs {
+                if let Err(err) = remove_dir(fs, &dir) {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        for dir in std::mem::take(&mut self.instance_dirs) {
+            if let Err(err) = remove_dir(fs, &dir) {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Tree {
+    /// Only reached with directories left when `create` failed half-way.
+    fn drop(&mut self) {
+        for dir in std::mem::take(&mut self.instance_dirs) {
+            let _ = remove_tree(self.fs.as_ref(), &dir);
+        }
+    }
+}
+
+/// rmdir of one cgroup; a busy one is reported with its pids.
+fn remove_dir(fs: &dyn CgroupFs, dir: &Path) -> Result<(), CgroupError> {
+    let busy = remove_tree(fs, dir)?;
+    match busy.into_iter().next() {
+        Some((path, pids)) => Err(CgroupError::Busy { path, pids }),
+        None => Ok(()),
+    }
+}
+
+impl Slot {
+    pub(super) fn prepare(&self, memory_bytes: u64, pids: u64) -> Result<(), CgroupError> {
+        let fs = self.fs.as_ref();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.memory_limit != Some(memory_bytes) {
+            state.memory_limit = None;
+            self.set_memory_limit(memory_bytes)?;
+            state.memory_limit = Some(memory_bytes);
+        }
+        if state.pids_limit != Some(pids) {
+            state.pids_limit = None;
+            write(fs, &self.pids.join("pids.max"), &pids.to_string())?;
+            state.pids_limit = Some(pids);
+        }
+        write(fs, &self.memory.join("memory.max_usage_in_bytes"), "0")?;
+        if self.memsw {
+            write(
+                fs,
+                &self.memory.join("memory.memsw.max_usage_in_bytes"),
+                "0",
+            )?;
+        }
+        write(fs, &self.memory.join("memory.failcnt"), "0")?;
+        write(fs, &self.cpuacct.join("cpuacct.usage"), "0")?;
+        state.oom_kill_baseline = self.oom_kills()?;
+        Ok(())
+    }
+
+    /// Memory limit with no swap, in the order the kernel accepts (see the module docs).
+    fn set_memory_limit(&self, bytes: u64) -> Result<(), CgroupError> {
+        let fs = self.fs.as_ref();
+        let value = bytes.to_string();
+        let limit = self.memory.join("memory.limit_in_bytes");
+        if !self.memsw {
+            return write(fs, &limit, &value);
+        }
+        let memsw = self.memory.join("memory.memsw.limit_in_bytes");
+        match fs.write(&limit, &value) {
+            Ok(()) => write(fs, &memsw, &value),
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                // Raising above the current memsw limit: memsw first.
+                write(fs, &memsw, &value)?;
+                write(fs, &limit, &value)
+            }
+            Err(err) => Err(io_err("write", &limit)(err)),
+        }
+    }
+
+    pub(super) fn attach(&self, pid: i32) -> Result<(), CgroupError> {
+        let value = pid.to_string();
+        for (file, dir) in self.procs.iter().zip(&self.dirs) {
+            file.write(&value)
+                .map_err(io_err("attach a process to", &dir.join("cgroup.procs")))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn usage(&self) -> Result<SlotUsage, CgroupError> {
+        let fs = self.fs.as_ref();
+        let baseline = self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .oom_kill_baseline;
+        Ok(SlotUsage {
+            peak_memory_bytes: Some(read_u64(
+                fs,
+                &self.memory.join("memory.max_usage_in_bytes"),
+            )?),
+            cpu_ns: read_u64(fs, &self.cpuacct.join("cpuacct.usage"))?,
+            oom_killed: self.oom_kills()? > baseline,
+        })
+    }
+
+    pub(super) fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        let path = self.memory.join("cgroup.procs");
+        let text = self.fs.read(&path).map_err(io_err("read", &path))?;
+        Ok(text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect())
+    }
+
+    fn oom_kills(&self) -> Result<u64, CgroupError> {
+        let path = self.memory.join("memory.oom_control");
+        let text = self.fs.read(&path).map_err(io_err("read", &path))?;
+        flat_key(&path, &text, "oom_kill")
+    }
+}
+
+fn write(fs: &dyn CgroupFs, path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs.write(path, value).map_err(io_err("write", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::FakeCgroupFs;
+    use super::super::{CgroupSlots, CgroupVersion};
+    use super::*;
+
+    /// This VM's layout: memory in a sub-cgroup, pids and cpuacct at their roots, cpu and
+    /// cpuacct mounted separately.
+    fn vm_like(memsw: bool) -> FakeCgroupFs {
+        let fake = FakeCgroupFs::v1(&["memory", "pids", "cpuacct", "cpu"], memsw);
+        fake.mkdir_p("memory/process_api/abc");
+        fake
+    }
+
+    const VM_PROC: &str = "8:pids:/\n4:memory:/process_api/abc\n2:cpuacct:/\n1:cpu:/\n0::/\n";
+
+    #[test]
+    fn detects_each_hierarchy_under_the_own_cgroup() {
+        let fake = vm_like(true);
+        let detection = super::super::detect_on(&fake.host(VM_PROC)).unwrap();
+        assert_eq!(detection.version, CgroupVersion::V1);
+        assert!(detection.usable(), "{detection:?}");
+        let bases: Vec<_> = detection
+            .hierarchies
+            .iter()
+            .map(|h| (h.controllers.clone(), fake.rel(&h.base)))
+            .collect();
+        assert_eq!(
+            bases,
+            vec![
+                (vec!["memory"], "memory/process_api/abc".to_string()),
+                (vec!["pids"], "pids".to_string()),
+                (vec!["cpuacct"], "cpuacct".to_string()),
+            ]
+        );
+        assert!(detection.notes[0].contains("swap accounting on"));
+    }
+
+    #[test]
+    fn co_mounted_cpu_cpuacct_is_found_through_its_joint_name() {
+        let fake = FakeCgroupFs::v1(&["memory", "pids", "cpu,cpuacct"], false);
+        let proc = "8:pids:/\n4:memory:/\n2:cpu,cpuacct:/\n";
+        let detection = super::super::detect_on(&fake.host(proc)).unwrap();
+        assert!(detection.usable(), "{detection:?}");
+        assert_eq!(fake.rel(&detection.hierarchies[2].base), "cpu,cpuacct");
+    }
+
+    #[test]
+    fn a_missing_controller_is_named() {
+        let fake = FakeCgroupFs::v1(&["memory", "cpuacct"], false);
+        let proc = "4:memory:/\n2:cpuacct:/\n";
+        let detection = super::super::detect_on(&fake.host(proc)).unwrap();
+        assert!(!detection.usable());
+        assert_eq!(detection.missing[0].0, "pids");
+        let err = CgroupSlots::create_on(&fake.host(proc), "t", 2).unwrap_err();
+        assert!(err.to_string().contains("pids"), "{err}");
+        assert!(!fake.exists("memory/sandfork-t"), "nothing is created");
+    }
+
+    #[test]
+    fn create_prepare_attach_usage_remove() {
+        let fake = vm_like(true);
+        let host = fake.host(VM_PROC);
+        let slots = CgroupSlots::create_on(&host, "t", 2).unwrap();
+        assert_eq!(slots.version(), CgroupVersion::V1);
+        for dir in [
+            "memory/process_api/abc/sandfork-t/slot-1",
+            "pids/sandfork-t/slot-0",
+            "cpuacct/sandfork-t/slot-1",
+        ] {
+            assert!(fake.exists(dir), "{dir}");
+        }
+        assert!(
+            !fake.exists("cpu/sandfork-t"),
+            "the cpu hierarchy is not used"
+        );
+        let slot = slots.slot(1);
+
+        // A previous run left counters behind; prepare resets them and takes the baseline.
+        let mem = "memory/process_api/abc/sandfork-t/slot-1";
+        fake.set(
+            &format!("{mem}/memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        );
+        fake.set(&format!("{mem}/memory.max_usage_in_bytes"), "999999");
+        fake.set("cpuacct/sandfork-t/slot-1/cpuacct.usage", "5000");
+        slot.prepare(64 << 20, 16).unwrap();
+        assert_eq!(
+            fake.get(&format!("{mem}/memory.limit_in_bytes")),
+            "67108864"
+        );
+        assert_eq!(
+            fake.get(&format!("{mem}/memory.memsw.limit_in_bytes")),
+            "67108864"
+        );
+        assert_eq!(fake.get("pids/sandfork-t/slot-1/pids.max"), "16");
+        assert_eq!(fake.get(&format!("{mem}/memory.max_usage_in_bytes")), "0");
+        assert_eq!(fake.get("cpuacct/sandfork-t/slot-1/cpuacct.usage"), "0");
+
+        slot.attach(4242).unwrap();
+        for dir in [mem, "pids/sandfork-t/slot-1", "cpuacct/sandfork-t/slot-1"] {
+            assert_eq!(fake.get(&format!("{dir}/cgroup.procs")), "4242\n", "{dir}");
+        }
+        assert_eq!(slots.slot(1).pids().unwrap(), vec![4242]);
+
+        // The "kernel" records the run: an OOM kill, a peak, CPU time.
+        fake.set(
+            &format!("{mem}/memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+        );
+        fake.set(&format!("{mem}/memory.max_usage_in_bytes"), "67100000");
+        fake.set("cpuacct/sandfork-t/slot-1/cpuacct.usage", "123456789");
+        assert_eq!(
+            slot.usage().unwrap(),
+            SlotUsage {
+                peak_memory_bytes: Some(67_100_000),
+                cpu_ns: 123_456_789,
+                oom_killed: true
+            }
+        );
+        // The next run starts from the new baseline.
+        slot.prepare(64 << 20, 16).unwrap();
+        assert!(!slot.usage().unwrap().oom_killed);
+
+        // Remove refuses a slot with a process, and reports it.
+        let err = CgroupSlots::remove(slots).unwrap_err();
+        assert!(
+            matches!(err, CgroupError::Busy { ref pids, .. } if pids == &[4242]),
+            "{err}"
+        );
+        fake.clear_procs(mem);
+        fake.clear_procs("pids/sandfork-t/slot-1");
+        fake.clear_procs("cpuacct/sandfork-t/slot-1");
+        // Dropping the (already removed) value did not retry; a new create cleans the rest up.
+        let slots = CgroupSlots::create_on(&host, "t", 1).unwrap();
+        slots.remove().unwrap();
+        for dir in [
+            "memory/process_api/abc/sandfork-t",
+            "pids/sandfork-t",
+            "cpuacct/sandfork-t",
+        ] {
+            assert!(!fake.exists(dir), "{dir} left behind");
+        }
+    }
+
+    #[test]
+    fn raising_and_lowering_the_limit_respects_memsw_ordering() {
+        let fake = vm_like(true);
+        let slots = CgroupSlots::create_on(&fake.host(VM_PROC), "t", 1).unwrap();
+        let slot = slots.slot(0);
+        let mem = "memory/process_api/abc/sandfork-t/slot-0";
+        // From unlimited down, then up above the current memsw limit, then down again.
+        for limit in [64u64 << 20, 256 << 20, 32 << 20] {
+            slot.prepare(limit, 8).unwrap();
+            assert_eq!(
+                fake.get(&format!("{mem}/memory.limit_in_bytes")),
+                limit.to_string()
+            );
+            assert_eq!(
+                fake.get(&format!("{mem}/memory.memsw.limit_in_bytes")),
+                limit.to_string()
+            );
+        }
+        // Unchanged limits are not written again.
+        let writes = fake.writes_to("memory.limit_in_bytes");
+        slot.prepare(32 << 20, 8).unwrap();
+        assert_eq!(fake.writes_to("memory.limit_in_bytes"), writes);
+    }
+
+    #[test]
+    fn without_swap_accounting_swappiness_is_zero() {
+        let fake = vm_like(false);
+        let slots = CgroupSlots::create_on(&fake.host(VM_PROC), "t", 1).unwrap();
+        let mem = "memory/process_api/abc/sandfork-t/slot-0";
+        assert_eq!(fake.get(&format!("{mem}/memory.swappiness")), "0");
+        slots.slot(0).prepare(64 << 20, 8).unwrap();
+        assert_eq!(
+            fake.get(&format!("{mem}/memory.limit_in_bytes")),
+            "67108864"
+        );
+        assert!(!fake.exists(&format!("{mem}/memory.memsw.limit_in_bytes")));
+    }
+
+    #[test]
+    fn a_stale_tree_is_removed_unless_it_holds_processes() {
+        let fake = vm_like(true);
+        let host = fake.host(VM_PROC);
+        // A crashed daemon's tree: forgotten, never removed.
+        std::mem::forget(CgroupSlots::create_on(&host, "t", 3).unwrap());
+        fake.set("pids/sandfork-t/slot-2/cgroup.procs", "777\n");
+        let err = CgroupSlots::create_on(&host, "t", 2).unwrap_err();
+        assert!(
+            matches!(err, CgroupError::StaleBusy { ref pids, .. } if pids == &[777]),
+            "{err}"
+        );
+        assert!(
+            !fake.exists("pids/sandfork-t/slot-0"),
+            "empty stale slots are removed"
+        );
+        assert!(fake.exists("pids/sandfork-t/slot-2"), "the busy one stays");
+        fake.clear_procs("pids/sandfork-t/slot-2");
+        let slots = CgroupSlots::create_on(&host, "t", 2).unwrap();
+        assert!(!fake.exists("memory/process_api/abc/sandfork-t/slot-2"));
+        drop(slots);
+        assert!(
+            !fake.exists("memory/process_api/abc/sandfork-t"),
+            "drop removes the tree"
+        );
+    }
+}

@@ -1,0 +1,698 @@
+//! A child of a zygote, from fork to exit.
+//!
+//! `ReadyChild::fork` asks a zygote for a child and waits until the child reports that it is
+//! locked down: from then on it is a `ReadyChild`, holding its slot (uid), its pidfd, its control
+//! channel and the read ends of its stdout/stderr. That can happen on the request path (cold) or
+//! ahead of time (warm, see `warm.rs`). `ReadyChild::run` specializes it for one request — the
+//! child lowers its rlimits to the request's — sends "go" with the code and stdin as sealed
+//! memfds, collects output (capped) while waiting for the exit, the wall deadline or an output
+//! overflow, and classifies the ending.
+//!
+//! A `ReadyChild` is consumed by `run`, so one child serves at most one request. Dropping one
+//! (discarded warm child, client gone, cancel, shutdown) kills the process through its pidfd,
+//! and its slot returns to the pool only once the process is really gone.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sandfork_protocol::{FileData, Mode, RunResult, RunSpec, Status, Timings, Usage};
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, Notify};
+use tracing::warn;
+
+use crate::config::Limits;
+use crate::slots::Slot;
+use crate::sys::{self, PidFd, SeqChannel};
+use crate::zygote::{ChildEvent, ChildParams, ExitInfo, Zygote};
+
+/// How long forking and locking down a child may take before it counts as a sandbox failure.
+const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a child is killed or has exited, how long we wait for its exit report and pipe EOF.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+const MIB: u64 = 1024 * 1024;
+
+/// Why a child could not run a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    /// The child died or vanished before it took the code; another child may serve the request.
+    #[error("child lost before it took the code: {0}")]
+    Lost(String),
+    /// The sandbox failed; the request fails with internal_error.
+    #[error("{0}")]
+    Sandbox(String),
+}
+
+/// A forked, locked-down child waiting for its one request.
+#[derive(Debug)]
+pub struct ReadyChild {
+    zygote: Arc<Zygote>,
+    /// Pid inside the zygote's pid namespace, for logs.
+    pid: i32,
+    guard: ChildGuard,
+    chan: SeqChannel,
+    events: mpsc::UnboundedReceiver<ChildEvent>,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    /// When the child reported ready; warm children are discarded after an idle limit.
+    pub ready_at: Instant,
+}
+
+impl ReadyChild {
+    /// Forks a child of `zygote` into `slot` with the profile's ceilings as its limits, and waits
+    /// until it is locked down.
+    pub async fn fork(
+        zygote: Arc<Zygote>,
+        slot: Slot,
+        child_id: u64,
+        ceiling: &Limits,
+    ) -> Result<ReadyChild, ChildError> {
+        let sandbox =
+            |what: &str, err: std::io::Error| ChildError::Sandbox(format!("{what}: {err}"));
+        let (chan_ours, chan_child) =
+            sys::seqpacket_pair().map_err(|e| sandbox("socketpair", e))?;
+        let (out_r, out_w) = sys::pipe().map_err(|e| sandbox("pipe", e))?;
+        let (err_r, err_w) = sys::pipe().map_err(|e| sandbox("pipe", e))?;
+        let params = ChildParams {
+            run_id: child_id,
+            uid: slot.inner_uid(),
+            gid: slot.inner_uid(),
+            tmpfs_bytes: ceiling.tmpfs_mb * MIB,
+            rlimits: spawn_rlimits(ceiling),
+        };
+        let mut events = zygote
+            .spawn(&params, [&chan_child, &out_w, &err_w])
+            .await
+            .map_err(|e| ChildError::Sandbox(format!("zygote {}: {e}", zygote.name)))?;
+        drop((chan_child, out_w, err_w));
+
+        let (pid, pidfd) = match tokio::time::timeout(SPAWN_TIMEOUT, events.recv()).await {
+            Ok(Some(ChildEvent::Spawned { pid, pidfd })) => (pid, pidfd),
+            Ok(Some(ChildEvent::SpawnFailed(reason))) => {
+                return Err(ChildError::Sandbox(format!("fork failed: {reason}")))
+            }
+            Ok(Some(ChildEvent::Exited(_))) => {
+                return Err(ChildError::Sandbox(
+                    "child exited before it was spawned".into(),
+                ))
+            }
+            Ok(None) => return Err(ChildError::Sandbox(format!("zygote {} died", zygote.name))),
+            Err(_) => return Err(ChildError::Sandbox("zygote did not fork in time".into())),
+        };
+        let guard = ChildGuard::new(pidfd, slot);
+        let chan = SeqChannel::new(chan_ours).map_err(|e| sandbox("child channel", e))?;
+        let ready = tokio::time::timeout(SPAWN_TIMEOUT, chan.recv(256, 0)).await;
+        if !matches!(&ready, Ok(Ok(Some(p))) if p.data == br#"{"op":"ready"}"#) {
+            guard.kill();
+            let exit = wait_exit(&mut events).await;
+            let detail = read_to_end_bounded(err_r).await;
+            return Err(ChildError::Sandbox(format!(
+                "child {pid} failed during lockdown ({}): {}",
+                describe_exit(exit.as_ref()),
+                String::from_utf8_lossy(&detail).trim()
+            )));
+        }
+        Ok(ReadyChild {
+            zygote,
+            pid,
+            guard,
+            chan,
+            events,
+            stdout: out_r,
+            stderr: err_r,
+            ready_at: Instant::now(),
+        })
+    }
+
+    /// True while the child and its zygote are alive, the zygote is not being replaced, and the
+    /// child has waited less than `idle_limit`.
+    pub fn is_usable(&self, idle_limit: Duration) -> bool {
+        self.zygote.accepts_children()
+            && self.ready_at.elapsed() < idle_limit
+            && !self.guard.has_exited()
+    }
+
+    /// The zygote this child came from.
+    pub fn zygote(&self) -> &Arc<Zygote> {
+        &self.zygote
+    }
+
+    /// Runs `spec` in this child under `limits` (already checked against the profile's).
+    pub async fn run(mut self, spec: &RunSpec, limits: &Limits) -> Result<RunResult, ChildError> {
+        let code = sys::sealed_memfd("sandfork-code", &spec.code)
+            .map_err(|e| ChildError::Sandbox(format!("code memfd: {e}")))?;
+        let stdin = sys::sealed_memfd("sandfork-stdin", &spec.stdin)
+            .map_err(|e| ChildError::Sandbox(format!("stdin memfd: {e}")))?;
+        let stdout = Capture::start(self.stdout, limits.output_bytes);
+        let stderr = Capture::start(self.stderr, limits.output_bytes);
+        let manifest: Vec<_> = spec
+            .files
+            .iter()
+            .map(|f| json!({"path": f.path, "size": f.content.len()}))
+            .collect();
+        let mut fds = vec![code.as_raw_fd(), stdin.as_raw_fd()];
+        let files_memfd = if spec.files.is_empty() {
+            None
+        } else {
+            let blob: Vec<u8> = spec
+                .files
+                .iter()
+                .flat_map(|f| f.content.iter().copied())
+                .collect();
+            let memfd = sys::sealed_memfd("sandfork-files", &blob)
+                .map_err(|e| ChildError::Sandbox(format!("files memfd: {e}")))?;
+            fds.push(memfd.as_raw_fd());
+            Some(memfd)
+        };
+        let caps = ReportCaps {
+            result_bytes: limits.output_bytes,
+            file_count: limits.max_files,
+            file_bytes: limits.output_bytes,
+        };
+        let go = json!({
+            "op": "go",
+            "argv": spec.argv,
+            "rlimits": go_rlimits(limits),
+            "mode": match spec.mode { Mode::Script => "script", Mode::Function => "function" },
+            "files": manifest,
+            "collect": {"max_count": caps.file_count, "max_bytes": caps.file_bytes},
+        });
+        let run_started = Instant::now();
+        if let Err(err) = self.chan.send(go.to_string().as_bytes(), &fds).await {
+            return Err(ChildError::Lost(format!("child {}: {err}", self.pid)));
+        }
+        drop((code, stdin, files_memfd));
+        let reports = Reports::start(self.chan, caps, spec.mode == Mode::Function);
+
+        let deadline = tokio::time::sleep(Duration::from_millis(limits.timeout_ms));
+        tokio::pin!(deadline);
+        let mut stopped: Option<Status> = None;
+        let exit = loop {
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Some(ChildEvent::Exited(info)) => break Some(info),
+                    Some(_) => continue,
+                    None => break None,
+                },
+                _ = &mut deadline, if stopped.is_none() => {
+                    stopped = Some(Status::Timeout);
+                    self.guard.kill();
+                }
+                _ = stdout.overflowed(), if stopped.is_none() => {
+                    stopped = Some(Status::OutputLimit);
+                    self.guard.kill();
+                }
+                _ = stderr.overflowed(), if stopped.is_none() => {
+                    stopped = Some(Status::OutputLimit);
+                    self.guard.kill();
+                }
+            }
+        };
+        let run_time = run_started.elapsed();
+        let (out, out_truncated) = stdout.finish().await;
+        let (err, err_truncated) = stderr.finish().await;
+        let reports = reports.finish().await;
+        let Some(exit) = exit else {
+            self.guard.kill();
+            return Err(ChildError::Sandbox(format!(
+                "zygote {} died while the run was in progress",
+                self.zygote.name
+            )));
+        };
+        self.guard.exited();
+
+        let (mut status, mut message) = classify(&exit, stopped, limits);
+        if spec.mode == Mode::Function && status == Status::Ok {
+            match &reports.result {
+                Some(Ok(_)) => {}
+                Some(Err(why)) => {
+                    status = Status::OutputLimit;
+                    message = Some(why.clone());
+                }
+                None => {
+                    status = Status::Error;
+                    message = Some(
+                        "function mode: main() returned no result to the sandbox \
+                         (the result channel was closed or misused)"
+                            .into(),
+                    );
+                }
+            }
+        }
+        let mut result = RunResult::new(status);
+        if let Some(Ok(value)) = reports.result {
+            result.result = Some(String::from_utf8_lossy(&value).into_owned());
+        }
+        result.files = reports.files;
+        result.files_truncated = reports.files_truncated;
+        result.exit_code = exit.exit_code;
+        result.signal = exit.signal;
+        result.stdout = out;
+        result.stderr = err;
+        result.stdout_truncated = out_truncated;
+        result.stderr_truncated = err_truncated;
+        result.usage = Usage {
+            wall_ms: ms(run_time),
+            cpu_ms: (exit.utime + exit.stime) * 1000.0,
+            max_rss_kb: exit.maxrss_kb,
+        };
+        result.timings = Timings {
+            run_ms: ms(run_time),
+            ..Timings::default()
+        };
+        result.message = message;
+        Ok(result)
+    }
+}
+
+/// Caps on what a child may report after its program.
+#[derive(Debug, Clone, Copy)]
+struct ReportCaps {
+    result_bytes: u64,
+    file_count: u64,
+    file_bytes: u64,
+}
+
+/// What the child reported on its channel after the program: main()'s value and its files.
+/// Everything here came from an untrusted process: sizes are checked against the caps before
+/// anything is kept, packets carrying descriptors end the reading, and anything malformed is
+/// dropped.
+#[derive(Debug, Default)]
+struct Reported {
+    /// Function mode: the JSON text, or why it was refused.
+    result: Option<Result<Vec<u8>, String>>,
+    files: Vec<FileData>,
+    files_truncated: bool,
+}
+
+struct Reports {
+    task: tokio::task::JoinHandle<Reported>,
+}
+
+impl Reports {
+    fn start(chan: SeqChannel, caps: ReportCaps, function_mode: bool) -> Reports {
+        Reports {
+            task: tokio::spawn(read_reports(chan, caps, function_mode)),
+        }
+    }
+
+    /// The reports, once the child has closed its channel (bounded wait).
+    async fn finish(self) -> Reported {
+        let abort = self.task.abort_handle();
+        match tokio::time::timeout(REAP_TIMEOUT, self.task).await {
+            Ok(Ok(reported)) => reported,
+            _ => {
+                abort.abort();
+                Reported::default()
+            }
+        }
+    }
+}
+
+/// Largest packet accepted from a child (a files header lists up to `max_files` paths).
+const MAX_REPORT_PACKET: usize = 512 * 1024;
+
+async fn read_reports(chan: SeqChannel, caps: ReportCaps, function_mode: bool) -> Reported {
+    let mut reported = Reported::default();
+    loop {
+        let Ok(Some(packet)) = chan.recv(MAX_REPORT_PACKET, 0).await else {
+            break;
+        };
+        let Ok(header) = serde_json::from_slice::<serde_json::Value>(&packet.data) else {
+            break;
+        };
+        let size = header.get("size").and_then(|v| v.as_u64()).unwrap_or(0);
+        match header.get("op").and_then(|v| v.as_str()) {
+            Some("result") if function_mode && reported.result.is_none() => {
+                if size > caps.result_bytes {
+                    reported.result = Some(Err(format!(
+                        "main()'s result is {size} bytes; the limit is {}",
+                        caps.result_bytes
+                    )));
+                    if read_blob(&chan, size, 0).await.is_none() {
+                        break;
+                    }
+                    continue;
+                }
+                match read_blob(&chan, size, caps.result_bytes).await {
+                    Some(value) => reported.result = Some(Ok(value)),
+                    None => break,
+                }
+            }
+            Some("files") if reported.files.is_empty() => {
+                let entries = parse_file_entries(&header);
+                let declared: u64 = entries.iter().map(|(_, n)| *n).sum();
+                let acceptable = entries.len() as u64 <= caps.file_count
+                    && declared == size
+                    && size <= caps.file_bytes;
+                let keep = if acceptable { caps.file_bytes } else { 0 };
+                let Some(payload) = read_blob(&chan, size, keep).await else {
+                    break;
+                };
+                if !acceptable {
+                    reported.files_truncated = true;
+                    continue;
+                }
+                let mut offset = 0usize;
+                for (path, len) in entries {
+                    let len = len as usize;
+                    reported.files.push(FileData {
+                        path,
+                        content: payload[offset..offset + len].to_vec(),
+                    });
+                    offset += len;
+                }
+                reported.files_truncated |= header
+                    .get("truncated")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false);
+            }
+            _ => break, // "done", or anything unexpected
+        }
+    }
+    reported
+}
+
+/// The `(path, size)` list of a files header. One unsafe path makes the whole list unusable
+/// (the sizes would no longer line up with the payload), so it yields an empty list whose
+/// declared total cannot match.
+fn parse_file_entries(header: &serde_json::Value) -> Vec<(String, u64)> {
+    let Some(entries) = header.get("entries").and_then(|v| v.as_array()) else {
+        return Vec::new();
+    };
+    let parsed: Option<Vec<(String, u64)>> = entries
+        .iter()
+        .map(|e| {
+            let path = e.get("path")?.as_str()?;
+            let size = e.get("size")?.as_u64()?;
+            crate::run::check_relative_path(path).ok()?;
+            Some((path.to_string(), size))
+        })
+        .collect();
+    parsed.unwrap_or_default()
+}
+
+/// Reads `size` raw bytes that follow a header; keeps them only up to `keep` bytes (beyond
+/// that they are read and dropped). None if the channel broke first.
+async fn read_blob(chan: &SeqChannel, size: u64, keep: u64) -> Option<Vec<u8>> {
+    let mut data = Vec::new();
+    let mut remaining = size;
+    while remaining > 0 {
+        let packet = chan.recv(MAX_REPORT_PACKET, 0).await.ok()??;
+        if packet.data.is_empty() || packet.data.len() as u64 > remaining {
+            return None;
+        }
+        remaining -= packet.data.len() as u64;
+        if (data.len() + packet.data.len()) as u64 <= keep {
+            data.extend_from_slice(&packet.data);
+        }
+    }
+    Some(data)
+}
+
+/// Rlimits a child is forked with: the profile's ceilings.
+fn spawn_rlimits(limits: &Limits) -> serde_json::Value {
+    json!({
+        "cpu_seconds": limits.cpu_seconds(),
+        "fsize_bytes": limits.tmpfs_mb * MIB,
+        "nofile": limits.nofile,
+        "nproc": limits.pids,
+        "as_bytes": limits.memory_mb * MIB,
+    })
+}
+
+/// Rlimits the child lowers itself to when its request arrives (never higher than at fork).
+fn go_rlimits(limits: &Limits) -> serde_json::Value {
+    json!({
+        "cpu_seconds": limits.cpu_seconds(),
+        "as_bytes": limits.memory_mb * MIB,
+    })
+}
+
+/// Names how a run ended. `stopped` is set when the supervisor killed it, and wins.
+pub fn classify(
+    exit: &ExitInfo,
+    stopped: Option<Status>,
+    limits: &Limits,
+) -> (Status, Option<String>) {
+    if let Some(status) = stopped {
+        let message = match status {
+            Status::Timeout => format!("wall-clock limit of {} ms reached", limits.timeout_ms),
+            Status::OutputLimit => format!(
+                "output exceeded {} bytes on a stream; the run was stopped",
+                limits.output_bytes
+            ),
+            _ => status.as_str().to_string(),
+        };
+        return (status, Some(message));
+    }
+    let cpu_ms = (exit.utime + exit.stime) * 1000.0;
+    match (exit.exit_code, exit.signal) {
+        (Some(0), _) => (Status::Ok, None),
+        (Some(code), _) => (Status::Error, Some(format!("exited with code {code}"))),
+        (None, Some(libc::SIGXCPU)) => (
+            Status::CpuLimit,
+            Some(format!("CPU limit of {} s reached", limits.cpu_seconds())),
+        ),
+        (None, Some(libc::SIGKILL)) if cpu_ms >= (limits.cpu_seconds() * 1000) as f64 => (
+            Status::CpuLimit,
+            Some(format!("CPU limit of {} s reached", limits.cpu_seconds())),
+        ),
+        (None, Some(libc::SIGSYS)) => (
+            Status::Killed,
+            Some("killed by seccomp (SIGSYS): the program made a forbidden system call".into()),
+        ),
+        (None, Some(signal)) => (
+            Status::Killed,
+            Some(format!(
+                "killed by signal {signal} ({})",
+                signal_name(signal)
+            )),
+        ),
+        (None, None) => (
+            Status::InternalError,
+            Some("child vanished without a status".into()),
+        ),
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    nix::sys::signal::Signal::try_from(signal).map_or("unknown", |s| s.as_str())
+}
+
+fn describe_exit(exit: Option<&ExitInfo>) -> String {
+    match exit {
+        Some(ExitInfo {
+            exit_code: Some(code),
+            ..
+        }) => format!("exit {code}"),
+        Some(ExitInfo {
+            signal: Some(sig), ..
+        }) => format!("signal {sig}"),
+        _ => "no exit status".into(),
+    }
+}
+
+async fn wait_exit(events: &mut mpsc::UnboundedReceiver<ChildEvent>) -> Option<ExitInfo> {
+    let wait = async {
+        while let Some(event) = events.recv().await {
+            if let ChildEvent::Exited(info) = event {
+                return Some(info);
+            }
+        }
+        None
+    };
+    tokio::time::timeout(REAP_TIMEOUT, wait)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Reads what a dead child left in a pipe (its lockdown error), at most 64 KiB.
+async fn read_to_end_bounded(fd: OwnedFd) -> Vec<u8> {
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return Vec::new();
+    };
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let read = async {
+        while data.len() < buf.len() {
+            match pipe.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => data.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REAP_TIMEOUT, read).await;
+    data
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Owns a live child: kills it when dropped unless it has exited, and holds the slot until the
+/// process is really gone, so its uid is never shared with the next run.
+#[derive(Debug)]
+struct ChildGuard {
+    pidfd: Option<PidFd>,
+    slot: Option<Slot>,
+}
+
+impl ChildGuard {
+    fn new(pidfd: PidFd, slot: Slot) -> Self {
+        ChildGuard {
+            pidfd: Some(pidfd),
+            slot: Some(slot),
+        }
+    }
+
+    fn kill(&self) {
+        if let Some(pidfd) = &self.pidfd {
+            kill_child(pidfd);
+        }
+    }
+
+    fn has_exited(&self) -> bool {
+        self.pidfd.as_ref().is_none_or(PidFd::has_exited)
+    }
+
+    /// The zygote reported the exit: nothing left to kill.
+    fn exited(&mut self) {
+        self.pidfd = None;
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let slot = self.slot.take();
+        let Some(pidfd) = self.pidfd.take() else {
+            return;
+        };
+        kill_child(&pidfd);
+        // Keep the slot until the process has exited; then both go.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = tokio::time::timeout(REAP_TIMEOUT, pidfd.exited()).await;
+                drop(slot);
+            });
+        }
+    }
+}
+
+fn kill_child(pidfd: &PidFd) {
+    if let Err(err) = pidfd.signal(libc::SIGKILL) {
+        warn!(cause = %err, "killing a child failed");
+    }
+}
+
+/// Reads one output stream, keeping at most `cap` bytes. More than that sets the truncation
+/// flag and signals `overflowed`; the rest is read and dropped so the writer never blocks.
+struct Capture {
+    task: tokio::task::JoinHandle<(Vec<u8>, bool)>,
+    overflow: Arc<Notify>,
+}
+
+impl Capture {
+    fn start(read_end: OwnedFd, cap: u64) -> Capture {
+        let overflow = Arc::new(Notify::new());
+        let signal = Arc::clone(&overflow);
+        let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        let task = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            let mut truncated = false;
+            let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) else {
+                return (kept, truncated);
+            };
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match pipe.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let room = cap.saturating_sub(kept.len());
+                        kept.extend_from_slice(&buf[..n.min(room)]);
+                        if n > room && !truncated {
+                            truncated = true;
+                            signal.notify_one();
+                        }
+                    }
+                }
+            }
+            (kept, truncated)
+        });
+        Capture { task, overflow }
+    }
+
+    async fn overflowed(&self) {
+        self.overflow.notified().await;
+    }
+
+    /// The captured bytes and the truncation flag, once the writer has closed (bounded wait).
+    async fn finish(self) -> (Vec<u8>, bool) {
+        let abort = self.task.abort_handle();
+        match tokio::time::timeout(REAP_TIMEOUT, self.task).await {
+            Ok(Ok(captured)) => captured,
+            _ => {
+                abort.abort();
+                (Vec::new(), true)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zygote::EXIT_LOCKDOWN_FAILED;
+
+    fn exit(code: Option<i32>, signal: Option<i32>, cpu: f64) -> ExitInfo {
+        ExitInfo {
+            exit_code: code,
+            signal,
+            utime: cpu,
+            stime: 0.0,
+            maxrss_kb: 0,
+        }
+    }
+
+    #[test]
+    fn classification_names_every_ending() {
+        let limits = Limits::default();
+        let cases = [
+            (exit(Some(0), None, 0.0), None, Status::Ok),
+            (exit(Some(3), None, 0.0), None, Status::Error),
+            (exit(None, Some(libc::SIGXCPU), 1.0), None, Status::CpuLimit),
+            (
+                exit(None, Some(libc::SIGKILL), 99_999.0),
+                None,
+                Status::CpuLimit,
+            ),
+            (exit(None, Some(libc::SIGKILL), 0.1), None, Status::Killed),
+            (exit(None, Some(libc::SIGSYS), 0.0), None, Status::Killed),
+            (
+                exit(None, Some(libc::SIGKILL), 0.0),
+                Some(Status::Timeout),
+                Status::Timeout,
+            ),
+            (
+                exit(Some(0), None, 0.0),
+                Some(Status::OutputLimit),
+                Status::OutputLimit,
+            ),
+            // After "ready" every exit code is the program's own, even the zygote's setup codes.
+            (
+                exit(Some(EXIT_LOCKDOWN_FAILED), None, 0.0),
+                None,
+                Status::Error,
+            ),
+        ];
+        for (info, stopped, want) in cases {
+            assert_eq!(
+                classify(&info, stopped, &limits).0,
+                want,
+                "{info:?} {stopped:?}"
+            );
+        }
+    }
+}

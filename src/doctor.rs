@@ -1,0 +1,926 @@
+//! Host checks: which isolation layers this machine offers, and what sandforkd does without
+//! each one (`sandfork doctor`, and the summary the daemon logs at start-up).
+//!
+//! Every kernel feature is probed by using it, never by version numbers alone: namespaces are
+//! unshared and a seccomp filter is installed in a forked throwaway child (never in the caller,
+//! which may be the multi-threaded daemon: the child makes raw syscalls only, then `_exit`s);
+//! landlock is asked for its ABI; the new mount API calls are made with arguments the kernel
+//! rejects before doing anything; cgroups are detected without creating anything; each
+//! profile's interpreter is run once.
+//!
+//! [`check`] is synchronous and takes up to a few hundred milliseconds (one interpreter start
+//! per profile): call it from a blocking context.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cgroup;
+use crate::config::{Config, ProfileConfig, DEFAULT_PROFILE};
+
+/// Layer names, in report order (an `interpreter` line per profile).
+pub const LAYERS: &[&str] = &[
+    ROOT,
+    USER_NAMESPACES,
+    NAMESPACES,
+    SECCOMP,
+    LANDLOCK,
+    MOUNT_API,
+    CGROUPS,
+    UID_RANGE,
+    INTERPRETER,
+];
+const ROOT: &str = "root";
+const USER_NAMESPACES: &str = "user namespaces";
+const NAMESPACES: &str = "namespaces";
+const SECCOMP: &str = "seccomp";
+const LANDLOCK: &str = "landlock";
+const MOUNT_API: &str = "mount API";
+const CGROUPS: &str = "cgroups";
+const UID_RANGE: &str = "uid range";
+const INTERPRETER: &str = "interpreter";
+
+/// Landlock ABI with signal and abstract-socket scoping, the newest rights the child uses.
+const LANDLOCK_FULL_ABI: i32 = 6;
+/// How long one interpreter may take to say where it is.
+const INTERPRETER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One layer's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub layer: &'static str,
+    pub available: bool,
+    /// What was found (versions, paths, the failing call and its errno), and warnings.
+    pub detail: String,
+    /// What the daemon does, or cannot do, without this layer.
+    pub without_it: String,
+}
+
+/// All checks, and whether every layer is there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub checks: Vec<Check>,
+    pub full_isolation: bool,
+}
+
+impl Report {
+    pub fn new(checks: Vec<Check>) -> Report {
+        let full_isolation = checks.iter().all(|c| c.available);
+        Report {
+            checks,
+            full_isolation,
+        }
+    }
+
+    /// `sandfork doctor`'s exit code: 0 with full isolation, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        if self.full_isolation {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&summary_lines(self).join("\n"))
+    }
+}
+
+/// The report as lines: one per layer (`ok` or `MISSING`, the detail, and for a missing layer
+/// what the daemon does without it), aligned, then `full isolation: yes|no`. The daemon logs
+/// these at start-up.
+pub fn summary_lines(report: &Report) -> Vec<String> {
+    let width = report
+        .checks
+        .iter()
+        .map(|c| c.layer.len())
+        .max()
+        .unwrap_or(0);
+    let mut lines: Vec<String> = report
+        .checks
+        .iter()
+        .map(|c| {
+            if c.available {
+                format!("{:<width$}  ok       {}", c.layer, c.detail)
+            } else {
+                format!(
+                    "{:<width$}  MISSING  {}; without it: {}",
+                    c.layer, c.detail, c.without_it
+                )
+            }
+        })
+        .collect();
+    lines.push(format!(
+        "full isolation: {}",
+        if report.full_isolation { "yes" } else { "no" }
+    ));
+    lines
+}
+
+/// Checks every layer on this host for `config` (its uid range and profiles).
+pub fn check(config: &Config) -> Report {
+    let mut checks = vec![
+        root(),
+        user_namespaces(),
+        namespaces(),
+        seccomp(),
+        landlock(),
+        mount_api(),
+        cgroups(Path::new(cgroup::DEFAULT_FS_ROOT)),
+        uid_range(
+            config.uid_base,
+            config.identity_count(),
+            &HostAccounts::read(),
+        ),
+    ];
+    let default_profile = [(DEFAULT_PROFILE.to_string(), ProfileConfig::default())];
+    let profiles: Vec<(&String, &ProfileConfig)> = if config.profiles.is_empty() {
+        default_profile.iter().map(|(n, p)| (n, p)).collect()
+    } else {
+        config.profiles.iter().collect()
+    };
+    for (name, profile) in profiles {
+        checks.push(interpreter(name, &profile.python));
+    }
+    Report::new(checks)
+}
+
+/// `sandfork doctor [--config PATH]`: prints the report; returns the exit code (0: full
+/// isolation, 1: a layer is missing, 2: the config cannot be read).
+pub fn cli(config_path: Option<&Path>) -> u8 {
+    let config = match config_path {
+        Some(path) => Config::load(path),
+        None => Config::default().validated(),
+    };
+    match config {
+        Ok(config) => {
+            let report = check(&config);
+            println!("{report}");
+            report.exit_code()
+        }
+        Err(err) => {
+            eprintln!("sandfork: doctor: {err}");
+            2
+        }
+    }
+}
+
+fn check_result(
+    layer: &'static str,
+    available: bool,
+    detail: impl Into<String>,
+    without_it: &str,
+) -> Check {
+    Check {
+        layer,
+        available,
+        detail: detail.into(),
+        without_it: without_it.to_string(),
+    }
+}
+
+fn errno_name(code: i32) -> String {
+    format!("{}", nix::errno::Errno::from_raw(code))
+}
+
+fn root() -> Check {
+    let euid = nix::unistd::geteuid();
+    let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    let initial = uid_map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
+    let detail = match (euid.is_root(), initial) {
+        (true, true) => "euid 0 in the initial user namespace".to_string(),
+        (true, false) => format!(
+            "euid 0 but inside a user namespace (uid_map {:?})",
+            uid_map.trim()
+        ),
+        (false, _) => format!("running as uid {euid}"),
+    };
+    check_result(
+        ROOT,
+        euid.is_root() && initial,
+        detail,
+        "sandforkd does not start: it maps a host uid range into each zygote and mounts its jail",
+    )
+}
+
+fn read_sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn user_namespaces() -> Check {
+    let mut notes = Vec::new();
+    let max = read_sysctl("/proc/sys/user/max_user_namespaces");
+    if let Some(max) = &max {
+        notes.push(format!("max_user_namespaces {max}"));
+    }
+    for (path, name) in [
+        (
+            "/proc/sys/kernel/unprivileged_userns_clone",
+            "unprivileged_userns_clone",
+        ),
+        (
+            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+            "apparmor_restrict_unprivileged_userns",
+        ),
+    ] {
+        if let Some(value) = read_sysctl(path) {
+            notes.push(format!(
+                "{name} {value} (unprivileged use only; sandforkd is root)"
+            ));
+        }
+    }
+    let (available, what) = match probe::in_child(|| probe::unshare(libc::CLONE_NEWUSER)) {
+        Ok(probe::End::Exited(0)) => (max.as_deref() != Some("0"), "unshare(CLONE_NEWUSER) works"),
+        Ok(end) => {
+            notes.insert(
+                0,
+                format!("unshare(CLONE_NEWUSER) failed: {}", end.describe()),
+            );
+            (false, "")
+        }
+        Err(err) => {
+            notes.insert(0, format!("cannot fork a probe: {err}"));
+            (false, "")
+        }
+    };
+    let mut detail = what.to_string();
+    for note in notes {
+        if !detail.is_empty() {
+            detail.push_str("; ");
+        }
+        detail.push_str(&note);
+    }
+    check_result(
+        USER_NAMESPACES,
+        available,
+        detail,
+        "no zygote starts: zygote-init needs a user namespace holding the slot uid range",
+    )
+}
+
+fn namespaces() -> Check {
+    let kinds = [
+        ("pid", libc::CLONE_NEWPID),
+        ("mount", libc::CLONE_NEWNS),
+        ("net", libc::CLONE_NEWNET),
+        ("ipc", libc::CLONE_NEWIPC),
+        ("uts", libc::CLONE_NEWUTS),
+        ("cgroup", libc::CLONE_NEWCGROUP),
+    ];
+    let mut failed = Vec::new();
+    for (name, flag) in kinds {
+        match probe::in_child(move || probe::unshare(flag)) {
+            Ok(probe::End::Exited(0)) => {}
+            Ok(end) => failed.push(format!("{name}: {}", end.describe())),
+            Err(err) => failed.push(format!("{name}: cannot fork a probe: {err}")),
+        }
+    }
+    // All at once, with a user namespace, as zygote-init does.
+    let all = kinds
+        .iter()
+        .fold(libc::CLONE_NEWUSER, |acc, (_, f)| acc | f);
+    match probe::in_child(move || probe::unshare(all)) {
+        Ok(probe::End::Exited(0)) => {}
+        Ok(end) => failed.push(format!("all together with user: {}", end.describe())),
+        Err(err) => failed.push(format!("cannot fork a probe: {err}")),
+    }
+    let names = kinds.map(|(n, _)| n).join(", ");
+    let detail = if failed.is_empty() {
+        format!("{names}: unshare works, also all together with a user namespace")
+    } else {
+        format!("unshare failed for {}", failed.join("; "))
+    };
+    check_result(
+        NAMESPACES,
+        failed.is_empty(),
+        detail,
+        "no zygote starts: zygote-init unshares them all in one call",
+    )
+}
+
+fn seccomp() -> Check {
+    let mut problems = Vec::new();
+    let mut facts = Vec::new();
+    match probe::seccomp_mode() {
+        Ok(0) => facts.push("PR_GET_SECCOMP 0".to_string()),
+        Ok(mode) => facts.push(format!(
+            "PR_GET_SECCOMP {mode} (this process is already filtered)"
+        )),
+        Err(errno) => problems.push(format!("PR_GET_SECCOMP: {}", errno_name(errno))),
+    }
+    match probe::in_child(probe::install_allow_filter) {
+        Ok(probe::End::Exited(0)) => facts.push("a filter installs in a forked child".into()),
+        Ok(end) => problems.push(format!("installing a filter: {}", end.describe())),
+        Err(err) => problems.push(format!("cannot fork a probe: {err}")),
+    }
+    for (name, action) in [
+        ("KILL_PROCESS", libc::SECCOMP_RET_KILL_PROCESS),
+        ("ERRNO", libc::SECCOMP_RET_ERRNO),
+    ] {
+        if !probe::seccomp_action_available(action) {
+            problems.push(format!("action {name} unavailable"));
+        }
+    }
+    match (
+        sandfork_lockdown::seccomp::zygote_filters(),
+        sandfork_lockdown::seccomp::child_filters(),
+    ) {
+        (Ok(zygote), Ok(child)) => facts.push(format!(
+            "zygote and child policies compile ({} + {} programs)",
+            zygote.len(),
+            child.len()
+        )),
+        (Err(err), _) | (_, Err(err)) => problems.push(format!("policy: {err}")),
+    }
+    let available = problems.is_empty();
+    let detail = if available {
+        facts.join("; ")
+    } else {
+        problems.join("; ")
+    };
+    check_result(
+        SECCOMP,
+        available,
+        detail,
+        "no zygote starts: zygote-init installs the zygote filter and every child its own",
+    )
+}
+
+/// What each landlock ABI added that the child's rules use.
+fn landlock_features(abi: i32) -> String {
+    let mut features = vec!["filesystem"];
+    if abi >= 2 {
+        features.push("refer");
+    }
+    if abi >= 3 {
+        features.push("truncate");
+    }
+    if abi >= 4 {
+        features.push("TCP bind/connect");
+    }
+    if abi >= 5 {
+        features.push("device ioctl");
+    }
+    if abi >= LANDLOCK_FULL_ABI {
+        features.push("signal and abstract-socket scopes");
+    }
+    if abi >= 7 {
+        features.push("logging flags");
+    }
+    features.join(", ")
+}
+
+fn landlock() -> Check {
+    match sandfork_lockdown::landlock_rules::probe_abi() {
+        Ok(abi) if abi >= LANDLOCK_FULL_ABI => check_result(
+            LANDLOCK,
+            true,
+            format!("ABI {abi}: {}", landlock_features(abi)),
+            "",
+        ),
+        Ok(abi) => check_result(
+            LANDLOCK,
+            false,
+            format!(
+                "ABI {abi}: {} (ABI {LANDLOCK_FULL_ABI} scopes signals and abstract sockets{})",
+                landlock_features(abi),
+                if abi < 4 { ", ABI 4 restricts TCP" } else { "" }
+            ),
+            "children get the rights this ABI has; signals and abstract unix sockets are then \
+             fenced by uids, setsid and the seccomp filter alone",
+        ),
+        Err(errno) => check_result(
+            LANDLOCK,
+            false,
+            match errno {
+                nix::errno::Errno::ENOSYS => "not built into this kernel (ENOSYS)".to_string(),
+                nix::errno::Errno::EOPNOTSUPP => {
+                    "built in but disabled (EOPNOTSUPP): add landlock to the lsm= boot parameter"
+                        .to_string()
+                }
+                other => format!("landlock_create_ruleset: {other}"),
+            },
+            "children have no filesystem or network rules of their own: the read-only jail, \
+             uids and seccomp remain",
+        ),
+    }
+}
+
+fn mount_api() -> Check {
+    let missing: Vec<&str> = [
+        ("open_tree", probe::open_tree_exists()),
+        ("move_mount", probe::move_mount_exists()),
+        ("mount_setattr", probe::mount_setattr_exists()),
+    ]
+    .into_iter()
+    .filter(|(_, exists)| !exists)
+    .map(|(name, _)| name)
+    .collect();
+    let release = read_sysctl("/proc/sys/kernel/osrelease").unwrap_or_else(|| "?".into());
+    let detail = if missing.is_empty() {
+        format!("open_tree, move_mount, mount_setattr (Linux {release})")
+    } else {
+        format!(
+            "{} missing (ENOSYS; Linux {release}, needs 5.12)",
+            missing.join(", ")
+        )
+    };
+    check_result(
+        MOUNT_API,
+        missing.is_empty(),
+        detail,
+        "no zygote starts: zygote-init binds the interpreter into the jail with open_tree, \
+         mount_setattr and move_mount",
+    )
+}
+
+fn cgroups(fs_root: &Path) -> Check {
+    let without = "memory is limited by RLIMIT_AS and processes by RLIMIT_NPROC only; no per-run \
+                   peak memory, no OOM verdict (status memory_limit)";
+    match cgroup::detect(fs_root) {
+        Ok(detection) => {
+            let mut detail = detection.summary();
+            for note in &detection.notes {
+                detail.push_str("; ");
+                detail.push_str(note);
+            }
+            check_result(CGROUPS, detection.usable(), detail, without)
+        }
+        Err(err) => check_result(CGROUPS, false, err.to_string(), without),
+    }
+}
+
+/// The account databases the uid range is checked against.
+#[derive(Debug, Clone, Default)]
+pub struct HostAccounts {
+    pub passwd: String,
+    pub group: String,
+    pub subuid: String,
+    pub subgid: String,
+}
+
+impl HostAccounts {
+    pub fn read() -> HostAccounts {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        HostAccounts {
+            passwd: read("/etc/passwd"),
+            group: read("/etc/group"),
+            subuid: read("/etc/subuid"),
+            subgid: read("/etc/subgid"),
+        }
+    }
+}
+
+/// The host ids `uid_base ..= uid_base + identities` (the jails' root, then one per slot and
+/// warm child) must belong to no account or group; overlapping another user's subordinate
+/// range is a warning (that user's containers could share ids with sandboxed code).
+pub fn uid_range(uid_base: u32, identities: u32, accounts: &HostAccounts) -> Check {
+    let last = uid_base.saturating_add(identities);
+    let in_range = |id: u32| (uid_base..=last).contains(&id);
+    let mut conflicts = Vec::new();
+    for (what, text) in [("user", &accounts.passwd), ("group", &accounts.group)] {
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split(':').collect();
+            if let (Some(name), Some(Ok(id))) = (fields.first(), fields.get(2).map(|f| f.parse())) {
+                if in_range(id) {
+                    conflicts.push(format!("{what} {name} has id {id}"));
+                }
+            }
+        }
+    }
+    let mut warnings = Vec::new();
+    for (file, text) in [("subuid", &accounts.subuid), ("subgid", &accounts.subgid)] {
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split(':').collect();
+            let (Some(name), Some(Ok(start)), Some(Ok(count))) = (
+                fields.first(),
+                fields.get(1).map(|f| f.parse::<u32>()),
+                fields.get(2).map(|f| f.parse::<u32>()),
+            ) else {
+                continue;
+            };
+            let end = start.saturating_add(count.saturating_sub(1));
+            if count > 0 && start <= last && end >= uid_base {
+                warnings.push(format!(
+                    "warning: overlaps {name}'s /etc/{file} range {start}..={end}"
+                ));
+            }
+        }
+    }
+    let mut detail = if conflicts.is_empty() {
+        format!("{uid_base}..={last} unused in /etc/passwd and /etc/group")
+    } else {
+        format!("{uid_base}..={last}: {}", conflicts.join(", "))
+    };
+    for warning in warnings {
+        detail.push_str("; ");
+        detail.push_str(&warning);
+    }
+    check_result(
+        UID_RANGE,
+        conflicts.is_empty(),
+        detail,
+        "sandboxed code would run under a real account's or group's id and could reach its \
+         processes and files: choose another uid_base",
+    )
+}
+
+/// Runs the profile's interpreter once and reports where it really is.
+fn interpreter(profile: &str, python: &str) -> Check {
+    let without = format!("sandforkd does not start (profile {profile} cannot be probed)");
+    match run_interpreter(python) {
+        Ok((executable, version)) => {
+            let resolved = std::fs::canonicalize(&executable).unwrap_or(executable.clone());
+            let mut detail = format!(
+                "profile {profile}: {python} is Python {version} at {}",
+                resolved.display()
+            );
+            if let Some(closed) = first_closed_ancestor(&resolved) {
+                detail.push_str(&format!(
+                    " (under {}, not world-traversable: fine, the jail binds it)",
+                    closed.display()
+                ));
+            }
+            check_result(INTERPRETER, true, detail, &without)
+        }
+        Err(reason) => check_result(
+            INTERPRETER,
+            false,
+            format!("profile {profile}: {python}: {reason}"),
+            &without,
+        ),
+    }
+}
+
+/// `python -I -c …`: its `sys.executable` and version, within [`INTERPRETER_TIMEOUT`].
+fn run_interpreter(python: &str) -> Result<(PathBuf, String), String> {
+    let mut child = Command::new(python)
+        .args([
+            "-I",
+            "-c",
+            "import sys; print(sys.executable); print('%d.%d.%d' % sys.version_info[:3])",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| format!("cannot run it: {err}"))?;
+    let deadline = Instant::now() + INTERPRETER_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no answer within {INTERPRETER_TIMEOUT:?}"));
+            }
+            Err(err) => return Err(format!("wait: {err}")),
+        }
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut out, &mut stdout);
+    }
+    if let Some(mut err) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+    }
+    if !status.success() {
+        return Err(format!("exited with {status}: {}", stderr.trim()));
+    }
+    let mut lines = stdout.lines();
+    match (lines.next(), lines.next()) {
+        (Some(executable), Some(version)) if !executable.is_empty() => {
+            Ok((PathBuf::from(executable), version.trim().to_string()))
+        }
+        _ => Err(format!("unexpected output {stdout:?}")),
+    }
+}
+
+/// The outermost ancestor directory of `path` that others cannot traverse (no `o+x`).
+fn first_closed_ancestor(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    path.ancestors()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .find_map(|dir| {
+            let mode = std::fs::metadata(dir).ok()?.permissions().mode();
+            (mode & 0o001 == 0).then(|| dir.to_owned())
+        })
+}
+
+/// The raw probes. The forked child runs only async-signal-safe code (raw syscalls and
+/// `_exit`), because the caller may be the multi-threaded daemon.
+mod probe {
+    use std::io;
+
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+
+    /// How a probe child ended.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum End {
+        /// Exit status: 0 for success, otherwise the errno of the failed call.
+        Exited(i32),
+        Signaled(i32),
+    }
+
+    impl End {
+        pub fn describe(&self) -> String {
+            match *self {
+                End::Exited(code) => super::errno_name(code),
+                End::Signaled(signal) => format!("killed by signal {signal}"),
+            }
+        }
+    }
+
+    /// Runs `f` in a forked child; its return value is the child's exit status.
+    pub fn in_child<F: FnOnce() -> i32>(f: F) -> io::Result<End> {
+        // SAFETY: the child runs only `f`, which makes raw syscalls without allocating or
+        // taking locks, and then `_exit`s: async-signal-safe even if the parent has threads.
+        match unsafe { fork() }.map_err(io::Error::from)? {
+            ForkResult::Child => {
+                let code = f();
+                // SAFETY: _exit ends the child at once, running no destructors or atexit
+                // handlers that could touch state copied from other threads.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(End::Exited(code)),
+                    Ok(WaitStatus::Signaled(_, signal, _)) => {
+                        return Ok(End::Signaled(signal as i32))
+                    }
+                    Ok(_) => continue,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(err) => return Err(err.into()),
+                }
+            },
+        }
+    }
+
+    /// In a probe child: `unshare(flags)`; 0 or the errno.
+    pub fn unshare(flags: i32) -> i32 {
+        match nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(flags)) {
+            Ok(()) => 0,
+            Err(errno) => errno as i32,
+        }
+    }
+
+    /// In a probe child: NO_NEW_PRIVS and a one-instruction "allow everything" filter, then
+    /// PR_GET_SECCOMP must say filter mode (2). 0 or the errno (255: wrong mode).
+    pub fn install_allow_filter() -> i32 {
+        let mut program = [libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        }];
+        let fprog = libc::sock_fprog {
+            len: program.len() as u16,
+            filter: program.as_mut_ptr(),
+        };
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return errno();
+        }
+        // SAFETY: `fprog` points at `program`, both alive on this stack for the call; the
+        // kernel copies the program.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &fprog as *const libc::sock_fprog,
+            )
+        };
+        if rc != 0 {
+            return errno();
+        }
+        // SAFETY: prctl with integer arguments.
+        match unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) } {
+            2 => 0,
+            _ => 255,
+        }
+    }
+
+    fn errno() -> i32 {
+        // async-signal-safe: reads the thread's errno.
+        io::Error::last_os_error().raw_os_error().unwrap_or(255)
+    }
+
+    /// PR_GET_SECCOMP of the caller: 0 (none), 2 (filtered), or the errno (EINVAL: no seccomp).
+    pub fn seccomp_mode() -> Result<i32, i32> {
+        // SAFETY: prctl with integer arguments; reading the mode changes nothing.
+        let rc = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+        if rc < 0 {
+            Err(errno())
+        } else {
+            Ok(rc)
+        }
+    }
+
+    /// seccomp(SECCOMP_GET_ACTION_AVAIL): whether the kernel knows a filter return action.
+    pub fn seccomp_action_available(action: u32) -> bool {
+        // SAFETY: the kernel reads one u32 from the pointer, which points at a live local.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_GET_ACTION_AVAIL,
+                0,
+                &action as *const u32,
+            )
+        };
+        rc == 0
+    }
+
+    /// True unless the syscall returned ENOSYS.
+    fn exists(rc: libc::c_long) -> bool {
+        rc >= 0 || errno() != libc::ENOSYS
+    }
+
+    /// `open_tree(AT_FDCWD, "/", OPEN_TREE_CLOEXEC)`: an O_PATH descriptor of "/", no copy.
+    pub fn open_tree_exists() -> bool {
+        // SAFETY: the path is a NUL-terminated literal; the flags ask for no clone.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                c"/".as_ptr(),
+                libc::O_CLOEXEC as libc::c_uint,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a descriptor the kernel just gave us and nobody else holds.
+            unsafe { libc::close(fd as i32) };
+        }
+        exists(fd)
+    }
+
+    /// `move_mount(-1, "", -1, "", 0)`: fails on the bad descriptors unless the call is absent.
+    pub fn move_mount_exists() -> bool {
+        // SAFETY: empty NUL-terminated literals; with invalid descriptors nothing is moved.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                -1,
+                c"".as_ptr(),
+                -1,
+                c"".as_ptr(),
+                0 as libc::c_uint,
+            )
+        };
+        exists(rc)
+    }
+
+    /// `mount_setattr(-1, "", 0, NULL, 0)`: EINVAL (size 0) unless the call is absent.
+    pub fn mount_setattr_exists() -> bool {
+        // SAFETY: an empty literal path, a null attribute pointer with size 0: the kernel
+        // rejects the size before reading anything.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                -1,
+                c"".as_ptr(),
+                0 as libc::c_uint,
+                std::ptr::null::<u8>(),
+                0usize,
+            )
+        };
+        exists(rc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(layer: &'static str, detail: &str) -> Check {
+        check_result(layer, true, detail, "unused")
+    }
+
+    #[test]
+    fn report_lines_are_aligned_and_name_what_is_missing() {
+        let report = Report::new(vec![
+            ok(ROOT, "euid 0"),
+            check_result(LANDLOCK, false, "ABI 3", "weaker children"),
+            ok(UID_RANGE, "200000..=200004 unused"),
+        ]);
+        assert!(!report.full_isolation);
+        assert_eq!(report.exit_code(), 1);
+        let lines = summary_lines(&report);
+        assert_eq!(
+            lines,
+            vec![
+                "root       ok       euid 0",
+                "landlock   MISSING  ABI 3; without it: weaker children",
+                "uid range  ok       200000..=200004 unused",
+                "full isolation: no",
+            ]
+        );
+        assert_eq!(report.to_string(), lines.join("\n"));
+    }
+
+    #[test]
+    fn full_isolation_exits_zero() {
+        let report = Report::new(vec![ok(ROOT, "euid 0"), ok(SECCOMP, "fine")]);
+        assert!(report.full_isolation);
+        assert_eq!(report.exit_code(), 0);
+        assert_eq!(
+            summary_lines(&report).last().map(String::as_str),
+            Some("full isolation: yes")
+        );
+        assert_eq!(Report::new(Vec::new()).exit_code(), 0, "nothing missing");
+    }
+
+    #[test]
+    fn uid_range_conflicts_fail_and_subuid_overlaps_warn() {
+        let accounts = HostAccounts {
+            passwd: "root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n".into(),
+            group: "root:x:0:\nbuild:x:200003:\n".into(),
+            subuid: "alice:199000:2000\nbob:300000:65536\n".into(),
+            subgid: String::new(),
+        };
+        let clash = uid_range(200_000, 4, &accounts);
+        assert!(!clash.available);
+        assert!(
+            clash.detail.contains("group build has id 200003"),
+            "{}",
+            clash.detail
+        );
+        assert!(clash
+            .detail
+            .contains("warning: overlaps alice's /etc/subuid range 199000..=200999"));
+        assert!(!clash.detail.contains("bob"));
+
+        let fine = uid_range(500_000, 4, &accounts);
+        assert!(fine.available, "{}", fine.detail);
+        assert_eq!(
+            fine.detail,
+            "500000..=500004 unused in /etc/passwd and /etc/group"
+        );
+    }
+
+    #[test]
+    fn landlock_features_grow_with_the_abi() {
+        assert_eq!(landlock_features(1), "filesystem");
+        assert!(landlock_features(4).ends_with("TCP bind/connect"));
+        assert!(landlock_features(6).contains("signal and abstract-socket scopes"));
+    }
+
+    #[test]
+    fn closed_ancestors_are_found() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let closed = dir.path().join("closed");
+        std::fs::create_dir_all(closed.join("bin")).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let python = closed.join("bin/python3");
+        assert_eq!(first_closed_ancestor(&python), Some(closed.clone()));
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // /tmp itself is world-traversable (1777).
+        assert_eq!(first_closed_ancestor(&python), None);
+    }
+
+    #[test]
+    fn an_interpreter_that_is_not_there_is_missing() {
+        let check = interpreter("p", "/nonexistent/python3");
+        assert!(!check.available);
+        assert!(check
+            .detail
+            .starts_with("profile p: /nonexistent/python3: cannot run it"));
+    }
+
+    /// This VM has every layer: landlock ABI 7, all namespaces, cgroup v1 with memory, pids and
+    /// cpuacct. Elsewhere (not root) it says SKIPPED, and fails under CI.
+    #[test]
+    fn doctor_host_reports_full_isolation() {
+        if !nix::unistd::geteuid().is_root() {
+            let reason = "needs root (namespaces, cgroups, the initial user namespace)";
+            if std::env::var_os("CI").is_some() {
+                panic!("doctor_host_reports_full_isolation: cannot run on CI: {reason}");
+            }
+            println!("SKIPPED: doctor_host_reports_full_isolation: {reason}");
+            return;
+        }
+        let config = Config::default().validated().unwrap();
+        let report = check(&config);
+        println!("{report}");
+        assert!(report.full_isolation, "{report}");
+        for layer in LAYERS {
+            assert!(
+                report.checks.iter().any(|c| c.layer == *layer),
+                "no {layer} line"
+            );
+        }
+    }
+}

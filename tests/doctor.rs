@@ -1,0 +1,91 @@
+//! End-to-end tests of `sandfork doctor`: the built binary, its report and its exit codes.
+//! The full-isolation test needs root on a host with every layer (this VM); elsewhere it says
+//! SKIPPED, and with `CI` set it fails instead.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use sandfork::doctor::LAYERS;
+
+fn doctor(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sandfork"))
+        .arg("doctor")
+        .args(args)
+        .output()
+        .expect("run sandfork doctor")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn doctor_binary_reports_every_layer_and_exits_zero() {
+    if !nix::unistd::geteuid().is_root() {
+        let reason = "needs root (namespaces, cgroups, the initial user namespace)";
+        if std::env::var_os("CI").is_some() {
+            panic!("doctor_binary_reports_every_layer_and_exits_zero: cannot run on CI: {reason}");
+        }
+        println!("SKIPPED: doctor_binary_reports_every_layer_and_exits_zero: {reason}");
+        return;
+    }
+    let output = doctor(&[]);
+    let text = stdout(&output);
+    println!("{text}");
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    for layer in LAYERS {
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with(&format!("{layer} "))),
+            "no line for {layer}:\n{text}"
+        );
+    }
+    assert!(!text.contains("MISSING"), "{text}");
+    assert_eq!(text.lines().last(), Some("full isolation: yes"));
+}
+
+#[test]
+fn doctor_binary_exits_one_when_the_uid_range_belongs_to_an_account() {
+    // A uid range starting at a real account's uid (any non-root entry of /etc/passwd).
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let Some((name, uid)) = passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        let uid: u32 = fields.get(2)?.parse().ok()?;
+        (uid > 0).then(|| (fields[0].to_string(), uid))
+    }) else {
+        println!("SKIPPED: doctor_binary_exits_one_when_the_uid_range_belongs_to_an_account: no account in /etc/passwd");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("uid_base = {uid}\nslots = 1\n")).unwrap();
+    let output = doctor(&["--config", config.to_str().unwrap()]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("uid range "))
+        .unwrap_or_else(|| panic!("no uid range line:\n{text}"));
+    assert!(line.contains("MISSING"), "{line}");
+    assert!(
+        line.contains(&format!("user {name} has id {uid}")),
+        "{line}"
+    );
+    assert!(line.contains("without it: "), "{line}");
+    assert_eq!(text.lines().last(), Some("full isolation: no"));
+}
+
+#[test]
+fn doctor_binary_exits_two_on_an_unreadable_config() {
+    let output = doctor(&["--config", "/nonexistent/sandfork.toml"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            &Path::new("/nonexistent/sandfork.toml")
+                .display()
+                .to_string()
+        ),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,117 @@
+//! The `scientific` profile: numpy and pandas preloaded in the zygote from a venv (the one
+//! `scripts/venv` creates; scripts/test passes it as SANDFORK_TEST_VENV_PYTHON).
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{ok_stdout, privileged, spec, start_daemon_process, test_config, wait_ready};
+use sandfork::client::Client;
+use sandfork_protocol::{RunResult, RunSpec};
+
+/// The venv interpreter, or None after printing SKIPPED (a failure under CI).
+fn venv_python(test: &str) -> Option<String> {
+    match std::env::var("SANDFORK_TEST_VENV_PYTHON") {
+        Ok(python) if !python.is_empty() => Some(python),
+        _ => {
+            let reason = "SANDFORK_TEST_VENV_PYTHON is not set (scripts/test sets it to scripts/venv's interpreter)";
+            if std::env::var_os("CI").is_some() {
+                panic!("{test}: cannot run on CI: {reason}");
+            }
+            println!("SKIPPED: {test}: {reason}");
+            None
+        }
+    }
+}
+
+fn socket(python: &str) -> &'static PathBuf {
+    static SOCKET: OnceLock<PathBuf> = OnceLock::new();
+    SOCKET.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("sandfork-scientific-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let config = dir.join("config.toml");
+        let profiles = format!(
+            "[profiles.scientific]\npython = \"{python}\"\npreload = [\"@stdlib\", \"numpy\", \"pandas\"]\nwarm_children = 2\n"
+        );
+        std::fs::write(&config, test_config(&dir, &profiles)).unwrap();
+        let log = dir.join("daemon.log");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (config2, log2) = (config.clone(), log.clone());
+        std::thread::spawn(move || {
+            let child = start_daemon_process(&config2, &log2);
+            tx.send(()).unwrap();
+            let _keep = child;
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().unwrap();
+        let socket = dir.join("sandfork.sock");
+        wait_ready(&socket, &log, Duration::from_secs(120));
+        socket
+    })
+}
+
+async fn run(python: &str, code: &str) -> RunResult {
+    let mut client = Client::connect(socket(python)).await.unwrap();
+    client
+        .run(RunSpec {
+            profile: Some("scientific".into()),
+            ..spec(code)
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn pandas_and_numpy_run_preloaded() {
+    if !privileged("pandas_and_numpy_run_preloaded") {
+        return;
+    }
+    let Some(python) = venv_python("pandas_and_numpy_run_preloaded") else {
+        return;
+    };
+    let result = run(
+        &python,
+        "import pandas as pd\nprint(pd.DataFrame({'a': [1, 2]}).sum().iloc[0])",
+    )
+    .await;
+    assert_eq!(ok_stdout(&result), "3\n");
+    let result = run(
+        &python,
+        "import sys, numpy as np\nprint('numpy' in sys.modules, np.arange(10).reshape(2, 5).sum(axis=1).tolist(), round(float(np.linalg.det(np.array([[2.0, 1.0], [1.0, 3.0]]))), 6))",
+    )
+    .await;
+    assert_eq!(ok_stdout(&result), "True [10, 35] 5.0\n");
+}
+
+#[tokio::test]
+async fn blas_stays_single_threaded_and_isolated() {
+    if !privileged("blas_stays_single_threaded_and_isolated") {
+        return;
+    }
+    let Some(python) = venv_python("blas_stays_single_threaded_and_isolated") else {
+        return;
+    };
+    // A matrix product big enough that OpenBLAS would use its thread pool if it had one; the
+    // environment pins it to one thread (DESIGN §8), and the layers are the same as anywhere.
+    let code = r#"
+import os, threading, socket, numpy as np
+a = np.ones((300, 300))
+print((a @ a)[0, 0], threading.active_count(), os.environ.get('OPENBLAS_NUM_THREADS'))
+try:
+    socket.socket()
+    print('ESCAPED')
+except PermissionError:
+    print('no sockets')
+"#;
+    assert_eq!(
+        ok_stdout(&run(&python, code).await),
+        "300.0 1 1\nno sockets\n"
+    );
+}
