@@ -21,6 +21,13 @@
 //! signal that killed it (e.g. 159 for a seccomp SIGSYS). A failing step prints exactly one line,
 //! `zygote-init: <step>: <error>[ (hint: ...)]`, to stderr.
 //!
+//! Rootless mode (zygote-init not running as root) changes steps 1–3 only: the spec's maps
+//! must be exactly `0 <euid> 1` and `0 <egid> 1` ([`Spec::validate_rootless`], 101); there is
+//! no mapper, the process writes "deny" to setgroups and its own maps (103) and keeps its
+//! supplementary groups; and step 2 runs after step 3, inside the new user and mount
+//! namespaces, because cloning mounts needs CAP_SYS_ADMIN over the caller's mount namespace
+//! (still 102). Bind sources are then reached with the daemon user's own permissions.
+//!
 //! Unsafe code lives only in the private `sys` module.
 
 pub mod error;

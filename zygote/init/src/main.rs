@@ -13,6 +13,13 @@
 //! 7. seccomp — NO_NEW_PRIVS and the zygote filters ...................................... 108
 //! 8. exec — execve the interpreter ...................................................... 109
 //!
+//! Rootless (not run as root; the mode is geteuid != 0): step 1 requires the spec's maps to be
+//! exactly `0 <euid> 1` / `0 <egid> 1`; step 3 has no mapper: it writes "deny" to setgroups and
+//! those maps itself, and keeps its supplementary groups (setgroups is denied); step 2 runs
+//! right after step 3, as root of the new user and mount namespaces, since cloning mounts needs
+//! CAP_SYS_ADMIN over the caller's mount namespace (its failures still exit 102). Everything
+//! from step 4 on is the same.
+//!
 //! The monitor exits with PID 1's status (128 + signal if killed), or 110 if it cannot wait.
 //! Details and the `pub` constants: the `zygote_init` library.
 
@@ -34,14 +41,27 @@ fn main() {
 /// The policy. Returns only in the monitor (PID 1's exit status) or on failure; PID 1 leaves
 /// through `execve`.
 fn build_jail() -> Result<i32, StepError> {
-    // 1. Nothing inherited survives but stdio and the spec's fds.
-    let Sanitized { spec, command } = sanitize::sanitize(std::env::args_os())?;
+    // 1. Nothing inherited survives but stdio and the spec's fds. Not root: rootless mode.
+    let Sanitized {
+        spec,
+        command,
+        rootless,
+    } = sanitize::sanitize(std::env::args_os())?;
 
-    // 2. Host paths are reachable only now, as real root in the host namespaces.
-    let trees = sources::clone_all(&spec)?;
+    // 2. Host paths are reachable only now, as real root in the host namespaces (rootless:
+    //    after step 3, as root of our own user and mount namespaces).
+    let mut trees = if rootless {
+        Vec::new()
+    } else {
+        sources::clone_all(&spec)?
+    };
 
-    // 3. All namespaces at once, owned by a user namespace mapping 0..K to host ids.
-    userns::enter(&spec)?;
+    // 3. All namespaces at once, owned by a user namespace mapping 0..K to host ids (rootless:
+    //    mapping 0 to our own ids, written by ourselves).
+    userns::enter(&spec, rootless)?;
+    if rootless {
+        trees = sources::clone_all(&spec)?;
+    }
 
     // 4. The child is PID 1 of the new pid namespace; we wait for it, so killing us kills it.
     if let Role::Monitor(pid1) = pidns::fork_pid1()? {

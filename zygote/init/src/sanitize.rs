@@ -1,11 +1,13 @@
 //! Step 1, sanitize: parse and validate the spec, keep only the descriptors it names, and shed
-//! everything else inherited from the supervisor (environment, umask, signal state, cwd).
+//! everything else inherited from the supervisor (environment, umask, signal state, cwd). Here
+//! the mode is decided too: not root means rootless, whose spec must map exactly our own ids.
 
 use std::ffi::OsString;
 use std::os::fd::RawFd;
 
 use nix::errno::Errno;
 use nix::sys::stat::{umask, Mode};
+use nix::unistd::{getegid, geteuid};
 
 use crate::exec::Command;
 use crate::spec::{Spec, SpecError};
@@ -18,6 +20,9 @@ pub struct Sanitized {
     pub spec: Spec,
     /// The final execve, converted up front so step 8 cannot fail on a bad string.
     pub command: Command,
+    /// Not root (geteuid != 0): the jail is built without any host privilege. Step 3 writes a
+    /// one-line map of our own ids itself, and step 2 runs after it (see `main.rs`).
+    pub rootless: bool,
 }
 
 /// Why sanitizing failed.
@@ -62,6 +67,10 @@ pub fn sanitize(args: impl IntoIterator<Item = OsString>) -> Result<Sanitized, S
     };
     let json = json.to_str().ok_or(SanitizeError::NotUtf8)?;
     let spec = Spec::parse(json)?;
+    let rootless = !geteuid().is_root();
+    if rootless {
+        spec.validate_rootless(geteuid().as_raw(), getegid().as_raw())?;
+    }
     let command = Command::prepare(&spec.exec)?;
 
     keep_only(&spec.keep_fds)?;
@@ -74,7 +83,11 @@ pub fn sanitize(args: impl IntoIterator<Item = OsString>) -> Result<Sanitized, S
     // No reference to the host's directory tree survives pivot_root through our cwd.
     nix::unistd::chdir("/").map_err(SanitizeError::Chdir)?;
     sys::reset_signals().map_err(SanitizeError::Signals)?;
-    Ok(Sanitized { spec, command })
+    Ok(Sanitized {
+        spec,
+        command,
+        rootless,
+    })
 }
 
 /// Checks every keep fd is open (and inheritable), then closes every other descriptor >= 3.

@@ -1,6 +1,13 @@
 //! Step 2, sources: clone every bind source and device as a detached, read-only mount tree
 //! while zygote-init is still root in the host's user and mount namespaces.
 //!
+//! Rootless, `open_tree(OPEN_TREE_CLONE)` needs CAP_SYS_ADMIN over the caller's mount namespace,
+//! which an unprivileged process lacks on the host's. So `main` runs this step right after step
+//! 3 instead, as root of the new user namespace that owns the new mount namespace (a copy of
+//! the host's, so the same paths resolve). The kernel then checks host permissions as the
+//! daemon's own user: every source must be reachable by it (an interpreter under /root, such as
+//! a pyenv there, is not).
+//!
 //! Why clones and not `O_PATH` descriptors: a bind mount's source must belong to the caller's
 //! mount namespace (the kernel's `check_mnt`), and a descriptor opened before
 //! `unshare(CLONE_NEWNS)` points into the host's namespace, so `mount("/proc/self/fd/N", ..,
@@ -70,6 +77,15 @@ impl SourceError {
                 errno: Errno::EPERM,
                 ..
             } => Some("cloning mounts needs CAP_SYS_ADMIN: run zygote-init as root"),
+            // Root passes every permission check, so this is rootless mode.
+            SourceError::Clone {
+                errno: Errno::EACCES,
+                ..
+            } => Some(
+                "rootless mode binds host paths as the daemon's own user: the interpreter, its \
+                 libraries and the runtime dir must be readable by it (an interpreter under \
+                 /root, e.g. pyenv's, is not; use one such as /usr/bin/python3)",
+            ),
             _ => None,
         }
     }

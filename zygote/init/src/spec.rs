@@ -116,6 +116,11 @@ pub enum SpecError {
     ZeroCount { which: &'static str, index: usize },
     #[error("{which}[{index}]: range overflows u32")]
     MapOverflow { which: &'static str, index: usize },
+    #[error(
+        "{which}: rootless, the only possible map is our own id: \
+         [{{\"inside\": 0, \"outside\": {id}, \"count\": 1}}]"
+    )]
+    RootlessMap { which: &'static str, id: u32 },
     #[error("keep_fds: {fd} is below 3 (stdio is always kept)")]
     KeepFdTooLow { fd: RawFd },
     #[error("hostname: must be 1..={MAX_HOSTNAME_LEN} bytes, got {len}")]
@@ -168,6 +173,27 @@ impl Spec {
         }
         check_path("cwd", &self.cwd)?;
         self.exec.validate()
+    }
+
+    /// Rootless (zygote-init not running as root): an unprivileged process may write only a
+    /// one-line map of its own effective id, so the spec must say exactly that. Checked here so
+    /// a supervisor that built a root-mode spec fails at step 1 with the reason, not at step 3
+    /// with EPERM.
+    pub fn validate_rootless(&self, euid: u32, egid: u32) -> Result<(), SpecError> {
+        for (which, map, id) in [
+            ("uid_map", &self.uid_map, euid),
+            ("gid_map", &self.gid_map, egid),
+        ] {
+            let own = IdMapping {
+                inside: 0,
+                outside: id,
+                count: 1,
+            };
+            if map.as_slice() != [own] {
+                return Err(SpecError::RootlessMap { which, id });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -378,6 +404,34 @@ mod tests {
             v["uid_map"][0]["outside"] = (u32::MAX - 32).into();
         });
         assert!(Spec::parse(&edge).is_ok());
+    }
+
+    #[test]
+    fn rootless_specs_map_exactly_our_own_ids() {
+        let own = with(|v| {
+            v["uid_map"] = serde_json::json!([{"inside": 0, "outside": 1000, "count": 1}]);
+            v["gid_map"] = serde_json::json!([{"inside": 0, "outside": 1001, "count": 1}]);
+        });
+        let spec = Spec::parse(&own).unwrap();
+        spec.validate_rootless(1000, 1001).unwrap();
+        assert!(matches!(
+            spec.validate_rootless(1001, 1001),
+            Err(SpecError::RootlessMap {
+                which: "uid_map",
+                id: 1001
+            })
+        ));
+        assert!(matches!(
+            spec.validate_rootless(1000, 1000),
+            Err(SpecError::RootlessMap {
+                which: "gid_map",
+                ..
+            })
+        ));
+        // The root-mode range (jail root and slots) cannot be written without privilege.
+        let range = Spec::parse(example()).unwrap();
+        let err = range.validate_rootless(200_000, 200_000).unwrap_err();
+        assert!(err.to_string().contains("\"count\": 1"), "{err}");
     }
 
     #[test]

@@ -1,11 +1,18 @@
 //! Step 3, user namespace: unshare the user namespace together with every other namespace, and
-//! have a helper outside it write a uid/gid *range* map.
+//! write its uid/gid maps.
 //!
-//! Mapping more than our own id needs CAP_SETUID/CAP_SETGID in the parent user namespace, which
-//! the process inside the new namespace no longer has. So before unsharing we fork a "mapper"
-//! that stays root in the host namespaces; the parent unshares, tells the mapper over a pipe,
-//! the mapper writes `/proc/<parent>/{uid,gid}_map` and exits, and the parent checks its status.
-//! Then the parent becomes uid/gid 0 inside, with no supplementary groups.
+//! As root, the map is a *range* (jail root and one id per slot). Mapping more than our own id
+//! needs CAP_SETUID/CAP_SETGID in the parent user namespace, which the process inside the new
+//! namespace no longer has. So before unsharing we fork a "mapper" that stays root in the host
+//! namespaces; the parent unshares, tells the mapper over a pipe, the mapper writes
+//! `/proc/<parent>/{uid,gid}_map` and exits, and the parent checks its status. Then the parent
+//! becomes uid/gid 0 inside, with no supplementary groups.
+//!
+//! Rootless (not root), there is no one to fork with more privilege than ourselves, and nothing
+//! to map but our own ids: after unsharing, the process writes `deny` to
+//! `/proc/self/setgroups` (the kernel's condition for an unprivileged gid map) and the one-line
+//! maps `0 <euid> 1` / `0 <egid> 1` itself. Supplementary groups cannot be dropped then
+//! (setgroups is denied); they show up as the overflow gid inside.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -57,6 +64,11 @@ pub enum UserNsError {
     WaitMapper(Errno),
     #[error("mapper {status}: {message}")]
     Mapper { status: String, message: String },
+    #[error("writing /proc/self/{file}: {source}")]
+    OwnMap {
+        file: &'static str,
+        source: std::io::Error,
+    },
     #[error("setgroups([]): {0}")]
     SetGroups(Errno),
     #[error("setresgid(0): {0}")]
@@ -74,9 +86,10 @@ impl UserNsError {
     pub fn hint(&self) -> Option<&'static str> {
         match self {
             UserNsError::Unshare(Errno::EPERM) => Some(
-                "creating namespaces was refused: run zygote-init as root, and check \
-                 user.max_user_namespaces, kernel.unprivileged_userns_clone and any LSM or \
-                 container seccomp policy that blocks unshare",
+                "creating namespaces was refused: run zygote-init as root, or (rootless) enable \
+                 unprivileged user namespaces; check user.max_user_namespaces, \
+                 kernel.unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_userns \
+                 and any LSM or container seccomp policy that blocks unshare",
             ),
             UserNsError::Unshare(Errno::EINVAL) => Some(
                 "the kernel lacks one of CONFIG_USER_NS, CONFIG_PID_NS, CONFIG_NET_NS, \
@@ -85,6 +98,11 @@ impl UserNsError {
             UserNsError::Unshare(Errno::ENOSPC) => {
                 Some("a namespace limit was reached: see /proc/sys/user/max_*_namespaces")
             }
+            UserNsError::OwnMap { .. } => Some(
+                "rootless, a process may write its own maps once, mapping only its effective \
+                 uid and gid, after \"deny\" in setgroups; an LSM (AppArmor's \
+                 kernel.apparmor_restrict_unprivileged_userns) can refuse even that",
+            ),
             UserNsError::Mapper { .. } => Some(
                 "the mapper needs CAP_SETUID and CAP_SETGID over the outside ids: run \
                  zygote-init as root in the namespace that owns those ids",
@@ -94,11 +112,56 @@ impl UserNsError {
     }
 }
 
-/// Runs step 3. Returns in the new namespaces as uid 0 / gid 0 with no supplementary groups.
-pub fn enter(spec: &Spec) -> Result<(), UserNsError> {
+/// Runs step 3. Returns in the new namespaces as uid 0 / gid 0, with no supplementary groups
+/// unless `rootless` (see the module docs).
+pub fn enter(spec: &Spec, rootless: bool) -> Result<(), UserNsError> {
     // Changing credentials clears the parent-death signal the supervisor set for us: remember it.
     let parent_death = prctl::get_pdeathsig().map_err(UserNsError::GetPdeathsig)?;
     let supervisor = getppid();
+    if rootless {
+        unshare(NAMESPACES).map_err(UserNsError::Unshare)?;
+        write_own_maps(spec)?;
+    } else {
+        unshare_with_mapper(spec)?;
+        setgroups(&[]).map_err(UserNsError::SetGroups)?;
+    }
+
+    let root_gid = Gid::from_raw(0);
+    setresgid(root_gid, root_gid, root_gid).map_err(UserNsError::SetResGid)?;
+    let root_uid = Uid::from_raw(0);
+    setresuid(root_uid, root_uid, root_uid).map_err(UserNsError::SetResUid)?;
+
+    if let Some(signal) = parent_death {
+        prctl::set_pdeathsig(signal).map_err(UserNsError::SetPdeathsig)?;
+        // The supervisor may have died while the signal was cleared: then nobody will send it.
+        if getppid() != supervisor {
+            return Err(UserNsError::SupervisorGone);
+        }
+    }
+    Ok(())
+}
+
+/// Rootless: `deny` in setgroups, then the one-line maps of our own ids (validated in step 1).
+fn write_own_maps(spec: &Spec) -> Result<(), UserNsError> {
+    let uid_map = render(&spec.uid_map);
+    let gid_map = render(&spec.gid_map);
+    for (file, text) in [
+        ("setgroups", "deny"),
+        ("uid_map", uid_map.as_str()),
+        ("gid_map", gid_map.as_str()),
+    ] {
+        // One write(2) each, as the kernel requires for a map.
+        File::options()
+            .write(true)
+            .open(format!("/proc/self/{file}"))
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|source| UserNsError::OwnMap { file, source })?;
+    }
+    Ok(())
+}
+
+/// As root: fork the mapper, unshare, have the mapper write the range maps.
+fn unshare_with_mapper(spec: &Spec) -> Result<(), UserNsError> {
     let me = getpid();
     let uid_map = render(&spec.uid_map);
     let gid_map = render(&spec.gid_map);
@@ -140,20 +203,6 @@ pub fn enter(spec: &Spec) -> Result<(), UserNsError> {
             status: describe(status),
             message,
         });
-    }
-
-    setgroups(&[]).map_err(UserNsError::SetGroups)?;
-    let root_gid = Gid::from_raw(0);
-    setresgid(root_gid, root_gid, root_gid).map_err(UserNsError::SetResGid)?;
-    let root_uid = Uid::from_raw(0);
-    setresuid(root_uid, root_uid, root_uid).map_err(UserNsError::SetResUid)?;
-
-    if let Some(signal) = parent_death {
-        prctl::set_pdeathsig(signal).map_err(UserNsError::SetPdeathsig)?;
-        // The supervisor may have died while the signal was cleared: then nobody will send it.
-        if getppid() != supervisor {
-            return Err(UserNsError::SupervisorGone);
-        }
     }
     Ok(())
 }

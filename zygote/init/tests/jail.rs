@@ -7,94 +7,16 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use common::{finish, first_line, python, python_spec, run, skip_unless_root, spawn};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use common::{
+    eof_within, finish, first_line, probe_script, processes_with, python, python_spec, run,
+    skip_unless_root, spawn,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-/// Everything the jail should look like from inside. `{prefix}` and `{libdir}` are filled in.
-const PROBE: &str = r#"
-import ctypes, errno, json, os, socket, sys
-r = {}
-# Descriptors first, before this script opens any: only fd 3 (the control socket) is inherited.
-fds = []
-for fd in range(3, 64):
-    try:
-        os.fstat(fd)
-        fds.append(fd)
-    except OSError:
-        pass
-r["fds"] = fds
-r["pid"] = os.getpid()
-r["ids"] = [os.getuid(), os.geteuid(), os.getgid(), os.getegid()]
-r["groups"] = os.getgroups()
-r["hostname"] = socket.gethostname()
-r["exists"] = {p: os.path.exists(p) for p in ["/proc", "/sys", "/etc/passwd", "/tmp", "/sandbox/work"]}
-r["root"] = sorted(os.listdir("/"))
-r["cwd"] = os.getcwd()
-r["env"] = dict(os.environ)
-def write_error(path):
-    try:
-        with open(path, "w") as f:
-            f.write("x")
-        return None
-    except OSError as e:
-        return errno.errorcode[e.errno]
-r["write"] = {p: write_error(p) for p in ["/probe", "/sandbox/probe", "{prefix}/probe", "{libdir}/probe", "/dev/null"]}
-r["rdonly"] = {p: bool(os.statvfs(p).f_flag & os.ST_RDONLY) for p in ["/", "{prefix}", "{libdir}", "/etc/ld.so.cache", "/dev/null"]}
-r["nosuid"] = {p: bool(os.statvfs(p).f_flag & os.ST_NOSUID) for p in ["/", "{prefix}", "{libdir}", "/dev/null"]}
-with open("/dev/urandom", "rb") as f:
-    r["urandom"] = len(f.read(16))
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-try:
-    s.connect(("127.0.0.1", 9))
-    r["connect"] = None
-except OSError as e:
-    r["connect"] = errno.errorcode[e.errno]
-s.close()
-libc = ctypes.CDLL(None, use_errno=True)
-r["no_new_privs"] = libc.prctl(39, 0, 0, 0, 0)
-r["seccomp_mode"] = libc.prctl(21, 0, 0, 0, 0)
-# A sibling id is mapped: a forked child can become uid/gid 1.
-pid = os.fork()
-if pid == 0:
-    try:
-        os.setgroups([])
-        os.setresgid(1, 1, 1)
-        os.setresuid(1, 1, 1)
-        os._exit(0 if (os.getuid(), os.getgid()) == (1, 1) else 1)
-    except BaseException:
-        os._exit(2)
-r["sibling_uid"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-# The zygote keeps CAP_SYS_ADMIN in its user namespace: a child can mount its private tmpfs.
-pid = os.fork()
-if pid == 0:
-    try:
-        if libc.unshare(0x00020000) != 0:
-            os._exit(10)
-        if libc.mount(b"tmpfs", b"/sandbox/work", b"tmpfs", 0, b"size=1m") != 0:
-            os._exit(11)
-        with open("/sandbox/work/f", "w") as f:
-            f.write("ok")
-        os._exit(0)
-    except BaseException:
-        os._exit(12)
-r["child_tmpfs"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-print(json.dumps(r))
-"#;
-
 fn probe() -> Value {
-    let py = python();
-    let libdir = py
-        .lib_dirs
-        .iter()
-        .find(|d| d.ends_with("x86_64-linux-gnu") || d.starts_with("/usr/lib"))
-        .unwrap_or(&py.lib_dirs[0]);
-    let script = PROBE
-        .replace("{prefix}", py.prefix.to_str().unwrap())
-        .replace("{libdir}", libdir.to_str().unwrap());
-    let (code, stdout, stderr) = run(&python_spec(&script));
+    let (code, stdout, stderr) = run(&python_spec(&probe_script(python())));
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout:?} {stderr:?}"))
 }
@@ -187,49 +109,6 @@ fn seccomp_false_skips_the_filters_but_not_no_new_privs() {
     let (code, stdout, stderr) = run(&spec);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout, "1 0\n");
-}
-
-/// Blocks until `fd` reports EOF/hang-up or `timeout` passes; true on EOF.
-fn eof_within(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(0) => return false,
-            Ok(_) => {
-                let events = fds[0].revents().unwrap_or(PollFlags::empty());
-                if events.contains(PollFlags::POLLHUP) {
-                    return true;
-                }
-                let mut buf = [0u8; 64];
-                match nix::unistd::read(fd, &mut buf) {
-                    Ok(0) => return true,
-                    Ok(_) => continue,
-                    Err(_) => return true,
-                }
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => panic!("poll: {e}"),
-        }
-    }
-}
-
-/// Processes on the host whose command line contains `token`.
-fn processes_with(token: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmdline).contains(token) {
-                found.push(pid);
-            }
-        }
-    }
-    found
 }
 
 #[test]

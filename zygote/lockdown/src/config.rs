@@ -42,10 +42,14 @@ pub struct ChildParams {
     pub work_dir: PathBuf,
     /// Size limit of the tmpfs (the run's only writable storage).
     pub tmpfs_bytes: u64,
-    /// The slot's uid inside the zygote's user namespace; never 0.
+    /// The slot's uid inside the zygote's user namespace; never 0 (but see `rootless`).
     pub uid: u32,
-    /// The slot's gid inside the zygote's user namespace; never 0.
+    /// The slot's gid inside the zygote's user namespace; never 0 (but see `rootless`).
     pub gid: u32,
+    /// Rootless mode: the zygote's user namespace maps only the daemon's own ids (as 0), so
+    /// `uid` and `gid` must be 0 and step 5 drops every capability instead of changing ids.
+    #[serde(default)]
+    pub rootless: bool,
     /// Step 4's limits.
     pub rlimits: RlimitParams,
 }
@@ -78,6 +82,11 @@ pub enum ParamsError {
     /// Running as uid/gid 0 of the zygote's namespace would keep every capability.
     #[error("uid {uid} / gid {gid}: the child must not stay root in its namespace")]
     Root { uid: u32, gid: u32 },
+    /// Rootless children stay uid/gid 0: the namespace maps no other id.
+    #[error(
+        "uid {uid} / gid {gid}: a rootless child keeps uid/gid 0 (its namespace maps no other id)"
+    )]
+    RootlessIds { uid: u32, gid: u32 },
     /// A negative number in keep_fds.
     #[error("keep_fds contains {fd}, which is not an fd number")]
     NegativeFd { fd: i32 },
@@ -101,7 +110,14 @@ impl ChildParams {
 
     /// Check what can be checked before anything irreversible happens.
     pub fn validate(&self, work_parent: &Path) -> Result<(), ParamsError> {
-        if self.uid == 0 || self.gid == 0 {
+        if self.rootless {
+            if self.uid != 0 || self.gid != 0 {
+                return Err(ParamsError::RootlessIds {
+                    uid: self.uid,
+                    gid: self.gid,
+                });
+            }
+        } else if self.uid == 0 || self.gid == 0 {
             return Err(ParamsError::Root {
                 uid: self.uid,
                 gid: self.gid,
@@ -166,6 +182,28 @@ mod tests {
             root.validate(Path::new("/sandbox")),
             Err(ParamsError::Root { uid: 0, .. })
         ));
+    }
+
+    #[test]
+    fn rootless_children_keep_uid_0_and_only_they() {
+        let rootless = PARAMS.replace(
+            "\"uid\": 5, \"gid\": 5",
+            "\"uid\": 0, \"gid\": 0, \"rootless\": true",
+        );
+        let params = ChildParams::from_json(&rootless).unwrap();
+        assert!(params.rootless);
+        params.validate(Path::new("/sandbox")).unwrap();
+        let slot =
+            ChildParams::from_json(&PARAMS.replace("\"gid\": 5", "\"gid\": 5, \"rootless\": true"))
+                .unwrap();
+        assert!(matches!(
+            slot.validate(Path::new("/sandbox")),
+            Err(ParamsError::RootlessIds { uid: 5, gid: 5 })
+        ));
+        assert!(
+            !ChildParams::from_json(PARAMS).unwrap().rootless,
+            "off by default"
+        );
     }
 
     #[test]

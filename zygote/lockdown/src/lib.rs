@@ -17,6 +17,9 @@
 //! 3. setsid — [`session`];
 //! 4. CPU, FSIZE, NOFILE, NPROC, CORE=0, AS if asked — [`rlimits`];
 //! 5. setgroups([]), setresgid, setresuid (all capabilities gone), not dumpable — [`creds`];
+//!    in rootless mode (`"rootless": true`, uid/gid 0: the namespace maps only the daemon's own
+//!    ids) the child keeps uid 0 and drops every capability instead: locked securebits, empty
+//!    bounding, ambient, effective, permitted and inheritable sets;
 //! 6. landlock_restrict_self with the prebuilt ruleset, close its fd — [`landlock_rules`];
 //! 7. install the child seccomp programs — [`seccomp`].
 //!
@@ -186,7 +189,11 @@ impl Lockdown {
         mounts::mount_work_dir(&params.work_dir, params.tmpfs_bytes, params.uid, params.gid)?;
         session::new_session()?;
         rlimits::apply(&params.rlimits)?;
-        creds::drop_to(params.uid, params.gid)?;
+        if params.rootless {
+            creds::drop_capabilities()?;
+        } else {
+            creds::drop_to(params.uid, params.gid)?;
+        }
         if self.landlock_enforced {
             let ruleset = self.ruleset_fd.take().ok_or(LandlockError::Consumed)?;
             landlock_rules::restrict_self(ruleset, self.restrict_flags)?;

@@ -64,6 +64,76 @@ pub fn landlock_restrict_self(ruleset: BorrowedFd<'_>, flags: u32) -> Result<(),
     Errno::result(rc).map(drop)
 }
 
+/// `struct __user_cap_header_struct` (linux/capability.h).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`; version 3 takes two of them (capabilities 0–31, 32–63).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets.
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `capset` with empty effective, permitted and inheritable sets for the calling thread.
+///
+/// nix has no capability calls; the `caps` crate would be a dependency for one syscall.
+pub fn capset_empty() -> Result<(), Errno> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData::default(); 2];
+    // SAFETY: a valid version-3 header and the two-element data array capset(2) reads for that
+    // version; both outlive the call and the kernel only reads `data` (it may write the header's
+    // version on a mismatch, which is why `header` is mutable).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            std::ptr::addr_of_mut!(header),
+            data.as_ptr(),
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// `prctl(PR_SET_SECUREBITS, bits)`.
+pub fn set_securebits(bits: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: PR_SET_SECUREBITS takes an integer and no pointer; the trailing zeros are unused.
+    let rc = unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits as libc::c_ulong, 0, 0, 0) };
+    Errno::result(rc).map(drop)
+}
+
+/// `prctl(PR_CAPBSET_DROP, cap)`: EINVAL once `cap` is past the kernel's last capability.
+pub fn capbset_drop(cap: u32) -> Result<(), Errno> {
+    // SAFETY: PR_CAPBSET_DROP takes an integer and no pointer.
+    let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+    Errno::result(rc).map(drop)
+}
+
+/// `prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)`.
+pub fn ambient_clear_all() -> Result<(), Errno> {
+    // SAFETY: integers only; the kernel requires the unused arguments to be zero.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
 /// An fd owned through an atomic integer, so that a forked child can take it through `&self`
 /// (the lockdown state lives in a global) without a lock: a lock that another thread held at
 /// fork time would never be released in the child.

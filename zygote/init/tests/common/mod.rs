@@ -11,7 +11,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use zygote_init::{Bind, ExecSpec, IdMapping, Spec, Symlink};
 
@@ -31,8 +33,25 @@ pub struct Python {
 /// Finds the real interpreter behind `python3` (a pyenv shim on these machines).
 pub fn python() -> &'static Python {
     static PYTHON: OnceLock<Python> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = Command::new("python3")
+    PYTHON.get_or_init(|| probe_python("python3"))
+}
+
+/// The distribution's interpreter, readable by every user: what a rootless jail can bind (the
+/// pyenv one lives under /root).
+pub fn system_python() -> &'static Python {
+    static PYTHON: OnceLock<Python> = OnceLock::new();
+    PYTHON.get_or_init(|| probe_python(SYSTEM_PYTHON))
+}
+
+/// Where Debian and Ubuntu install the distribution's interpreter.
+pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// The unprivileged host uid/gid the rootless tests run zygote-init as when they run as root.
+pub const ROOTLESS_ID: u32 = 65_534;
+
+fn probe_python(command: &str) -> Python {
+    {
+        let out = Command::new(command)
             .args(["-c", "import sys; print(sys.executable); print(sys.prefix)"])
             .output()
             .expect("python3 on PATH");
@@ -100,7 +119,7 @@ pub fn python() -> &'static Python {
             lib_dirs,
             symlinks,
         }
-    })
+    }
 }
 
 /// The symlinks met while resolving `path` component by component, as (link, target).
@@ -135,7 +154,27 @@ fn symlink_chain(path: &Path) -> Vec<(PathBuf, PathBuf)> {
 
 /// The spec the supervisor would write for `python() -c script`.
 pub fn python_spec(script: &str) -> Spec {
-    let py = python();
+    spec_for(python(), script)
+}
+
+/// The spec a rootless supervisor running as `uid`/`gid` would write: the system interpreter
+/// and a one-line map of its own ids.
+pub fn rootless_spec(script: &str, uid: u32, gid: u32) -> Spec {
+    let mut spec = spec_for(system_python(), script);
+    spec.uid_map = vec![IdMapping {
+        inside: 0,
+        outside: uid,
+        count: 1,
+    }];
+    spec.gid_map = vec![IdMapping {
+        inside: 0,
+        outside: gid,
+        count: 1,
+    }];
+    spec
+}
+
+fn spec_for(py: &Python, script: &str) -> Spec {
     let mut binds = vec![Bind {
         path: py.prefix.clone(),
         dest: None,
@@ -211,8 +250,14 @@ pub fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
 
 /// Spawns `zygote-init <args>` with `fds` placed at the given numbers, stdout and stderr piped.
 pub fn spawn_raw(args: &[String], fds: Vec<(OwnedFd, RawFd)>) -> Child {
+    spawn_raw_as(args, fds, None)
+}
+
+/// [`spawn_raw`], as host uid and gid `id` (no supplementary groups) when given.
+pub fn spawn_raw_as(args: &[String], fds: Vec<(OwnedFd, RawFd)>, id: Option<u32>) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zygote-init"));
-    cmd.args(args)
+    cmd.uid_maybe(id)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -245,6 +290,90 @@ pub fn spawn_raw(args: &[String], fds: Vec<(OwnedFd, RawFd)>) -> Child {
     let child = cmd.spawn().expect("spawn zygote-init");
     drop(fds);
     child
+}
+
+/// The host id a rootless zygote-init runs as: [`ROOTLESS_ID`] when we are root (it is
+/// spawned as that), else our own uid and gid.
+pub fn rootless_ids() -> (Option<u32>, u32, u32) {
+    if nix::unistd::geteuid().is_root() {
+        (Some(ROOTLESS_ID), ROOTLESS_ID, ROOTLESS_ID)
+    } else {
+        (
+            None,
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    }
+}
+
+/// Runs a rootless jail for `script` to completion: (exit code, stdout, stderr).
+pub fn run_rootless(script: &str) -> (i32, String, String) {
+    let (spawn_as, uid, gid) = rootless_ids();
+    run_rootless_spec(&rootless_spec(script, uid, gid), spawn_as)
+}
+
+/// Runs `spec` in zygote-init spawned as `spawn_as` (None: as we are).
+pub fn run_rootless_spec(spec: &Spec, spawn_as: Option<u32>) -> (i32, String, String) {
+    let jail = spawn_jail_as(spec, spawn_as);
+    finish(jail.child)
+}
+
+/// Spawns zygote-init for `spec` as `id` (None: as we are), control socket on fd 3.
+pub fn spawn_jail_as(spec: &Spec, id: Option<u32>) -> Jail {
+    let (ours, theirs) = seqpacket_pair();
+    let child = spawn_raw_as(
+        &[serde_json::to_string(spec).unwrap()],
+        vec![(theirs, 3)],
+        id,
+    );
+    Jail {
+        child,
+        control: ours,
+    }
+}
+
+/// Whether rootless jails can be built here (unprivileged user namespaces, a system Python
+/// that `nobody` can run); prints SKIPPED with the reason otherwise, or panics under CI.
+pub fn skip_unless_rootless_works(test: &str) -> bool {
+    let reason = if !Path::new(SYSTEM_PYTHON).exists() {
+        format!("{SYSTEM_PYTHON} is missing")
+    } else {
+        let (spawn_as, _, _) = rootless_ids();
+        let probe = Command::new("unshare")
+            .args(["--user", "--map-root-user", "true"])
+            .uid_maybe(spawn_as)
+            .output();
+        match probe {
+            Ok(out) if out.status.success() => return false,
+            Ok(out) => format!(
+                "unprivileged user namespaces do not work here ({}); check \
+                 user.max_user_namespaces, kernel.unprivileged_userns_clone and \
+                 kernel.apparmor_restrict_unprivileged_userns",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(err) => format!("cannot run unshare(1): {err}"),
+        }
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: cannot run on CI: {reason}");
+    }
+    println!("SKIPPED: {test}: {reason}");
+    true
+}
+
+/// `Command::uid`/`gid` only when an id is given (as root, std then drops the supplementary
+/// groups too).
+trait UidMaybe {
+    fn uid_maybe(&mut self, id: Option<u32>) -> &mut Self;
+}
+
+impl UidMaybe for Command {
+    fn uid_maybe(&mut self, id: Option<u32>) -> &mut Self {
+        if let Some(id) = id {
+            self.uid(id).gid(id);
+        }
+        self
+    }
 }
 
 /// Spawns zygote-init for `spec` with a control socket on fd 3 and `extra` fds.
@@ -295,4 +424,130 @@ pub fn skip_unless_root() -> bool {
         return true;
     }
     false
+}
+
+/// Everything the jail should look like from inside. `{prefix}` and `{libdir}` are filled in.
+pub const PROBE: &str = r#"
+import ctypes, errno, json, os, socket, sys
+r = {}
+# Descriptors first, before this script opens any: only fd 3 (the control socket) is inherited.
+fds = []
+for fd in range(3, 64):
+    try:
+        os.fstat(fd)
+        fds.append(fd)
+    except OSError:
+        pass
+r["fds"] = fds
+r["pid"] = os.getpid()
+r["ids"] = [os.getuid(), os.geteuid(), os.getgid(), os.getegid()]
+r["groups"] = os.getgroups()
+r["hostname"] = socket.gethostname()
+r["exists"] = {p: os.path.exists(p) for p in ["/proc", "/sys", "/etc/passwd", "/tmp", "/sandbox/work"]}
+r["root"] = sorted(os.listdir("/"))
+r["cwd"] = os.getcwd()
+r["env"] = dict(os.environ)
+def write_error(path):
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        return None
+    except OSError as e:
+        return errno.errorcode[e.errno]
+r["write"] = {p: write_error(p) for p in ["/probe", "/sandbox/probe", "{prefix}/probe", "{libdir}/probe", "/dev/null"]}
+r["rdonly"] = {p: bool(os.statvfs(p).f_flag & os.ST_RDONLY) for p in ["/", "{prefix}", "{libdir}", "/etc/ld.so.cache", "/dev/null"]}
+r["nosuid"] = {p: bool(os.statvfs(p).f_flag & os.ST_NOSUID) for p in ["/", "{prefix}", "{libdir}", "/dev/null"]}
+with open("/dev/urandom", "rb") as f:
+    r["urandom"] = len(f.read(16))
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+try:
+    s.connect(("127.0.0.1", 9))
+    r["connect"] = None
+except OSError as e:
+    r["connect"] = errno.errorcode[e.errno]
+s.close()
+libc = ctypes.CDLL(None, use_errno=True)
+r["no_new_privs"] = libc.prctl(39, 0, 0, 0, 0)
+r["seccomp_mode"] = libc.prctl(21, 0, 0, 0, 0)
+# A sibling id is mapped: a forked child can become uid/gid 1.
+pid = os.fork()
+if pid == 0:
+    try:
+        os.setgroups([])
+        os.setresgid(1, 1, 1)
+        os.setresuid(1, 1, 1)
+        os._exit(0 if (os.getuid(), os.getgid()) == (1, 1) else 1)
+    except BaseException:
+        os._exit(2)
+r["sibling_uid"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+# The zygote keeps CAP_SYS_ADMIN in its user namespace: a child can mount its private tmpfs.
+pid = os.fork()
+if pid == 0:
+    try:
+        if libc.unshare(0x00020000) != 0:
+            os._exit(10)
+        if libc.mount(b"tmpfs", b"/sandbox/work", b"tmpfs", 0, b"size=1m") != 0:
+            os._exit(11)
+        with open("/sandbox/work/f", "w") as f:
+            f.write("ok")
+        os._exit(0)
+    except BaseException:
+        os._exit(12)
+r["child_tmpfs"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+print(json.dumps(r))
+"#;
+
+/// [`PROBE`] for `py`: `{prefix}` and `{libdir}` filled in.
+pub fn probe_script(py: &Python) -> String {
+    let libdir = py
+        .lib_dirs
+        .iter()
+        .find(|d| d.ends_with("x86_64-linux-gnu") || d.starts_with("/usr/lib"))
+        .unwrap_or(&py.lib_dirs[0]);
+    PROBE
+        .replace("{prefix}", py.prefix.to_str().unwrap())
+        .replace("{libdir}", libdir.to_str().unwrap())
+}
+
+/// Blocks until `fd` reports EOF/hang-up or `timeout` passes; true on EOF.
+pub fn eof_within(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => return false,
+            Ok(_) => {
+                let events = fds[0].revents().unwrap_or(PollFlags::empty());
+                if events.contains(PollFlags::POLLHUP) {
+                    return true;
+                }
+                let mut buf = [0u8; 64];
+                match nix::unistd::read(fd, &mut buf) {
+                    Ok(0) => return true,
+                    Ok(_) => continue,
+                    Err(_) => return true,
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => panic!("poll: {e}"),
+        }
+    }
+}
+
+/// Processes on the host whose command line contains `token`.
+pub fn processes_with(token: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(token) {
+                found.push(pid);
+            }
+        }
+    }
+    found
 }

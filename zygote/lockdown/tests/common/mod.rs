@@ -134,6 +134,16 @@ impl WorkTree {
         }
     }
 
+    /// Rootless child params: uid/gid 0, capabilities dropped instead.
+    pub fn rootless_params(&self, extra: &[i32]) -> ChildParams {
+        ChildParams {
+            uid: 0,
+            gid: 0,
+            rootless: true,
+            ..self.params(extra)
+        }
+    }
+
     /// Child params keeping stdio and `extra` fds.
     pub fn params(&self, extra: &[i32]) -> ChildParams {
         let mut keep_fds = vec![0, 1, 2];
@@ -144,6 +154,7 @@ impl WorkTree {
             tmpfs_bytes: 1 << 20,
             uid: UID,
             gid: GID,
+            rootless: false,
             rlimits: RlimitParams {
                 cpu_seconds: 15,
                 fsize_bytes: 64 << 20,
@@ -153,6 +164,62 @@ impl WorkTree {
             },
         }
     }
+}
+
+/// The unprivileged host uid/gid a root test process becomes before it builds a rootless
+/// namespace (`nobody` on Debian); an unprivileged test process keeps its own.
+pub const ROOTLESS_HOST_ID: u32 = 65_534;
+
+/// Whether rootless tests can run: unprivileged user namespaces must work. Probed in a forked
+/// child (as the unprivileged id when we are root); prints SKIPPED, or panics under CI.
+pub fn require_rootless(test: &str) -> bool {
+    let probe = in_child(|_| enter_rootless_userns());
+    if matches!(probe.status, WaitStatus::Exited(_, 0)) {
+        return true;
+    }
+    let reason = format!(
+        "unprivileged user namespaces do not work here ({}); check user.max_user_namespaces, \
+         kernel.unprivileged_userns_clone and kernel.apparmor_restrict_unprivileged_userns",
+        probe.message
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: cannot run on CI: {reason}");
+    }
+    println!("SKIPPED: {test}: {reason}");
+    false
+}
+
+/// In a forked child: what zygote-init does in rootless mode, minus the other namespaces.
+/// As root, first become [`ROOTLESS_HOST_ID`] with no groups (what the test harness of the
+/// daemon does); then `unshare(CLONE_NEWUSER)` and map uid/gid 0 to our own ids, with setgroups
+/// denied. Afterwards the process is uid 0 with every capability of the new namespace, like a
+/// rootless zygote.
+pub fn enter_rootless_userns() -> Result<(), String> {
+    use nix::unistd::{Gid, Uid};
+    if nix::unistd::geteuid().is_root() {
+        let (uid, gid) = (
+            Uid::from_raw(ROOTLESS_HOST_ID),
+            Gid::from_raw(ROOTLESS_HOST_ID),
+        );
+        nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+        nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid: {e}"))?;
+        nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid: {e}"))?;
+        // Leaving uid 0 made us non-dumpable, which hands /proc/self/*_map to root. (A process
+        // exec'd as the unprivileged user, like the daemon, starts dumpable.)
+        nix::sys::prctl::set_dumpable(true).map_err(|e| format!("PR_SET_DUMPABLE: {e}"))?;
+    }
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| format!("unshare(CLONE_NEWUSER): {e}"))?;
+    for (file, text) in [
+        ("setgroups", "deny".to_owned()),
+        ("uid_map", format!("0 {uid} 1")),
+        ("gid_map", format!("0 {gid} 1")),
+    ] {
+        fs::write(format!("/proc/self/{file}"), text)
+            .map_err(|e| format!("writing /proc/self/{file}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// `Err` with context unless `cond`.
