@@ -1,0 +1,271 @@
+//! The HTTP API's request and response types. They are what the handlers parse and answer, and
+//! (through `utoipa`) what the OpenAPI document at `/openapi.json` says; nothing is written twice.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// The document's header; the paths come from the handlers (see `crate::http::routes`).
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sandfork-http",
+        description = "Runs untrusted Python in sandforkd's locked-down children, for callers \
+                       holding an API key. Errors are `{\"error\": {\"kind\", \"message\"}}`.",
+    ),
+    modifiers(&KeySchemes),
+    tags(
+        (name = "runs", description = "Run code"),
+        (name = "compat", description = "Drop-in endpoints of other sandboxes' APIs"),
+        (name = "operations", description = "Health, readiness, metrics, this document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Declares the two ways to present a key.
+struct KeySchemes;
+
+impl Modify for KeySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+    }
+}
+
+/// `POST /v1/execute`: one program to run.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    /// The Python source: non-empty, no NUL character.
+    pub code: String,
+    /// Given to the program on standard input.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// `sys.argv[1:]`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// `script` (default) runs the code top to bottom; `function` then calls its `main()` and
+    /// returns the value as `result`.
+    #[serde(default)]
+    pub mode: RunMode,
+    /// The interpreter profile; default: the daemon's `default` profile.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Files written into the run's working directory before the code starts.
+    #[serde(default)]
+    pub files: Vec<InputFile>,
+    /// Limits for this run; each may only lower the tenant's and the profile's.
+    #[serde(default)]
+    pub limits: RequestLimits,
+}
+
+/// How the code is run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunMode {
+    #[default]
+    Script,
+    Function,
+}
+
+/// A file for the run's working directory.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InputFile {
+    /// Relative, `/`-separated, without `..` components, e.g. `data/in.csv`.
+    pub path: String,
+    /// The content, base64 (standard alphabet; padding optional).
+    pub content_b64: String,
+}
+
+/// Limits asked for one run (absent: the policy's).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestLimits {
+    /// Wall-clock limit in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Memory limit in MiB.
+    pub memory_mb: Option<u64>,
+    /// Cap on stdout, and on stderr, each, in bytes.
+    pub output_bytes: Option<u64>,
+}
+
+/// A run's result: the fields of `sandfork run --json`, plus the request id, `main()`'s value
+/// and the files the program left.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunOutput {
+    /// How the run ended: ok, error, timeout, cpu_limit, memory_limit, output_limit, killed,
+    /// internal_error (rejections are HTTP errors, never a 200).
+    pub status: String,
+    /// Exit code, if the program exited on its own.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the program, if one did.
+    pub signal: Option<i32>,
+    /// Standard output (UTF-8; invalid bytes become U+FFFD).
+    pub stdout: String,
+    /// Standard error (tracebacks).
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub usage: UsageJson,
+    pub timings: TimingsJson,
+    /// Why, for every status but ok.
+    pub message: Option<String>,
+    /// The run's id in the daemon's audit trail (also the `X-Request-Id` response header).
+    pub request_id: String,
+    /// Function mode: `main()`'s return value, as JSON (absent in script mode; null when the
+    /// run failed or `main()` returned None).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Box<RawValue>>,
+    /// Regular files the program created or changed in its working directory.
+    pub files: Vec<OutputFile>,
+    /// More files, or bytes, were there than the caps allow.
+    pub files_truncated: bool,
+}
+
+/// Resources a run used.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageJson {
+    pub wall_ms: f64,
+    pub cpu_ms: f64,
+    pub max_rss_kb: u64,
+}
+
+/// Where a run's time went, in milliseconds.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TimingsJson {
+    /// Waiting for admission and a free slot.
+    pub queue_ms: f64,
+    /// Getting a locked-down child ready.
+    pub spawn_ms: f64,
+    /// The program, from start to exit.
+    pub run_ms: f64,
+    /// The whole request inside the daemon.
+    pub total_ms: f64,
+}
+
+/// A file the program left.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutputFile {
+    pub path: String,
+    pub content_b64: String,
+    /// Bytes (before base64).
+    pub size: u64,
+}
+
+/// Every error: `{"error": {"kind", "message"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable: e.g. unauthorized, malformed, invalid_files, profile_not_allowed,
+    /// too_large, rate_limited, busy, daemon_unavailable (the README lists them all).
+    pub kind: String,
+    /// For people; do not parse it.
+    pub message: String,
+}
+
+/// `POST /eval` (snekbox): `input` is run as `python -c input`; or `args` are the
+/// interpreter's arguments (`["-c", CODE, ...]` or `[FILE, ...]` with FILE among `files`).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EvalRequest {
+    /// Python source, appended to `args` (which default to `["-c"]`).
+    #[serde(default)]
+    pub input: Option<String>,
+    /// The interpreter's arguments.
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    /// Files for the working directory.
+    #[serde(default)]
+    pub files: Vec<EvalFile>,
+}
+
+/// A snekbox file: `content` is base64.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct EvalFile {
+    pub path: String,
+    /// Base64; absent: an empty file.
+    #[serde(default)]
+    pub content: String,
+}
+
+/// The snekbox answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EvalResponse {
+    /// stdout, then stderr.
+    pub stdout: String,
+    /// The exit code; 128 + N after signal N (137 for a timeout); null when the sandbox failed.
+    pub returncode: Option<i32>,
+    /// Files the program created or changed (not those whose name starts with `_`).
+    pub files: Vec<EvalOutputFile>,
+}
+
+/// A file in the snekbox answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EvalOutputFile {
+    pub path: String,
+    pub size: u64,
+    /// Base64.
+    pub content: String,
+}
+
+/// `POST /execute` (python-sandbox-api style): the script defines `main()`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ScriptRequest {
+    /// Python source defining `main()`, whose JSON-serializable return value is the result.
+    pub script: String,
+}
+
+/// `main()`'s value and what the script printed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScriptResponse {
+    #[schema(value_type = Object)]
+    pub result: Box<RawValue>,
+    pub stdout: String,
+}
+
+/// The script failed: no `main()`, an exception, a value JSON cannot encode, a limit.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScriptError {
+    pub error: String,
+    pub stdout: String,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always "ok": the process is up.
+    pub status: String,
+}
+
+/// `GET /readyz`: the daemon's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    pub slots_total: u32,
+    pub slots_busy: u32,
+    pub profiles: Vec<ProfileReadiness>,
+}
+
+/// One profile's pool.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProfileReadiness {
+    pub name: String,
+    pub zygotes_ready: u32,
+    pub zygotes_wanted: u32,
+    pub warm_children: u32,
+    pub queued: u32,
+}

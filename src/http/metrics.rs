@@ -1,0 +1,136 @@
+//! The shim's own metrics (requests by endpoint and status code, latency by endpoint, whether
+//! the daemon answered the last scrape), appended at `/metrics` to the daemon's, which the shim
+//! fetches with the protocol's `Metrics` request.
+//!
+//! Both are OpenMetrics text from prometheus-client; the daemon's closing `# EOF` is dropped so
+//! the page has one.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The content type of `/metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    /// The route's path pattern (`other` for unknown paths, so callers cannot grow the set).
+    endpoint: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~16 s
+    Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+}
+
+/// The shim's registry.
+#[derive(Debug)]
+pub struct HttpMetrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    seconds: HistogramFamily<EndpointLabels>,
+    daemon_up: Gauge,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        HttpMetrics::new()
+    }
+}
+
+impl HttpMetrics {
+    pub fn new() -> HttpMetrics {
+        let mut registry = Registry::with_prefix("sandfork_http");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests answered, by endpoint and status code",
+            requests.clone(),
+        );
+        let seconds: HistogramFamily<EndpointLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_seconds",
+            "HTTP request latency, by endpoint",
+            seconds.clone(),
+        );
+        let daemon_up = Gauge::default();
+        registry.register(
+            "daemon_up",
+            "1 if sandforkd answered this scrape's metrics request, else 0",
+            daemon_up.clone(),
+        );
+        HttpMetrics {
+            registry,
+            requests,
+            seconds,
+            daemon_up,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn observe(&self, endpoint: &str, code: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_string(),
+                code: code.to_string(),
+            })
+            .inc();
+        self.seconds
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The page: the daemon's metrics (if it answered), then the shim's.
+    pub fn render(&self, daemon: Option<&str>) -> String {
+        self.daemon_up.set(i64::from(daemon.is_some()));
+        let mut text = String::new();
+        if let Some(daemon) = daemon {
+            let body = daemon.trim_end();
+            text.push_str(body.strip_suffix("# EOF").unwrap_or(body));
+        }
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_eof_after_both_registries() {
+        let metrics = HttpMetrics::new();
+        metrics.observe("/v1/execute", 200, Duration::from_millis(3));
+        metrics.observe("/v1/execute", 200, Duration::from_millis(3));
+        let daemon =
+            "# HELP sandfork_slots x\n# TYPE sandfork_slots gauge\nsandfork_slots 4\n# EOF\n";
+        let text = metrics.render(Some(daemon));
+        assert!(text.starts_with("# HELP sandfork_slots"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("# EOF\n"));
+        assert!(
+            text.contains("sandfork_http_requests_total{endpoint=\"/v1/execute\",code=\"200\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("sandfork_http_daemon_up 1"));
+        assert!(metrics.render(None).contains("sandfork_http_daemon_up 0"));
+    }
+}
