@@ -17,7 +17,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{Criterion, SamplingMode};
 use nix::sys::signal::{kill, Signal};
@@ -151,10 +151,13 @@ fn criterion_dir() -> Option<PathBuf> {
     Some(exe.parent()?.parent()?.parent()?.join("criterion"))
 }
 
-/// The median of this run's estimate for `group/function`, in ns (absent in criterion's test
-/// and list modes, which measure nothing).
-fn median_ns(dir: &Path, (group, function): (&str, &str)) -> Option<f64> {
+/// The median of this run's estimate for `group/function`, in ns: `None` when criterion wrote
+/// none since `since` (its test and list modes measure nothing, and an older file is stale).
+fn median_ns(dir: &Path, (group, function): (&str, &str), since: SystemTime) -> Option<f64> {
     let path = dir.join(group).join(function).join("new/estimates.json");
+    if std::fs::metadata(&path).and_then(|m| m.modified()).ok()? < since {
+        return None;
+    }
     let estimates: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     estimates["median"]["point_estimate"].as_f64()
 }
@@ -181,6 +184,7 @@ fn main() {
         ..Default::default()
     };
 
+    let started = SystemTime::now();
     let mut criterion = Criterion::default()
         .measurement_time(MEASUREMENT_TIME)
         .warm_up_time(WARM_UP_TIME)
@@ -218,8 +222,8 @@ fn main() {
     drop(daemon);
 
     let medians = criterion_dir().and_then(|dir| {
-        let sandfork = median_ns(&dir, SANDFORK)?;
-        let baseline = median_ns(&dir, BASELINE)?;
+        let sandfork = median_ns(&dir, SANDFORK, started)?;
+        let baseline = median_ns(&dir, BASELINE, started)?;
         Some((sandfork, baseline))
     });
     if let Some((sandfork, baseline)) = medians {

@@ -287,13 +287,14 @@ impl Report {
         let ms = |q| percentile_ms(&self.latency, q);
         let mut lines = vec![
             format!(
-                "sandfork bench: {} × {} ({} profile), concurrency {} ({} connections, one run in \
-                 flight each)",
+                "sandfork bench: {} × {} ({} profile), concurrency {} ({} connection{}, one run \
+                 in flight each)",
                 self.requests,
                 quote(config.code.as_bytes()),
                 config.profile.as_deref().unwrap_or("default"),
                 config.concurrency,
                 self.connections,
+                if self.connections == 1 { "" } else { "s" },
             ),
             format!(
                 "results: {} of {} ok, {} failed, in {:.3} s{}",

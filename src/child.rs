@@ -79,8 +79,14 @@ impl ReadyChild {
             uid: slot.inner_uid(),
             gid: slot.inner_uid(),
             tmpfs_bytes: ceiling.tmpfs_mb * MIB,
-            rlimits: spawn_rlimits(ceiling),
+            rlimits: spawn_rlimits(ceiling, slot.cgroup().is_some()),
         };
+        // The ceiling until the request says otherwise (and counters reset for this child).
+        if let Some(cgroup) = slot.cgroup() {
+            cgroup
+                .prepare(ceiling.memory_mb * MIB, ceiling.pids)
+                .map_err(|e| ChildError::Sandbox(format!("cgroup: {e}")))?;
+        }
         let mut events = zygote
             .spawn(&params, [&chan_child, &out_w, &err_w])
             .await
@@ -101,6 +107,17 @@ impl ReadyChild {
             Err(_) => return Err(ChildError::Sandbox("zygote did not fork in time".into())),
         };
         let guard = ChildGuard::new(pidfd, slot);
+        // Into the slot's cgroup before it can do anything of its own (it is still in lockdown).
+        if let Some(cgroup) = guard.cgroup() {
+            let attached = guard
+                .host_pid()
+                .ok_or_else(|| "the child vanished before it could be attached".to_string())
+                .and_then(|pid| cgroup.attach(pid).map_err(|e| e.to_string()));
+            if let Err(why) = attached {
+                guard.kill();
+                return Err(ChildError::Sandbox(format!("cgroup attach: {why}")));
+            }
+        }
         let chan = SeqChannel::new(chan_ours).map_err(|e| sandbox("child channel", e))?;
         let ready = tokio::time::timeout(SPAWN_TIMEOUT, chan.recv(256, 0)).await;
         if !matches!(&ready, Ok(Ok(Some(p))) if p.data == br#"{"op":"ready"}"#) {
@@ -173,11 +190,17 @@ impl ReadyChild {
         let go = json!({
             "op": "go",
             "argv": spec.argv,
-            "rlimits": go_rlimits(limits),
+                        "rlimits": go_rlimits(limits, self.guard.cgroup().is_some()),
             "mode": match spec.mode { Mode::Script => "script", Mode::Function => "function" },
             "files": manifest,
             "collect": {"max_count": caps.file_count, "max_bytes": caps.file_bytes},
         });
+        // Specialize: the request's memory and pids limits on the slot's cgroup, counters reset.
+        if let Some(cgroup) = self.guard.cgroup() {
+            cgroup
+                .prepare(limits.memory_mb * MIB, limits.pids)
+                .map_err(|e| ChildError::Sandbox(format!("cgroup: {e}")))?;
+        }
         let run_started = Instant::now();
         if let Err(err) = self.chan.send(go.to_string().as_bytes(), &fds).await {
             return Err(ChildError::Lost(format!("child {}: {err}", self.pid)));
@@ -213,6 +236,17 @@ impl ReadyChild {
         let (out, out_truncated) = stdout.finish().await;
         let (err, err_truncated) = stderr.finish().await;
         let reports = reports.finish().await;
+        // The cgroup's view (final once the exit is reported: the kernel counts an OOM kill
+        // before it delivers the SIGKILL).
+        let accounting = match self.guard.cgroup().map(|c| c.usage()) {
+            Some(Ok(usage)) => Some(usage),
+            Some(Err(err)) => {
+                warn!(cause = %err, "reading the slot's cgroup usage failed");
+                None
+            }
+            None => None,
+        };
+        let oom_killed = accounting.as_ref().is_some_and(|u| u.oom_killed);
         let Some(exit) = exit else {
             self.guard.kill();
             return Err(ChildError::Sandbox(format!(
@@ -222,7 +256,7 @@ impl ReadyChild {
         };
         self.guard.exited();
 
-        let (mut status, mut message) = classify(&exit, stopped, limits);
+        let (mut status, mut message) = classify(&exit, stopped, oom_killed, &err, limits);
         if spec.mode == Mode::Function && status == Status::Ok {
             match &reports.result {
                 Some(Ok(_)) => {}
@@ -254,8 +288,15 @@ impl ReadyChild {
         result.stderr_truncated = err_truncated;
         result.usage = Usage {
             wall_ms: ms(run_time),
-            cpu_ms: (exit.utime + exit.stime) * 1000.0,
-            max_rss_kb: exit.maxrss_kb,
+            cpu_ms: accounting
+                .as_ref()
+                .map_or((exit.utime + exit.stime) * 1000.0, |u| {
+                    u.cpu_ns as f64 / 1e6
+                }),
+            max_rss_kb: accounting
+                .as_ref()
+                .and_then(|u| u.peak_memory_bytes)
+                .map_or(exit.maxrss_kb, |bytes| bytes / 1024),
         };
         result.timings = Timings {
             run_ms: ms(run_time),
@@ -411,29 +452,35 @@ async fn read_blob(chan: &SeqChannel, size: u64, keep: u64) -> Option<Vec<u8>> {
     Some(data)
 }
 
-/// Rlimits a child is forked with: the profile's ceilings.
-fn spawn_rlimits(limits: &Limits) -> serde_json::Value {
+/// Rlimits a child is forked with: the profile's ceilings. Memory is the cgroup's job when there
+/// is one (RLIMIT_AS counts address space, not memory, and trips numpy's reservations); it is
+/// the fallback otherwise.
+fn spawn_rlimits(limits: &Limits, memory_by_cgroup: bool) -> serde_json::Value {
     json!({
         "cpu_seconds": limits.cpu_seconds(),
         "fsize_bytes": limits.tmpfs_mb * MIB,
         "nofile": limits.nofile,
         "nproc": limits.pids,
-        "as_bytes": limits.memory_mb * MIB,
+        "as_bytes": (!memory_by_cgroup).then_some(limits.memory_mb * MIB),
     })
 }
 
 /// Rlimits the child lowers itself to when its request arrives (never higher than at fork).
-fn go_rlimits(limits: &Limits) -> serde_json::Value {
+fn go_rlimits(limits: &Limits, memory_by_cgroup: bool) -> serde_json::Value {
     json!({
         "cpu_seconds": limits.cpu_seconds(),
-        "as_bytes": limits.memory_mb * MIB,
+        "as_bytes": (!memory_by_cgroup).then_some(limits.memory_mb * MIB),
     })
 }
 
-/// Names how a run ended. `stopped` is set when the supervisor killed it, and wins.
+/// Names how a run ended. `stopped` is set when the supervisor killed it, and wins;
+/// `oom_killed` comes from the slot's cgroup; `stderr` tells a `MemoryError` at the
+/// address-space limit (the rlimit fallback) from other errors.
 pub fn classify(
     exit: &ExitInfo,
     stopped: Option<Status>,
+    oom_killed: bool,
+    stderr: &[u8],
     limits: &Limits,
 ) -> (Status, Option<String>) {
     if let Some(status) = stopped {
@@ -447,9 +494,14 @@ pub fn classify(
         };
         return (status, Some(message));
     }
+    let memory_message = || Some(format!("memory limit of {} MiB reached", limits.memory_mb));
+    if oom_killed {
+        return (Status::MemoryLimit, memory_message());
+    }
     let cpu_ms = (exit.utime + exit.stime) * 1000.0;
     match (exit.exit_code, exit.signal) {
         (Some(0), _) => (Status::Ok, None),
+        (Some(_), _) if died_of_memory_error(stderr) => (Status::MemoryLimit, memory_message()),
         (Some(code), _) => (Status::Error, Some(format!("exited with code {code}"))),
         (None, Some(libc::SIGXCPU)) => (
             Status::CpuLimit,
@@ -475,6 +527,16 @@ pub fn classify(
             Some("child vanished without a status".into()),
         ),
     }
+}
+
+/// True if the program's last words were an uncaught MemoryError.
+fn died_of_memory_error(stderr: &[u8]) -> bool {
+    let tail = &stderr[stderr.len().saturating_sub(4096)..];
+    String::from_utf8_lossy(tail)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .is_some_and(|l| l.starts_with("MemoryError"))
 }
 
 fn signal_name(signal: i32) -> &'static str {
@@ -552,6 +614,17 @@ impl ChildGuard {
         if let Some(pidfd) = &self.pidfd {
             kill_child(pidfd);
         }
+    }
+
+    fn cgroup(&self) -> Option<&crate::cgroup::SlotCgroup> {
+        self.slot.as_ref().and_then(|s| s.cgroup())
+    }
+
+    fn host_pid(&self) -> Option<i32> {
+        self.pidfd
+            .as_ref()
+            .and_then(PidFd::host_pid)
+            .filter(|&pid| pid > 0)
     }
 
     fn has_exited(&self) -> bool {
@@ -689,10 +762,39 @@ mod tests {
         ];
         for (info, stopped, want) in cases {
             assert_eq!(
-                classify(&info, stopped, &limits).0,
+                classify(&info, stopped, false, b"", &limits).0,
                 want,
                 "{info:?} {stopped:?}"
             );
         }
+        let out_of_memory =
+            b"Traceback (most recent call last):\n  File \"main.py\", line 1\nMemoryError\n";
+        let exit1 = exit(Some(1), None, 0.1);
+        assert_eq!(
+            classify(&exit1, None, false, out_of_memory, &limits).0,
+            Status::MemoryLimit
+        );
+        assert_eq!(
+            classify(&exit1, None, false, b"ValueError: x\n", &limits).0,
+            Status::Error
+        );
+        // The cgroup's OOM kill wins over the signal it used.
+        let killed = exit(None, Some(libc::SIGKILL), 0.1);
+        assert_eq!(
+            classify(&killed, None, true, b"", &limits).0,
+            Status::MemoryLimit
+        );
+        // A program that merely prints the word, then exits 0, is fine.
+        assert_eq!(
+            classify(
+                &exit(Some(0), None, 0.0),
+                None,
+                false,
+                b"MemoryError\n",
+                &limits
+            )
+            .0,
+            Status::Ok
+        );
     }
 }

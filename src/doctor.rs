@@ -129,13 +129,24 @@ pub fn check(config: &Config) -> Report {
         seccomp(),
         landlock(),
         mount_api(),
-        cgroups(Path::new(cgroup::DEFAULT_FS_ROOT)),
-        uid_range(
+    ];
+    if nix::unistd::geteuid().is_root() {
+        checks.push(cgroups(Path::new(cgroup::DEFAULT_FS_ROOT)));
+        checks.push(uid_range(
             config.uid_base,
             config.identity_count(),
             &HostAccounts::read(),
-        ),
-    ];
+        ));
+    } else {
+        // Rootless mode uses neither: the root layer's line says what that costs.
+        checks.push(Check {
+            layer: "cgroups",
+            available: false,
+            detail: "not used in rootless mode".into(),
+            without_it: "memory is RLIMIT_AS, pids RLIMIT_NPROC; no peak-memory or OOM accounting"
+                .into(),
+        });
+    }
     let default_profile = [(DEFAULT_PROFILE.to_string(), ProfileConfig::default())];
     let profiles: Vec<(&String, &ProfileConfig)> = if config.profiles.is_empty() {
         default_profile.iter().map(|(n, p)| (n, p)).collect()
@@ -198,12 +209,16 @@ fn root() -> Check {
         ),
         (false, _) => format!("running as uid {euid}"),
     };
-    check_result(
-        ROOT,
-        euid.is_root() && initial,
-        detail,
-        "sandforkd does not start: it maps a host uid range into each zygote and mounts its jail",
-    )
+    let without = if euid.is_root() {
+        "sandforkd does not start: it maps a host uid range into each zygote and mounts its jail"
+            .to_string()
+    } else {
+        format!(
+            "sandforkd runs rootless: {}",
+            crate::rootless::rootless_losses().join("; ")
+        )
+    };
+    check_result(ROOT, euid.is_root() && initial, detail, &without)
 }
 
 fn read_sysctl(path: &str) -> Option<String> {
@@ -273,7 +288,14 @@ fn namespaces() -> Check {
         ("cgroup", libc::CLONE_NEWCGROUP),
     ];
     let mut failed = Vec::new();
-    for (name, flag) in kinds {
+    // Rootless, every namespace is made inside a new user namespace (below); alone, without
+    // one, they need root.
+    let alone: &[(&str, i32)] = if nix::unistd::geteuid().is_root() {
+        &kinds
+    } else {
+        &[]
+    };
+    for &(name, flag) in alone {
         match probe::in_child(move || probe::unshare(flag)) {
             Ok(probe::End::Exited(0)) => {}
             Ok(end) => failed.push(format!("{name}: {}", end.describe())),
@@ -290,7 +312,9 @@ fn namespaces() -> Check {
         Err(err) => failed.push(format!("cannot fork a probe: {err}")),
     }
     let names = kinds.map(|(n, _)| n).join(", ");
-    let detail = if failed.is_empty() {
+    let detail = if failed.is_empty() && alone.is_empty() {
+        format!("{names}: unshare works all together inside a new user namespace (rootless)")
+    } else if failed.is_empty() {
         format!("{names}: unshare works, also all together with a user namespace")
     } else {
         format!("unshare failed for {}", failed.join("; "))

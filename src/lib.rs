@@ -14,12 +14,14 @@
 //! - [`zygote`]: one zygote process (zygote-init → Python) and its control channel.
 //! - [`slots`]: concurrent-run slots, one uid each.
 //! - [`jail`]: the interpreter probe and the minimal read-only root derived from it.
+//! - [`rootless`]: the mode of a daemon that is not root: one uid, no cgroups, what is lost.
 //! - [`sys`]: SEQPACKET + SCM_RIGHTS, pidfds, sealed memfds, pipes (all `unsafe` is here).
 //! - [`metrics`]: Prometheus counters, histograms and gauges, rendered on request.
 //! - [`tenants`]: who a caller is (SO_PEERCRED uid, or an API key via the shim) and its policy.
 //! - [`admission`]: per-tenant rate and concurrency, bounded per-profile queues, fair run slots.
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`client`]: the client side, for the CLI, tests and benchmarks.
+//! - [`http`]: `sandfork-http`, the HTTP shim: API keys → tenants, runs forwarded as a proxy.
 //! - [`bench`]: `sandfork bench`, a bounded load generator with a fresh-interpreter baseline.
 //!
 //! Outside this crate: `protocol/` (the wire format), `zygote/zygote.py` (the Python zygote and
@@ -33,9 +35,11 @@ pub mod child;
 pub mod client;
 pub mod config;
 pub mod doctor;
+pub mod http;
 pub mod jail;
 pub mod metrics;
 pub mod pool;
+pub mod rootless;
 pub mod run;
 pub mod server;
 pub mod slots;

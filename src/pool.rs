@@ -19,6 +19,7 @@ use crate::jail::{
     self, Bind, ExecSpec, IdMap, Interpreter, JailSpec, RootPlan, JAIL_DEVICES, JAIL_RUNTIME_DIR,
     JAIL_WORK_DIR, JAIL_WORK_PARENT,
 };
+use crate::rootless;
 use crate::zygote::{RecyclePolicy, Spawner, Zygote};
 
 /// File names inside the runtime dir.
@@ -49,11 +50,13 @@ pub struct Profile {
 
 impl Profile {
     /// Probes the interpreter and builds the jail spec. Blocking (runs the interpreter once).
+    /// `rootless`: the daemon is not root (see `crate::rootless`).
     pub fn prepare(
         name: &str,
         profile: &ProfileConfig,
         config: &Config,
         runtime_dir: &Path,
+        rootless: bool,
     ) -> Result<Profile, jail::JailError> {
         let wanted = Config::preload_modules(profile);
         let interpreter =
@@ -84,13 +87,25 @@ impl Profile {
             "preload": preload,
             "work_dir": JAIL_WORK_DIR,
             "profile": name,
+            // Rootless: children stay uid 0 without capabilities, one RLIMIT_NPROC for all.
+            "rootless": rootless.then(|| json!({
+                "nproc": rootless::nproc_limit(
+                    config.profile_limits(profile).pids,
+                    config.identity_count(),
+                ),
+            })),
         });
-        let id_count = config.identity_count() + 1;
-        let id_map = vec![IdMap {
-            inside: 0,
-            outside: config.uid_base,
-            count: id_count,
-        }];
+        let (uid_map, gid_map) = if rootless {
+            // Only the daemon's own ids, as 0: all an unprivileged process may map.
+            rootless::own_id_maps()
+        } else {
+            let id_map = vec![IdMap {
+                inside: 0,
+                outside: config.uid_base,
+                count: config.identity_count() + 1,
+            }];
+            (id_map.clone(), id_map)
+        };
         let mut binds: Vec<Bind> = plan
             .binds()
             .into_iter()
@@ -101,8 +116,8 @@ impl Profile {
             dest: Some(PathBuf::from(JAIL_RUNTIME_DIR)),
         });
         let spec = JailSpec {
-            uid_map: id_map.clone(),
-            gid_map: id_map,
+            uid_map,
+            gid_map,
             hostname: "sandfork".into(),
             keep_fds: vec![3],
             root_size_bytes: 4 * 1024 * 1024,
@@ -299,10 +314,13 @@ async fn keep_zygote(
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = zygote.died() => {
+                                _ = zygote.died() => {
                     member.set(None);
                     current = None;
                     zygote.stop().await;
+                    if *stop.borrow() {
+                        return; // stopped on purpose by the supervisor's shutdown
+                    }
                     if started.elapsed() >= HEALTHY_LIFETIME {
                         backoff = BACKOFF_START;
                         warn!(zygote = %name, "zygote died; restarting");

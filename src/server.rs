@@ -273,8 +273,8 @@ impl Connection {
                     .await;
             }
             Request::Metrics { id } => {
-                // Tenant names and counts are not for strangers.
-                if let Err(err) = self.supervisor.identify(self.peer.uid, None) {
+                // Tenant names and counts are not for strangers: tenants and proxies only.
+                if let Err(err) = self.supervisor.may_read_metrics(self.peer.uid) {
                     let message = err.to_string();
                     self.log_protocol_error(ErrorKind::PermissionDenied, &message);
                     let _ = out

@@ -8,9 +8,13 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::cgroup::{CgroupSlots, SlotCgroup};
+
 /// The pool of slots.
 #[derive(Debug)]
 pub struct Slots {
+    /// One cgroup per slot (memory, pids, CPU accounting), when the host has usable cgroups.
+    cgroups: Option<Arc<CgroupSlots>>,
     permits: Arc<Semaphore>,
     /// Free slot indexes; a permit always finds one here.
     free: Arc<Mutex<Vec<u32>>>,
@@ -21,13 +25,20 @@ pub struct Slots {
 #[derive(Debug)]
 pub struct Slot {
     index: u32,
+    cgroups: Option<Arc<CgroupSlots>>,
     free: Arc<Mutex<Vec<u32>>>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Slots {
     pub fn new(count: u32) -> Slots {
+        Slots::with_cgroups(count, None)
+    }
+
+    /// Slots whose cgroups are `cgroups.slot(index)` (which must have at least `count`).
+    pub fn with_cgroups(count: u32, cgroups: Option<Arc<CgroupSlots>>) -> Slots {
         Slots {
+            cgroups,
             permits: Arc::new(Semaphore::new(count as usize)),
             free: Arc::new(Mutex::new((0..count).rev().collect())),
             count,
@@ -54,6 +65,7 @@ impl Slots {
             .expect("a permit guarantees a free slot");
         Some(Slot {
             index,
+            cgroups: self.cgroups.clone(),
             free: Arc::clone(&self.free),
             _permit: permit,
         })
@@ -73,6 +85,7 @@ impl Slots {
             .expect("a permit guarantees a free slot");
         Slot {
             index,
+            cgroups: self.cgroups.clone(),
             free: Arc::clone(&self.free),
             _permit: permit,
         }
@@ -83,6 +96,11 @@ impl Slot {
     /// The slot's uid (and gid) inside a zygote's user namespace: 1..=count (0 is the zygote).
     pub fn inner_uid(&self) -> u32 {
         self.index + 1
+    }
+
+    /// The slot's cgroup, if the host has usable cgroups.
+    pub fn cgroup(&self) -> Option<&SlotCgroup> {
+        self.cgroups.as_ref().map(|c| c.slot(self.index))
     }
 }
 

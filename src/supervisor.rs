@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use sandfork_protocol::{ProfileStatus, RejectKind, RunResult, RunSpec, ServerStatus};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admission::Admission;
 use crate::config::{Config, DEFAULT_PROFILE};
@@ -64,6 +64,11 @@ pub struct Paths {
     pub lockdown_lib: PathBuf,
     /// Files bind-mounted read-only into every jail at /sandfork.
     pub runtime_dir: PathBuf,
+    /// Not root: rootless mode (one uid, no cgroups; see `crate::rootless`). From the euid.
+    pub rootless: bool,
+    /// Names this daemon's cgroup tree (`sandfork-<instance>`): stable across restarts so a
+    /// crashed daemon's leftovers are found and removed, distinct between daemons.
+    pub instance: String,
 }
 
 impl Paths {
@@ -107,6 +112,8 @@ impl Paths {
             zygote_init: find(ZYGOTE_INIT)?,
             lockdown_lib: find(LOCKDOWN_LIB)?,
             runtime_dir,
+            rootless: crate::rootless::is_rootless(),
+            instance: "default".into(),
         })
     }
 
@@ -153,6 +160,9 @@ pub struct Supervisor {
     profiles: BTreeMap<String, ProfileRuntime>,
     /// Identities (uids): one per concurrent run plus one per warm child.
     slots: Arc<Slots>,
+    /// The slots' cgroups (None: rlimits only). Removed when the last reference goes, which
+    /// `shutdown` makes sure happens only once they are empty.
+    cgroups: Option<Arc<crate::cgroup::CgroupSlots>>,
     /// Who may run code, with which policy.
     tenants: Tenants,
     /// Rate, concurrency and the fair queue in front of the run slots.
@@ -166,6 +176,8 @@ pub struct Supervisor {
     pub max_frame_len: u32,
     /// In-flight runs get this long to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Rootless mode: one uid for every run, and no cgroups may be tried (`crate::rootless`).
+    rootless: bool,
     stop: watch::Sender<bool>,
     metrics: Metrics,
 }
@@ -191,19 +203,34 @@ impl Supervisor {
         let profile_names: Vec<String> = config.profiles.keys().cloned().collect();
         let spawner = Spawner::start();
         let (stop, stop_rx) = watch::channel(false);
-        let slots = Arc::new(Slots::new(config.identity_count()));
+        let cgroups = if paths.rootless {
+            None
+        } else {
+            create_cgroups(&paths.instance, config.identity_count())
+        };
+        let slots = Arc::new(Slots::with_cgroups(
+            config.identity_count(),
+            cgroups.clone(),
+        ));
         let child_ids = Arc::new(AtomicU64::new(1));
         let mut profiles = BTreeMap::new();
         for (name, profile_config) in &config.profiles {
             let started = Instant::now();
-            let (name_owned, profile_config, config_owned, runtime_dir) = (
+            let (name_owned, profile_config, config_owned, runtime_dir, rootless) = (
                 name.clone(),
                 profile_config.clone(),
                 config.clone(),
                 paths.runtime_dir.clone(),
+                paths.rootless,
             );
             let profile = tokio::task::spawn_blocking(move || {
-                Profile::prepare(&name_owned, &profile_config, &config_owned, &runtime_dir)
+                Profile::prepare(
+                    &name_owned,
+                    &profile_config,
+                    &config_owned,
+                    &runtime_dir,
+                    rootless,
+                )
             })
             .await
             .map_err(|_| StartError::Join(name.clone()))?
@@ -240,6 +267,7 @@ impl Supervisor {
         Ok(Arc::new(Supervisor {
             profiles,
             slots,
+            cgroups,
             tenants,
             admission: Admission::with_queue_capacity(
                 &profile_names,
@@ -252,8 +280,14 @@ impl Supervisor {
             metrics: Metrics::new(),
             max_frame_len: config.max_frame_len,
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+            rootless: paths.rootless,
             stop,
         }))
+    }
+
+    /// Rootless mode: every run has the daemon's uid, and cgroups must not be used.
+    pub fn is_rootless(&self) -> bool {
+        self.rootless
     }
 
     /// True when every profile has at least one live zygote.
@@ -307,16 +341,24 @@ impl Supervisor {
     /// Runs one request of `tenant` (as returned by `identify`) to completion. Dropping the
     /// future kills the run's child.
     pub async fn execute(&self, tenant: &str, spec: RunSpec, received: Instant) -> RunResult {
-        let request_id = spec.request_id.clone().unwrap_or_else(new_request_id);
         let profile_name = spec
             .profile
             .clone()
             .unwrap_or_else(|| DEFAULT_PROFILE.to_string());
-        let code_sha256 = hex_sha256(&spec.code);
-        let client_addr = spec.client_addr.clone();
-        let code_text = self
-            .audit_code
-            .then(|| String::from_utf8_lossy(&spec.code).into_owned());
+        // Written when the run ends — or, if this future is dropped (client gone, cancel,
+        // shutdown), by its Drop: every run leaves exactly one record.
+        let mut audit = Audit {
+            metrics: &self.metrics,
+            tenant: tenant.to_string(),
+            request_id: spec.request_id.clone().unwrap_or_else(new_request_id),
+            profile: profile_name.clone(),
+            code_sha256: hex_sha256(&spec.code),
+            code_text: self
+                .audit_code
+                .then(|| String::from_utf8_lossy(&spec.code).into_owned()),
+            client_addr: spec.client_addr.clone(),
+            written: false,
+        };
         let mut result = match (
             self.tenants.by_name(tenant),
             self.profiles.get(&profile_name),
@@ -339,29 +381,17 @@ impl Supervisor {
                 run::execute(ctx, spec, received).await
             }
         };
-        result.request_id = request_id;
-        self.metrics.record(tenant, &profile_name, &result);
-        info!(
-            target: "sandfork::audit",
-            tenant,
-            request_id = %result.request_id,
-            profile = %profile_name,
-            code_sha256 = %code_sha256,
-            code = code_text.as_deref().unwrap_or(""),
-            status = result.status.as_str(),
-            exit_code = result.exit_code.unwrap_or(-1),
-            signal = result.signal.unwrap_or(0),
-            wall_ms = result.usage.wall_ms,
-            cpu_ms = result.usage.cpu_ms,
-            max_rss_kb = result.usage.max_rss_kb,
-            stdout_bytes = result.stdout.len(),
-            stderr_bytes = result.stderr.len(),
-            files_out = result.files.len(),
-            warm = result.warm,
-            client_addr = client_addr.as_deref().unwrap_or(""),
-            "run"
-        );
+        result.request_id = audit.request_id.clone();
+        audit.write(&result);
         result
+    }
+
+    /// Whether a peer may read the metrics: any tenant, and proxies (the HTTP shim serves them).
+    pub fn may_read_metrics(&self, peer_uid: u32) -> Result<(), IdentityError> {
+        if self.tenants.is_proxy(peer_uid) {
+            return Ok(());
+        }
+        self.tenants.identify(peer_uid, None).map(|_| ())
     }
 
     /// Prometheus text of the daemon's metrics.
@@ -377,6 +407,16 @@ impl Supervisor {
             profile.warm.clear();
             for zygote in profile.pool.zygotes() {
                 zygote.stop().await;
+            }
+        }
+        // Killing zygote-init does not wait for its pid namespace to empty; the cgroups can
+        // only be removed once their last process is gone.
+        if let Some(cgroups) = &self.cgroups {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let busy =
+                || (0..cgroups.len()).any(|i| cgroups.slot(i).pids().is_ok_and(|p| !p.is_empty()));
+            while busy() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
@@ -413,4 +453,82 @@ fn hex_sha256(data: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// One cgroup per slot, or None (with the reason logged) when the host has no usable cgroups:
+/// memory is then limited by RLIMIT_AS and pids by RLIMIT_NPROC only.
+fn create_cgroups(instance: &str, count: u32) -> Option<Arc<crate::cgroup::CgroupSlots>> {
+    match crate::cgroup::CgroupSlots::create(Path::new("/sys/fs/cgroup"), instance, count) {
+        Ok(cgroups) => {
+            info!(cgroups = %cgroups.describe(), "slot cgroups ready");
+            Some(Arc::new(cgroups))
+        }
+        Err(err) => {
+            warn!(
+                cause = %err,
+                "no usable cgroups: falling back to rlimits (memory: RLIMIT_AS, pids: RLIMIT_NPROC; no peak memory or OOM accounting)"
+            );
+            None
+        }
+    }
+}
+
+/// A short, stable name for a daemon's cgroup tree (`sandfork-<name>`), derived from its socket
+/// path: the same daemon finds its crashed predecessor's tree, two daemons never share one.
+pub fn instance_name(socket: &Path) -> String {
+    let digest = Sha256::digest(socket.as_os_str().as_encoded_bytes());
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The audit record and metrics of one run.
+struct Audit<'a> {
+    metrics: &'a Metrics,
+    tenant: String,
+    request_id: String,
+    profile: String,
+    code_sha256: String,
+    /// Only with `audit_code = true`.
+    code_text: Option<String>,
+    client_addr: Option<String>,
+    written: bool,
+}
+
+impl Audit<'_> {
+    fn write(&mut self, result: &RunResult) {
+        if std::mem::replace(&mut self.written, true) {
+            return;
+        }
+        self.metrics.record(&self.tenant, &self.profile, result);
+        info!(
+            target: "sandfork::audit",
+            tenant = self.tenant.as_str(),
+            request_id = %self.request_id,
+            profile = %self.profile,
+            code_sha256 = %self.code_sha256,
+            code = self.code_text.as_deref().unwrap_or(""),
+            status = result.status.as_str(),
+            exit_code = result.exit_code.unwrap_or(-1),
+            signal = result.signal.unwrap_or(0),
+            wall_ms = result.usage.wall_ms,
+            cpu_ms = result.usage.cpu_ms,
+            max_rss_kb = result.usage.max_rss_kb,
+            stdout_bytes = result.stdout.len(),
+            stderr_bytes = result.stderr.len(),
+            files_out = result.files.len(),
+            warm = result.warm,
+            client_addr = self.client_addr.as_deref().unwrap_or(""),
+            message = result.message.as_deref().unwrap_or(""),
+            "run"
+        );
+    }
+}
+
+impl Drop for Audit<'_> {
+    fn drop(&mut self) {
+        if !self.written {
+            let stopped = RunResult::new(sandfork_protocol::Status::Killed)
+                .with_message("the caller went away or cancelled; the run was stopped");
+            self.write(&stopped);
+        }
+    }
 }

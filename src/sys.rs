@@ -249,6 +249,20 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
+/// Makes glibc serve every allocation of 128 KiB or more with its own mmap, returned to the
+/// kernel on free. Output capture and result frames are transient buffers of up to a few MiB;
+/// with glibc's default *dynamic* threshold, the first large free raises the threshold and later
+/// large buffers come from the heap, whose fragmentation shows as slowly creeping RSS under
+/// output-heavy load. Setting the threshold explicitly turns the dynamic adjustment off.
+pub fn pin_malloc_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes two integers and only changes allocator tuning; called once at
+    // start-up before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 /// Sets PR_SET_PDEATHSIG for the calling thread's future children; used in `pre_exec`.
 /// Async-signal-safe: one prctl.
 pub fn set_parent_death_signal(signal: i32) -> io::Result<()> {
@@ -274,6 +288,35 @@ pub fn install_fd(fd: RawFd, target: RawFd) -> io::Result<()> {
     // SAFETY: dup2 on descriptor numbers; the target is replaced atomically.
     if unsafe { libc::dup2(fd, target) } < 0 {
         return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `unshare(CLONE_NEWUSER)`; used in `pre_exec` (the rootless-mode probe).
+/// Async-signal-safe: one system call.
+pub fn unshare_user_namespace() -> io::Result<()> {
+    // SAFETY: unshare takes a flag word and touches no memory of ours.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Writes `data` to the existing file `path` in a single write(2), as /proc/self/uid_map
+/// requires; used in `pre_exec`. Async-signal-safe: open, write, close; nothing is allocated.
+pub fn write_file_once(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; the kernel only reads it.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `data` is valid for `data.len()` bytes for the call; `fd` is ours.
+    let written = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    let error = io::Error::last_os_error();
+    // SAFETY: closing the descriptor opened above, which nothing else holds.
+    unsafe { libc::close(fd) };
+    if written < 0 {
+        return Err(error);
     }
     Ok(())
 }

@@ -88,11 +88,22 @@ impl OwnDaemon {
 }
 
 impl Drop for OwnDaemon {
+    /// A graceful stop, so the daemon removes its cgroups; SIGKILL only if it hangs.
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
         }
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -289,8 +300,13 @@ async fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
         ok_stdout(&client.run(spec("print(2)")).await.unwrap()),
         "2\n"
     );
-    let _ = first.kill();
-    let _ = first.wait();
+    // A clean stop, so the daemon removes its cgroups.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(first.wait().unwrap().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,4 +344,85 @@ async fn zygotes_are_recycled_without_failing_runs() {
     );
     assert_eq!(daemon.zygotes().len(), 1);
     assert!(common::read_log(&daemon.log).contains("recycling zygote"));
+}
+
+/// Every cgroup directory named like this daemon's tree (sandfork-<instance>) on the host.
+fn sandfork_cgroups() -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if entry.file_name().to_string_lossy().starts_with("sandfork-") {
+                    found.push(path.clone());
+                }
+                stack.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_daemon_restarts_cleanly_and_sigterm_leaves_no_cgroups() {
+    if !privileged("a_killed_daemon_restarts_cleanly_and_sigterm_leaves_no_cgroups") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, test_config(dir.path(), "")).unwrap();
+    let socket = dir.path().join("sandfork.sock");
+    let log = dir.path().join("daemon.log");
+    let mut first = start_daemon_process(&config, &log);
+    wait_ready(&socket, &log, Duration::from_secs(90));
+    let mut client = Client::connect(&socket).await.unwrap();
+    assert_eq!(
+        ok_stdout(&client.run(spec("print(1)")).await.unwrap()),
+        "1\n"
+    );
+    let instance = format!("sandfork-{}", sandfork::supervisor::instance_name(&socket));
+    let ours = || -> Vec<_> {
+        sandfork_cgroups()
+            .into_iter()
+            .filter(|p| p.ends_with(&instance))
+            .collect()
+    };
+    assert!(!ours().is_empty(), "the daemon made slot cgroups");
+    let everything = descendants(first.id());
+    // A crash: no clean-up at all.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while everything.iter().any(|&pid| alive(pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        everything.iter().all(|&pid| !alive(pid)),
+        "the jail died with its daemon"
+    );
+    assert!(socket.exists(), "a crash leaves the socket behind");
+    // Restart on the same socket: stale socket and cgroups are cleaned, runs work.
+    let log2 = dir.path().join("daemon2.log");
+    let mut second = start_daemon_process(&config, &log2);
+    wait_ready(&socket, &log2, Duration::from_secs(90));
+    let mut client = Client::connect(&socket).await.unwrap();
+    assert_eq!(
+        ok_stdout(&client.run(spec("print(2)")).await.unwrap()),
+        "2\n"
+    );
+    drop(client);
+    assert!(common::read_log(&log2).contains("removed a stale socket"));
+    // A clean stop removes the daemon's cgroups.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(second.wait().unwrap().success());
+    let left = ours();
+    assert!(left.is_empty(), "cgroups left behind: {left:?}");
 }

@@ -297,11 +297,13 @@ async fn a_vanished_clients_child_is_killed() {
     };
     let mut stream = handshake();
     let code = format!("import time\nopen('{marker}', 'w').close()\ntime.sleep(60)");
+    let mut request = spec(&code);
+    request.request_id = Some(marker.clone());
     send(
         &mut stream,
         &Request::Run {
             id: 1,
-            spec: spec(&code),
+            spec: request,
         },
     );
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -321,6 +323,23 @@ async fn a_vanished_clients_child_is_killed() {
         gone(),
         "the vanished client's child {child} is still running"
     );
+    // The run still left its one audit record.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let record = loop {
+        let log = common::read_log(&daemon.log);
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("sandfork::audit") && l.contains(&marker))
+        {
+            break line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no audit record for the cancelled run"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(record.contains("status=\"killed\""), "{record}");
     still_healthy().await;
 }
 

@@ -145,23 +145,86 @@ async fn idle_warm_children_are_discarded() {
     );
 }
 
-#[tokio::test]
+/// The memory limit of `pid`'s cgroup as the host sees it (v1 memory.limit_in_bytes or v2
+/// memory.max), or None without a memory cgroup.
+fn cgroup_memory_limit(pid: u32) -> Option<u64> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let candidates: Vec<String> = if controllers.split(',').any(|c| c == "memory") {
+            vec![format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")]
+        } else if controllers.is_empty() {
+            vec![format!("/sys/fs/cgroup{path}/memory.max")]
+        } else {
+            continue;
+        };
+        for file in candidates {
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                return text.trim().parse().ok();
+            }
+        }
+    }
+    None
+}
+
+// Multi-threaded: the child finder blocks its thread while the run proceeds on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_limits_are_applied_to_a_warm_child() {
     if !privileged("request_limits_are_applied_to_a_warm_child") {
         return;
     }
     warm_children_ready(2).await;
-    let code = "import resource\nprint(resource.getrlimit(resource.RLIMIT_AS)[0] // 2**20, resource.getrlimit(resource.RLIMIT_CPU)[0])";
-    let mut request = spec(code);
+    // The child marks itself so the host can find it and read its cgroup; it reports the CPU
+    // rlimit (which the child lowered itself) and the address-space rlimit.
+    let marker = format!("warm-limits-{}", std::process::id());
+    let code = format!(
+        "import resource, time\nopen('{marker}', 'w').close()\nprint(resource.getrlimit(resource.RLIMIT_CPU)[0], resource.getrlimit(resource.RLIMIT_AS)[0], flush=True)\ntime.sleep(1)\n"
+    );
+    let mut request = spec(&code);
     request.limits.memory_mb = Some(300);
     request.limits.timeout_ms = Some(2500);
-    let result = run(request).await;
+    let runner = tokio::spawn(run(request));
+    let daemon_pid = common::descendants(1)
+        .into_iter()
+        .find(|pid| socket_of(*pid).is_some_and(|s| &s == socket()))
+        .unwrap_or(0);
+    let child = common::find_marked_child(daemon_pid, &marker).expect("the marked child");
+    let cgroup_limit = cgroup_memory_limit(child);
+    let result = runner.await.unwrap();
     assert!(result.warm, "this check is about warm children");
-    // memory 300 MiB; CPU = ceil(2.5 s) + 1
-    assert_eq!(ok_stdout(&result), "300 4\n");
-    // And the profile's ceilings when the request names none.
-    warm_children_ready(1).await;
-    let result = run(spec(code)).await;
-    assert!(result.warm);
-    assert_eq!(ok_stdout(&result), "700 16\n");
+    let stdout = ok_stdout(&result);
+    let fields: Vec<&str> = stdout.split_whitespace().collect();
+    // CPU: ceil(2.5 s) + 1, lowered by the child itself at "go".
+    assert_eq!(fields[0], "4", "{stdout}");
+    match cgroup_limit {
+        // With cgroups, memory is the slot cgroup's limit, set by the supervisor before "go"
+        // (and RLIMIT_AS stays unlimited: it counts address space, not memory).
+        Some(limit) => {
+            assert_eq!(
+                limit,
+                300 * 1024 * 1024,
+                "the request's memory limit on the cgroup"
+            );
+            assert_eq!(fields[1], "-1", "{stdout}");
+        }
+        // Without, it is the address-space rlimit.
+        None => assert_eq!(fields[1], (300u64 << 20).to_string(), "{stdout}"),
+    }
+}
+
+/// The --config path a sandforkd process was started with, mapped to its socket (the config
+/// sits beside it), to find this binary's daemon among the host's processes.
+fn socket_of(pid: u32) -> Option<PathBuf> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    if !args.first()?.ends_with(b"sandforkd") {
+        return None;
+    }
+    let config = args
+        .iter()
+        .position(|a| *a == b"--config")
+        .and_then(|i| args.get(i + 1))?;
+    let config = PathBuf::from(String::from_utf8_lossy(config).into_owned());
+    Some(config.parent()?.join("sandfork.sock"))
 }

@@ -285,6 +285,13 @@ class Zygote:
             "gid": message["gid"],
             "rlimits": message["rlimits"],
         }
+        rootless = self.config.get("rootless")
+        if rootless:
+            # Rootless mode: the namespace maps only the daemon's own ids, so every child stays
+            # uid 0 and drops its capabilities instead; RLIMIT_NPROC then counts every child of
+            # this zygote, so the supervisor sizes it for all of them.
+            params.update(uid=0, gid=0, rootless=True)
+            params["rlimits"] = dict(params["rlimits"], nproc=rootless["nproc"])
         rc = self.lockdown.sandfork_child_lockdown(json.dumps(params).encode())
         if rc != 0:
             err = self.lockdown.sandfork_lockdown_error().decode(errors="replace")

@@ -1,8 +1,9 @@
 //! `sandforkd`: the supervisor daemon. Foreground, logs to stderr.
 //!
-//! Start-up: config → runtime files → probe profiles → start zygotes → bind the socket → serve
-//! until SIGTERM/SIGINT → stop accepting, let runs finish within the grace period, kill the
-//! rest, remove the socket, exit 0.
+//! Start-up: config → mode (root: full; otherwise rootless, if unprivileged user namespaces
+//! work, with a warning per lost protection) → runtime files → probe profiles → start zygotes →
+//! bind the socket → serve until SIGTERM/SIGINT → stop accepting, let runs finish within the
+//! grace period, kill the rest, remove the socket, exit 0.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,8 +12,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use sandfork::config::{default_socket_path, Config, LogFormat};
+use sandfork::rootless;
 use sandfork::server;
-use sandfork::supervisor::{Paths, Supervisor};
+use sandfork::supervisor::{Paths, StartError, Supervisor};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
@@ -31,6 +33,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    sandfork::sys::pin_malloc_mmap_threshold();
     let args = Args::parse();
     let config = match &args.config {
         Some(path) => Config::load(path)?,
@@ -55,8 +58,17 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("sandforkd must run as root: it maps a uid range into each zygote's user namespace and mounts its jail");
+    // Root: the full sandbox. Anyone else: rootless mode, if user namespaces allow it.
+    let rootless = rootless::is_rootless();
+    if rootless {
+        rootless::check_user_namespaces()?;
+        info!(
+            uid = nix::unistd::geteuid().as_raw(),
+            "rootless mode: not root, so every run has this uid and no cgroups are used"
+        );
+        for loss in rootless::rootless_losses() {
+            warn!("rootless: {loss}");
+        }
     }
     let socket = args
         .socket
@@ -66,7 +78,16 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         .runtime_dir
         .clone()
         .unwrap_or_else(Paths::default_runtime_dir);
-    let paths = Paths::discover(runtime_dir)?;
+    let mut paths = Paths::discover(runtime_dir)?;
+    paths.instance = sandfork::supervisor::instance_name(&socket);
+    let interpreters_hint = || {
+        format!(
+            "rootless mode runs every profile's interpreter as uid {}: it, its libraries and \
+             the runtime dir must be readable by that user (a pyenv under /root is not; \
+             /usr/bin/python3 is)",
+            nix::unistd::geteuid()
+        )
+    };
     info!(
         socket = %socket.display(),
         zygote_init = %paths.zygote_init.display(),
@@ -75,7 +96,25 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         "starting"
     );
     let listener = bind(&socket).await?;
-    let supervisor = Supervisor::start(&config, paths).await?;
+    // The same per-layer summary `sandfork doctor` prints.
+    let doctor_config = config.clone();
+    if let Ok(report) =
+        tokio::task::spawn_blocking(move || sandfork::doctor::check(&doctor_config)).await
+    {
+        for line in sandfork::doctor::summary_lines(&report) {
+            if report.full_isolation {
+                info!(target: "sandfork::doctor", "{line}");
+            } else {
+                warn!(target: "sandfork::doctor", "{line}");
+            }
+        }
+    }
+    let supervisor = match Supervisor::start(&config, paths).await {
+        Err(err @ StartError::Profile { .. }) if rootless => {
+            return Err(anyhow::Error::new(err).context(interpreters_hint()))
+        }
+        started => started?,
+    };
     let ready = supervisor.wait_ready(Duration::from_secs(120)).await;
     if ready {
         info!(status = ?supervisor.status(), "ready");
