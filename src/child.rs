@@ -211,6 +211,14 @@ impl ReadyChild {
         let deadline = tokio::time::sleep(Duration::from_millis(limits.timeout_ms));
         tokio::pin!(deadline);
         let mut stopped: Option<Status> = None;
+        // With a cgroup accounting for CPU and memory, "done" (flushed, stdout and stderr closed,
+        // exit code announced) ends the run without waiting for the kernel to tear down the
+        // child's copy of the zygote's memory; the child is killed to make sure it is gone, and
+        // its slot stays held until its pidfd says so. A program that forges "done" early only
+        // cuts its own run short. Without a cgroup the zygote's exit report (with rusage) is
+        // awaited.
+        let fast_exit = self.guard.cgroup().is_some();
+        let mut announced = false;
         let exit = loop {
             tokio::select! {
                 event = self.events.recv() => match event {
@@ -218,6 +226,14 @@ impl ReadyChild {
                     Some(_) => continue,
                     None => break None,
                 },
+                code = reports.done(), if fast_exit && stopped.is_none() && !announced => {
+                    announced = true;
+                    self.guard.kill();
+                    break Some(ExitInfo {
+                        exit_code: Some(code),
+                        ..ExitInfo::default()
+                    });
+                }
                 _ = &mut deadline, if stopped.is_none() => {
                     stopped = Some(Status::Timeout);
                     self.guard.kill();
@@ -254,7 +270,9 @@ impl ReadyChild {
                 self.zygote.name
             )));
         };
-        self.guard.exited();
+        if !announced {
+            self.guard.exited();
+        }
 
         let (mut status, mut message) = classify(&exit, stopped, oom_killed, &err, limits);
         if spec.mode == Mode::Function && status == Status::Ok {
@@ -323,18 +341,41 @@ struct ReportCaps {
 struct Reported {
     /// Function mode: the JSON text, or why it was refused.
     result: Option<Result<Vec<u8>, String>>,
+    /// The exit code the child announced after the program (it exits right after).
+    done: Option<i32>,
     files: Vec<FileData>,
     files_truncated: bool,
 }
 
 struct Reports {
     task: tokio::task::JoinHandle<Reported>,
+    /// Set (to the announced exit code) when the child said "done".
+    done: tokio::sync::watch::Receiver<Option<i32>>,
 }
 
 impl Reports {
     fn start(chan: SeqChannel, caps: ReportCaps, function_mode: bool) -> Reports {
-        Reports {
-            task: tokio::spawn(read_reports(chan, caps, function_mode)),
+        let (done_tx, done) = tokio::sync::watch::channel(None);
+        let task = tokio::spawn(async move {
+            let reported = read_reports(chan, caps, function_mode).await;
+            if reported.done.is_some() {
+                let _ = done_tx.send(reported.done);
+            }
+            reported
+        });
+        Reports { task, done }
+    }
+
+    /// Resolves with the exit code once the child has said "done".
+    async fn done(&self) -> i32 {
+        let mut done = self.done.clone();
+        loop {
+            if let Some(code) = *done.borrow_and_update() {
+                return code;
+            }
+            if done.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
 
@@ -409,7 +450,15 @@ async fn read_reports(chan: SeqChannel, caps: ReportCaps, function_mode: bool) -
                     .and_then(|v| v.as_bool())
                     .unwrap_or(false);
             }
-            _ => break, // "done", or anything unexpected
+            Some("done") => {
+                reported.done = header
+                    .get("exit_code")
+                    .and_then(|v| v.as_i64())
+                    .and_then(|v| i32::try_from(v).ok())
+                    .filter(|v| (0..=255).contains(v));
+                break;
+            }
+            _ => break, // anything unexpected ends the reading
         }
     }
     reported

@@ -7,49 +7,21 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{
-    descendants, err, ok_stdout, out, privileged, spec, start_daemon_process, test_config,
-    wait_ready,
-};
+use common::{descendants, err, ok_stdout, out, privileged, spec, test_config, Daemon};
 use sandfork::client::Client;
 use sandfork_protocol::{RunResult, RunSpec, Status};
-
-struct Daemon {
-    socket: PathBuf,
-    pid: u32,
-}
 
 fn daemon() -> &'static Daemon {
     static DAEMON: OnceLock<Daemon> = OnceLock::new();
     DAEMON.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("sandfork-bombs-")
-            .tempdir()
-            .unwrap()
-            .keep();
+        common::start_private_daemon("sandfork-bombs-", |dir| {
         let profiles = "[profiles.default]\nwarm_children = 0\n\
-             [profiles.cpu]\nwarm_children = 0\npreload = [\"json\"]\nlimits = { cpu_seconds = 1, timeout_ms = 8000 }\n";
-        let config = dir.join("config.toml");
-        std::fs::write(&config, test_config(&dir, profiles)).unwrap();
-        let log = dir.join("daemon.log");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (config2, log2) = (config.clone(), log.clone());
-        std::thread::spawn(move || {
-            let child = start_daemon_process(&config2, &log2);
-            tx.send(child.id()).unwrap();
-            let _keep = child;
-            loop {
-                std::thread::park();
-            }
-        });
-        let pid = rx.recv().unwrap();
-        let socket = dir.join("sandfork.sock");
-        wait_ready(&socket, &log, Duration::from_secs(90));
-        Daemon { socket, pid }
+                 [profiles.cpu]\nwarm_children = 0\npreload = [\"json\"]\nlimits = { cpu_seconds = 1, timeout_ms = 8000 }\n";
+            test_config(dir, profiles)
+        })
     })
 }
 
@@ -87,6 +59,22 @@ fn footprint() -> Footprint {
     }
 }
 
+/// The footprint once the previous run's child has finished dying (results are answered before
+/// the kernel has torn the child down, so a snapshot taken right after one may still count it).
+fn settled_footprint() -> Footprint {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = footprint();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = footprint();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
 /// Waits for the footprint to return to `before` (reaping is asynchronous), then compares.
 fn assert_nothing_left(before: &Footprint, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -114,7 +102,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// One bomb: runs it, checks its status, checks nothing is left and the next run works.
 async fn bomb(what: &str, request: RunSpec, want: Status) -> RunResult {
     let _turn = SERIAL.lock().await;
-    let before = footprint();
+    let before = settled_footprint();
     let result = run(request).await;
     assert_eq!(
         result.status,
@@ -336,7 +324,7 @@ async fn two_hundred_mixed_hostile_requests_leave_the_daemon_as_it_was() {
     // Warm-up with the same mix, so the baseline is the steady state (allocator arenas of the
     // worker threads, output buffers) rather than the cold start.
     mixed_run(56).await;
-    let before = footprint();
+    let before = settled_footprint();
     let rss_before = daemon_rss_kb();
     let started = Instant::now();
     mixed_run(200).await;

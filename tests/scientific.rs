@@ -5,9 +5,8 @@ mod common;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use common::{ok_stdout, privileged, spec, start_daemon_process, test_config, wait_ready};
+use common::{ok_stdout, privileged, spec, test_config};
 use sandfork::client::Client;
 use sandfork_protocol::{RunResult, RunSpec};
 
@@ -27,34 +26,16 @@ fn venv_python(test: &str) -> Option<String> {
 }
 
 fn socket(python: &str) -> &'static PathBuf {
-    static SOCKET: OnceLock<PathBuf> = OnceLock::new();
-    SOCKET.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("sandfork-scientific-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        let config = dir.join("config.toml");
-        let profiles = format!(
-            "[profiles.scientific]\npython = \"{python}\"\npreload = [\"@stdlib\", \"numpy\", \"pandas\"]\nwarm_children = 2\n"
-        );
-        std::fs::write(&config, test_config(&dir, &profiles)).unwrap();
-        let log = dir.join("daemon.log");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (config2, log2) = (config.clone(), log.clone());
-        std::thread::spawn(move || {
-            let child = start_daemon_process(&config2, &log2);
-            tx.send(()).unwrap();
-            let _keep = child;
-            loop {
-                std::thread::park();
-            }
-        });
-        rx.recv().unwrap();
-        let socket = dir.join("sandfork.sock");
-        wait_ready(&socket, &log, Duration::from_secs(120));
-        socket
-    })
+    static DAEMON: OnceLock<common::Daemon> = OnceLock::new();
+    let daemon = DAEMON.get_or_init(|| {
+        common::start_private_daemon("sandfork-scientific-", |dir| {
+            let profiles = format!(
+                "[profiles.scientific]\npython = \"{python}\"\npreload = [\"@stdlib\", \"numpy\", \"pandas\"]\nwarm_children = 2\n"
+            );
+            test_config(dir, &profiles)
+        })
+    });
+    &daemon.socket
 }
 
 async fn run(python: &str, code: &str) -> RunResult {

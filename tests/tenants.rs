@@ -6,12 +6,11 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{ok_stdout, privileged, spec, start_daemon_process, test_config, wait_ready};
+use common::{ok_stdout, privileged, spec, test_config, Daemon};
 use sandfork::client::{Client, ClientError};
 use sandfork_protocol::{ErrorKind, RejectKind, RunResult, RunSpec, Status};
 
@@ -20,23 +19,14 @@ const ACME_UID: u32 = 65_534;
 /// A uid no tenant lists.
 const STRANGER_UID: u32 = 65_533;
 
-struct Daemon {
-    socket: PathBuf,
-    log: PathBuf,
-}
-
 fn daemon() -> &'static Daemon {
     static DAEMON: OnceLock<Daemon> = OnceLock::new();
     DAEMON.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("sandfork-tenants-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        // Other uids must reach the socket inside.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let tenants = format!(
-            r#"
+        common::start_private_daemon("sandfork-tenants-", |dir| {
+            // Other uids must reach the socket inside.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let tenants = format!(
+                r#"
 [profiles.default]
 warm_children = 1
 [profiles.other]
@@ -72,26 +62,10 @@ name = "meek"
 [tenants.policy]
 max_concurrent = 64
 "#
-        );
-        let config = dir.join("config.toml");
-        // Two slots, so the fairness test can fill them.
-        let text = test_config(&dir, &tenants).replace("slots = 8", "slots = 2");
-        std::fs::write(&config, text).unwrap();
-        let log = dir.join("daemon.log");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (config2, log2) = (config.clone(), log.clone());
-        std::thread::spawn(move || {
-            let child = start_daemon_process(&config2, &log2);
-            tx.send(()).unwrap();
-            let _keep = child;
-            loop {
-                std::thread::park();
-            }
-        });
-        rx.recv().unwrap();
-        let socket = dir.join("sandfork.sock");
-        wait_ready(&socket, &log, Duration::from_secs(90));
-        Daemon { socket, log }
+            );
+            // Two slots, so the fairness test can fill them.
+            test_config(dir, &tenants).replace("slots = 8", "slots = 2")
+        })
     })
 }
 

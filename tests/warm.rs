@@ -8,43 +8,27 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{ok_stdout, privileged, spec, start_daemon_process, test_config, wait_ready};
+use common::{ok_stdout, privileged, spec, test_config};
 use sandfork::client::Client;
 use sandfork_protocol::{RunResult, RunSpec};
 
 const IDLE_MS: u64 = 400;
 
-fn socket() -> &'static PathBuf {
-    static SOCKET: OnceLock<PathBuf> = OnceLock::new();
-    SOCKET.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("sandfork-warm-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        let config = dir.join("config.toml");
-        let profiles = format!(
-            "[profiles.default]\nwarm_children = 2\nwarm_idle_ms = {IDLE_MS}\n\
-             [profiles.cold]\nwarm_children = 0\npreload = [\"json\"]\n"
-        );
-        std::fs::write(&config, test_config(&dir, &profiles)).unwrap();
-        let log = dir.join("daemon.log");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (config2, log2) = (config.clone(), log.clone());
-        // The daemon's parent thread must outlive it (PDEATHSIG follows the forking thread).
-        std::thread::spawn(move || {
-            let child = start_daemon_process(&config2, &log2);
-            tx.send(()).unwrap();
-            let _keep = child;
-            loop {
-                std::thread::park();
-            }
-        });
-        rx.recv().unwrap();
-        let socket = dir.join("sandfork.sock");
-        wait_ready(&socket, &log, Duration::from_secs(90));
-        socket
+fn daemon() -> &'static common::Daemon {
+    static DAEMON: OnceLock<common::Daemon> = OnceLock::new();
+    DAEMON.get_or_init(|| {
+        common::start_private_daemon("sandfork-warm-", |dir| {
+            let profiles = format!(
+                "[profiles.default]\nwarm_children = 2\nwarm_idle_ms = {IDLE_MS}\n\
+                 [profiles.cold]\nwarm_children = 0\npreload = [\"json\"]\n"
+            );
+            test_config(dir, &profiles)
+        })
     })
+}
+
+fn socket() -> &'static PathBuf {
+    &daemon().socket
 }
 
 async fn run(request: RunSpec) -> RunResult {
@@ -185,11 +169,7 @@ async fn request_limits_are_applied_to_a_warm_child() {
     request.limits.memory_mb = Some(300);
     request.limits.timeout_ms = Some(2500);
     let runner = tokio::spawn(run(request));
-    let daemon_pid = common::descendants(1)
-        .into_iter()
-        .find(|pid| socket_of(*pid).is_some_and(|s| &s == socket()))
-        .unwrap_or(0);
-    let child = common::find_marked_child(daemon_pid, &marker).expect("the marked child");
+    let child = common::find_marked_child(daemon().pid, &marker).expect("the marked child");
     let cgroup_limit = cgroup_memory_limit(child);
     let result = runner.await.unwrap();
     assert!(result.warm, "this check is about warm children");
@@ -211,20 +191,4 @@ async fn request_limits_are_applied_to_a_warm_child() {
         // Without, it is the address-space rlimit.
         None => assert_eq!(fields[1], (300u64 << 20).to_string(), "{stdout}"),
     }
-}
-
-/// The --config path a sandforkd process was started with, mapped to its socket (the config
-/// sits beside it), to find this binary's daemon among the host's processes.
-fn socket_of(pid: u32) -> Option<PathBuf> {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    if !args.first()?.ends_with(b"sandforkd") {
-        return None;
-    }
-    let config = args
-        .iter()
-        .position(|a| *a == b"--config")
-        .and_then(|i| args.get(i + 1))?;
-    let config = PathBuf::from(String::from_utf8_lossy(config).into_owned());
-    Some(config.parent()?.join("sandfork.sock"))
 }

@@ -27,7 +27,7 @@ Child channel: fd 3 in the child, a SEQPACKET socket whose other end the supervi
   child -> supervisor  after the program:
                        {"op": "result", "size"} + raw packets   function mode: main()'s JSON
                        {"op": "files", "entries": [{"path", "size"}], "truncated"} + raw packets
-                       {"op": "done"}
+                       {"op": "done", "exit_code"}   (stdout/stderr already closed)
 
 The child runs the code once in a fresh __main__ and _exits. The channel stays open as fd 3
 while the program runs: what the program could send on it is its own output anyway, and the
@@ -359,7 +359,14 @@ def run_child():
         if collect.get("max_count", 0) > 0:
             entries, payload, truncated = collect_output_files(collect, inputs)
             send_blob(chan, {"op": "files", "entries": entries, "truncated": truncated}, payload)
-        send(chan, {"op": "done"})
+        # Output is flushed: close it now, so the supervisor sees EOF without waiting for the
+        # kernel to tear down this process's copy of the zygote's memory, and say we are done.
+        for fd in (1, 2):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        send(chan, {"op": "done", "exit_code": code})
     except OSError:
         pass  # the program closed or broke its channel: no result, no files
     return code

@@ -50,27 +50,32 @@ pub fn test_config(dir: &Path, extra: &str) -> String {
     )
 }
 
-/// The shared daemon of this test binary, started on first use.
+/// A daemon of this test binary with its own configuration: `configure` gets the daemon's private
+/// directory (where its socket and runtime dir go) and returns the config text. Started from a
+/// thread that lives as long as the test process; returns once the daemon is ready.
+pub fn start_private_daemon(prefix: &str, configure: impl FnOnce(&Path) -> String) -> Daemon {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    let config = dir.join("config.toml");
+    std::fs::write(&config, configure(&dir)).expect("write config");
+    let (pid, log) = spawn_daemon_forever(&dir, &config);
+    let socket = dir.join("sandfork.sock");
+    wait_ready(&socket, &log, Duration::from_secs(120));
+    Daemon {
+        dir,
+        socket,
+        log,
+        pid,
+    }
+}
+
+/// The shared daemon of this test binary (the test configuration), started on first use.
 pub fn daemon() -> &'static Daemon {
     static DAEMON: OnceLock<Daemon> = OnceLock::new();
-    DAEMON.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("sandfork-test-")
-            .tempdir()
-            .expect("tempdir")
-            .keep();
-        let config = dir.join("config.toml");
-        std::fs::write(&config, test_config(&dir, "")).expect("write config");
-        let (pid, log) = spawn_daemon_forever(&dir, &config);
-        let socket = dir.join("sandfork.sock");
-        wait_ready(&socket, &log, Duration::from_secs(90));
-        Daemon {
-            dir,
-            socket,
-            log,
-            pid,
-        }
-    })
+    DAEMON.get_or_init(|| start_private_daemon("sandfork-test-", |dir| test_config(dir, "")))
 }
 
 /// Spawns sandforkd from a thread that never ends, so PDEATHSIG only fires when the test
