@@ -27,12 +27,18 @@ impl OwnDaemon {
     }
 
     fn start_with(extra_config: &str) -> OwnDaemon {
+        OwnDaemon::start_with_slots(extra_config, 8)
+    }
+
+    fn start_with_slots(extra_config: &str, slots: u32) -> OwnDaemon {
         let dir = tempfile::Builder::new()
             .prefix("sandfork-lifecycle-")
             .tempdir()
             .unwrap();
         let config = dir.path().join("config.toml");
-        std::fs::write(&config, test_config(dir.path(), extra_config)).unwrap();
+        let text =
+            test_config(dir.path(), extra_config).replace("slots = 8", &format!("slots = {slots}"));
+        std::fs::write(&config, text).unwrap();
         let log = dir.path().join("daemon.log");
         let child = start_daemon_process(&config, &log);
         let socket = dir.path().join("sandfork.sock");
@@ -425,4 +431,59 @@ async fn a_killed_daemon_restarts_cleanly_and_sigterm_leaves_no_cgroups() {
     assert!(second.wait().unwrap().success());
     let left = ours();
     assert!(left.is_empty(), "cgroups left behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_killed_from_outside_ends_its_run_and_frees_its_slot() {
+    if !privileged("a_child_killed_from_outside_ends_its_run_and_frees_its_slot") {
+        return;
+    }
+    // Two slots, so a leaked one would show at once.
+    let daemon = OwnDaemon::start_with_slots("", 2);
+    let marker = format!("killed-from-outside-{}", std::process::id());
+    let socket = daemon.socket.clone();
+    let code = format!("import time\nopen('{marker}', 'w').close()\ntime.sleep(30)\n");
+    let victim = tokio::spawn(async move {
+        let mut client = Client::connect(&socket).await.unwrap();
+        client.run(spec(&code)).await.unwrap()
+    });
+    let pid = common::find_marked_child(daemon.pid(), &marker).expect("the child appeared");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), victim)
+        .await
+        .expect("the run ends promptly")
+        .unwrap();
+    assert_eq!(result.status, Status::Killed, "{:?}", result.message);
+    assert_eq!(result.signal, Some(libc::SIGKILL));
+    // Its slot is free again (the status frame counts busy slots).
+    let mut client = Client::connect(&daemon.socket).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let status = client.ping().await.unwrap();
+        assert_eq!(status.slots_total, 2);
+        if status.slots_busy == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a slot stayed busy: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And both slots serve runs again.
+    let mut tasks = Vec::new();
+    for n in 0..6 {
+        let socket = daemon.socket.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(&socket).await.unwrap();
+            client
+                .run(spec(&format!("import time\ntime.sleep(0.1)\nprint({n})")))
+                .await
+                .unwrap()
+        }));
+    }
+    for (n, task) in tasks.into_iter().enumerate() {
+        assert_eq!(ok_stdout(&task.await.unwrap()), format!("{n}\n"));
+    }
 }
