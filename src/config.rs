@@ -317,6 +317,14 @@ impl Config {
         config.validated()
     }
 
+    /// The file at `path`, or the built-in default when there is none.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => Config::load(path),
+            None => Config::default().validated(),
+        }
+    }
+
     /// Fills in the default profile and checks values that would fail later in obscure ways.
     pub fn validated(mut self) -> Result<Config, ConfigError> {
         if self.profiles.is_empty() {

@@ -19,7 +19,7 @@
 //! - [`metrics`]: Prometheus counters, histograms and gauges, rendered on request.
 //! - [`tenants`]: who a caller is (SO_PEERCRED uid, or an API key via the shim) and its policy.
 //! - [`admission`]: per-tenant rate and concurrency, bounded per-profile queues, fair run slots.
-//! - [`config`]: the TOML configuration and its defaults.
+//! - [`config`]: the TOML configuration and its defaults; [`logs`]: the binaries' log set-up.
 //! - [`client`]: the client side, for the CLI, tests and benchmarks.
 //! - [`http`]: `sandfork-http`, the HTTP shim: API keys → tenants, runs forwarded as a proxy.
 //! - [`bench`]: `sandfork bench`, a bounded load generator with a fresh-interpreter baseline.
@@ -37,6 +37,7 @@ pub mod config;
 pub mod doctor;
 pub mod http;
 pub mod jail;
+pub mod logs;
 pub mod metrics;
 pub mod pool;
 pub mod rootless;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use sandfork::config::{Config, LogFormat};
+use sandfork::config::Config;
 use sandfork::http::{self, Settings, Shim};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -54,20 +54,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default().validated()?,
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(filter);
-    match config.log_format {
-        LogFormat::Json => logs.json().init(),
-        LogFormat::Text => logs.init(),
-    }
+    let config = Config::load_or_default(args.config.as_deref())?;
+    sandfork::logs::init(config.log_format);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
