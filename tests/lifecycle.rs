@@ -487,3 +487,44 @@ async fn a_child_killed_from_outside_ends_its_run_and_frees_its_slot() {
         assert_eq!(ok_stdout(&task.await.unwrap()), format!("{n}\n"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_start_up_still_cleans_up() {
+    if !privileged("sigterm_during_start_up_still_cleans_up") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, test_config(dir.path(), "")).unwrap();
+    let socket = dir.path().join("sandfork.sock");
+    let log = dir.path().join("daemon.log");
+    let mut daemon = start_daemon_process(&config, &log);
+    // The socket is bound before the interpreter is probed and the zygotes start, so this
+    // SIGTERM arrives while the daemon is still starting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(socket.exists(), "{}", common::read_log(&log));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit: {}", common::read_log(&log));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}: {}", common::read_log(&log));
+    assert!(!socket.exists(), "the socket is removed");
+    let instance = format!("sandfork-{}", sandfork::supervisor::instance_name(&socket));
+    let left: Vec<_> = sandfork_cgroups()
+        .into_iter()
+        .filter(|p| p.ends_with(&instance))
+        .collect();
+    assert!(left.is_empty(), "cgroups left behind: {left:?}");
+}

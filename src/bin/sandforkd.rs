@@ -82,6 +82,17 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         slots = config.slot_count(),
         "starting"
     );
+    // Signals are handled from here on: a SIGTERM during start-up (a slow probe, zygotes that
+    // do not come up) must still stop the daemon cleanly, not kill it with its cgroups behind.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM"),
+            _ = int.recv() => info!("SIGINT"),
+        }
+    };
+    tokio::pin!(shutdown);
     let listener = bind(&socket).await?;
     // The same per-layer summary `sandfork doctor` prints.
     let doctor_config = config.clone();
@@ -96,34 +107,49 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
             }
         }
     }
-    let supervisor = match Supervisor::start(&config, paths).await {
-        Err(err @ StartError::Profile { .. }) if rootless => {
-            return Err(anyhow::Error::new(err).context(interpreters_hint()))
+    let starting = Supervisor::start(&config, paths);
+    let supervisor = tokio::select! {
+        started = starting => match started {
+            Err(err @ StartError::Profile { .. }) if rootless => {
+                remove_socket(&socket);
+                return Err(anyhow::Error::new(err).context(interpreters_hint()));
+            }
+            Err(err) => {
+                remove_socket(&socket);
+                return Err(err.into());
+            }
+            Ok(supervisor) => supervisor,
+        },
+        _ = &mut shutdown => {
+            remove_socket(&socket);
+            info!("stopped during start-up");
+            return Ok(());
         }
-        started => started?,
     };
-    let ready = supervisor.wait_ready(Duration::from_secs(120)).await;
-    if ready {
-        info!(status = ?supervisor.status(), "ready");
-    } else {
-        warn!(status = ?supervisor.status(), "not every profile has a zygote yet; serving anyway");
+    let stopped_early = tokio::select! {
+        ready = supervisor.wait_ready(Duration::from_secs(120)) => {
+            if ready {
+                info!(status = ?supervisor.status(), "ready");
+            } else {
+                warn!(status = ?supervisor.status(), "not every profile has a zygote yet; serving anyway");
+            }
+            false
+        }
+        _ = &mut shutdown => true,
+    };
+    if !stopped_early {
+        server::run(listener, std::sync::Arc::clone(&supervisor), shutdown).await;
     }
-
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM"),
-            _ = int.recv() => info!("SIGINT"),
-        }
-    };
-    server::run(listener, std::sync::Arc::clone(&supervisor), shutdown).await;
     supervisor.shutdown().await;
-    if let Err(err) = std::fs::remove_file(&socket) {
-        warn!(socket = %socket.display(), cause = %err, "could not remove the socket");
-    }
+    remove_socket(&socket);
     info!("stopped");
     Ok(())
+}
+
+fn remove_socket(socket: &Path) {
+    if let Err(err) = std::fs::remove_file(socket) {
+        warn!(socket = %socket.display(), cause = %err, "could not remove the socket");
+    }
 }
 
 /// Binds the socket, replacing a stale one (left by a crash) but never a live daemon's.
