@@ -73,23 +73,7 @@ impl OwnDaemon {
     }
 
     fn terminate_and_wait(&mut self, within: Duration) -> std::process::ExitStatus {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not exit within {within:?}; log:\n{}",
-                common::read_log(&self.log)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(&mut self.child, &self.log, within)
     }
 }
 
@@ -139,6 +123,40 @@ fn alive(pid: u32) -> bool {
         && std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| !s.contains(") Z "))
             .unwrap_or(false)
+}
+
+/// Sends SIGTERM to a daemon and waits (at most `within`) for its exit status.
+fn terminate(
+    child: &mut Child,
+    log: &std::path::Path,
+    within: Duration,
+) -> std::process::ExitStatus {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon did not exit within {within:?}; log:\n{}",
+            common::read_log(log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pids of `pids` still alive after waiting up to `within` for all of them to go.
+fn still_alive_after(pids: &[u32], within: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + within;
+    while pids.iter().any(|&pid| alive(pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pids.iter().copied().filter(|&pid| alive(pid)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,11 +254,7 @@ async fn sigterm_lets_runs_finish_then_cleans_up() {
     let status = waiter.join().unwrap();
     assert!(status.success(), "exit status {status:?}");
     assert!(!socket.exists(), "the socket is removed");
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while everything.iter().any(|&pid| alive(pid)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let left: Vec<u32> = everything.into_iter().filter(|&pid| alive(pid)).collect();
+    let left = still_alive_after(&everything, Duration::from_secs(2));
     assert!(left.is_empty(), "processes left behind: {left:?}");
 }
 
@@ -268,11 +282,7 @@ async fn sigterm_kills_runs_that_outlast_the_grace_period() {
         outcome.is_err() || outcome.as_ref().unwrap().status != Status::Ok,
         "{outcome:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while everything.iter().any(|&pid| alive(pid)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let left: Vec<u32> = everything.into_iter().filter(|&pid| alive(pid)).collect();
+    let left = still_alive_after(&everything, Duration::from_secs(2));
     assert!(left.is_empty(), "processes left behind: {left:?}");
 }
 
@@ -307,12 +317,7 @@ async fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
         "2\n"
     );
     // A clean stop, so the daemon removes its cgroups.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(first.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(first.wait().unwrap().success());
+    assert!(terminate(&mut first, &log, Duration::from_secs(20)).success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,6 +378,15 @@ fn sandfork_cgroups() -> Vec<std::path::PathBuf> {
     found
 }
 
+/// The cgroup trees of the daemon listening (or that listened) on `socket`.
+fn instance_cgroups(socket: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let instance = format!("sandfork-{}", sandfork::supervisor::instance_name(socket));
+    sandfork_cgroups()
+        .into_iter()
+        .filter(|p| p.ends_with(&instance))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_daemon_restarts_cleanly_and_sigterm_leaves_no_cgroups() {
     if !privileged("a_killed_daemon_restarts_cleanly_and_sigterm_leaves_no_cgroups") {
@@ -390,26 +404,16 @@ async fn a_killed_daemon_restarts_cleanly_and_sigterm_leaves_no_cgroups() {
         ok_stdout(&client.run(spec("print(1)")).await.unwrap()),
         "1\n"
     );
-    let instance = format!("sandfork-{}", sandfork::supervisor::instance_name(&socket));
-    let ours = || -> Vec<_> {
-        sandfork_cgroups()
-            .into_iter()
-            .filter(|p| p.ends_with(&instance))
-            .collect()
-    };
-    assert!(!ours().is_empty(), "the daemon made slot cgroups");
+    assert!(
+        !instance_cgroups(&socket).is_empty(),
+        "the daemon made slot cgroups"
+    );
     let everything = descendants(first.id());
     // A crash: no clean-up at all.
     first.kill().unwrap();
     first.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while everything.iter().any(|&pid| alive(pid)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        everything.iter().all(|&pid| !alive(pid)),
-        "the jail died with its daemon"
-    );
+    let left = still_alive_after(&everything, Duration::from_secs(5));
+    assert!(left.is_empty(), "the jail died with its daemon: {left:?}");
     assert!(socket.exists(), "a crash leaves the socket behind");
     // Restart on the same socket: stale socket and cgroups are cleaned, runs work.
     let log2 = dir.path().join("daemon2.log");
@@ -423,13 +427,8 @@ async fn a_killed_daemon_restarts_cleanly_and_sigterm_leaves_no_cgroups() {
     drop(client);
     assert!(common::read_log(&log2).contains("removed a stale socket"));
     // A clean stop removes the daemon's cgroups.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(second.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(second.wait().unwrap().success());
-    let left = ours();
+    assert!(terminate(&mut second, &log2, Duration::from_secs(20)).success());
+    let left = instance_cgroups(&socket);
     assert!(left.is_empty(), "cgroups left behind: {left:?}");
 }
 
@@ -506,25 +505,9 @@ async fn sigterm_during_start_up_still_cleans_up() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(socket.exists(), "{}", common::read_log(&log));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = daemon.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit: {}", common::read_log(&log));
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = terminate(&mut daemon, &log, Duration::from_secs(20));
     assert!(status.success(), "{status:?}: {}", common::read_log(&log));
     assert!(!socket.exists(), "the socket is removed");
-    let instance = format!("sandfork-{}", sandfork::supervisor::instance_name(&socket));
-    let left: Vec<_> = sandfork_cgroups()
-        .into_iter()
-        .filter(|p| p.ends_with(&instance))
-        .collect();
+    let left = instance_cgroups(&socket);
     assert!(left.is_empty(), "cgroups left behind: {left:?}");
 }
