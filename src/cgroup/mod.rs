@@ -452,6 +452,16 @@ fn read_u64(fs: &dyn CgroupFs, path: &Path) -> Result<u64, CgroupError> {
     parse_u64(path, &text)
 }
 
+/// The value of `key` in a flat-keyed control file (`memory.events`, `cpu.stat`, …).
+fn read_flat_key(fs: &dyn CgroupFs, path: &Path, key: &str) -> Result<u64, CgroupError> {
+    let text = fs.read(path).map_err(io_err("read", path))?;
+    flat_key(path, &text, key)
+}
+
+fn write(fs: &dyn CgroupFs, path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs.write(path, value).map_err(io_err("write", path))
+}
+
 fn parse_u64(path: &Path, text: &str) -> Result<u64, CgroupError> {
     let value = text.trim();
     if value == "max" {
@@ -477,14 +487,19 @@ fn flat_key(path: &Path, text: &str, key: &str) -> Result<u64, CgroupError> {
 }
 
 /// The pids in a `cgroup.procs` file (empty if it cannot be read).
+/// The pids in the cgroup at `dir`.
+fn read_procs(fs: &dyn CgroupFs, dir: &Path) -> Result<Vec<i32>, CgroupError> {
+    let path = dir.join("cgroup.procs");
+    let text = fs.read(&path).map_err(io_err("read", &path))?;
+    Ok(text
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
+}
+
+/// As [`read_procs`], with an unreadable file counting as empty (for best-effort clean-up).
 fn procs(fs: &dyn CgroupFs, dir: &Path) -> Vec<i32> {
-    fs.read(&dir.join("cgroup.procs"))
-        .map(|text| {
-            text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    read_procs(fs, dir).unwrap_or_default()
 }
 
 /// Removes `dir` and every cgroup below it, leaves first. Cgroups that still hold processes

@@ -21,8 +21,9 @@ use std::sync::{Arc, Mutex};
 
 use super::fs::{Access, CgroupFs, ControlFile};
 use super::{
-    create_dir, flat_key, io_err, parse_proc_self_cgroup, read_u64, remove_stale, remove_tree,
-    under, CgroupError, CgroupVersion, DetectedHierarchy, Detection, Host, SlotUsage,
+    create_dir, io_err, parse_proc_self_cgroup, read_flat_key, read_procs, read_u64, remove_stale,
+    remove_tree, under, write, CgroupError, CgroupVersion, DetectedHierarchy, Detection, Host,
+    SlotUsage,
 };
 
 /// The controllers a v1 slot needs, in attach order.
@@ -348,23 +349,16 @@ impl Slot {
     }
 
     pub(super) fn pids(&self) -> Result<Vec<i32>, CgroupError> {
-        let path = self.memory.join("cgroup.procs");
-        let text = self.fs.read(&path).map_err(io_err("read", &path))?;
-        Ok(text
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect())
+        read_procs(self.fs.as_ref(), &self.memory)
     }
 
     fn oom_kills(&self) -> Result<u64, CgroupError> {
-        let path = self.memory.join("memory.oom_control");
-        let text = self.fs.read(&path).map_err(io_err("read", &path))?;
-        flat_key(&path, &text, "oom_kill")
+        read_flat_key(
+            self.fs.as_ref(),
+            &self.memory.join("memory.oom_control"),
+            "oom_kill",
+        )
     }
-}
-
-fn write(fs: &dyn CgroupFs, path: &Path, value: &str) -> Result<(), CgroupError> {
-    fs.write(path, value).map_err(io_err("write", path))
 }
 
 #[cfg(test)]

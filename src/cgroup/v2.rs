@@ -22,9 +22,9 @@ use std::sync::{Arc, Mutex};
 
 use super::fs::{Access, CgroupFs, ControlFile};
 use super::{
-    create_dir, flat_key, io_err, kernel_at_least, parse_proc_self_cgroup, parse_u64, procs,
-    remove_stale, remove_tree, under, CgroupError, CgroupVersion, DetectedHierarchy, Detection,
-    Host, SlotUsage,
+    create_dir, io_err, kernel_at_least, parse_proc_self_cgroup, parse_u64, procs, read_flat_key,
+    read_procs, remove_stale, remove_tree, under, write, CgroupError, CgroupVersion,
+    DetectedHierarchy, Detection, Host, SlotUsage,
 };
 
 /// Controllers the slots need enabled; CPU time comes from `cpu.stat` without one.
@@ -431,29 +431,20 @@ impl Slot {
     }
 
     pub(super) fn pids(&self) -> Result<Vec<i32>, CgroupError> {
-        let path = self.dir.join("cgroup.procs");
-        let text = self.fs.read(&path).map_err(io_err("read", &path))?;
-        Ok(text
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect())
+        read_procs(self.fs.as_ref(), &self.dir)
     }
 
     fn oom_kills(&self) -> Result<u64, CgroupError> {
-        let path = self.dir.join("memory.events");
-        let text = self.fs.read(&path).map_err(io_err("read", &path))?;
-        flat_key(&path, &text, "oom_kill")
+        read_flat_key(
+            self.fs.as_ref(),
+            &self.dir.join("memory.events"),
+            "oom_kill",
+        )
     }
 
     fn cpu_usec(&self) -> Result<u64, CgroupError> {
-        let path = self.dir.join("cpu.stat");
-        let text = self.fs.read(&path).map_err(io_err("read", &path))?;
-        flat_key(&path, &text, "usage_usec")
+        read_flat_key(self.fs.as_ref(), &self.dir.join("cpu.stat"), "usage_usec")
     }
-}
-
-fn write(fs: &dyn CgroupFs, path: &Path, value: &str) -> Result<(), CgroupError> {
-    fs.write(path, value).map_err(io_err("write", path))
 }
 
 #[cfg(test)]
