@@ -61,12 +61,15 @@ pub struct ReadyChild {
 
 impl ReadyChild {
     /// Forks a child of `zygote` into `slot` with the profile's ceilings as its limits, and waits
-    /// until it is locked down.
+    /// until it is locked down. With `rehearse` (warm children) the child also runs the
+    /// profile's warm-up once before it reports ready, so the copy-on-write faults a run takes
+    /// happen before the request arrives.
     pub async fn fork(
         zygote: Arc<Zygote>,
         slot: Slot,
         child_id: u64,
         ceiling: &Limits,
+        rehearse: bool,
     ) -> Result<ReadyChild, ChildError> {
         let sandbox =
             |what: &str, err: std::io::Error| ChildError::Sandbox(format!("{what}: {err}"));
@@ -80,6 +83,7 @@ impl ReadyChild {
             gid: slot.inner_uid(),
             tmpfs_bytes: ceiling.tmpfs_mb * MIB,
             rlimits: spawn_rlimits(ceiling, slot.cgroup().is_some()),
+            rehearse,
         };
         // The ceiling until the request says otherwise (and counters reset for this child).
         if let Some(cgroup) = slot.cgroup() {

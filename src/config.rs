@@ -13,6 +13,27 @@ use crate::tenants::TenantConfig;
 /// Name of the profile a request gets when it names none.
 pub const DEFAULT_PROFILE: &str = "default";
 
+/// A profile's warm-up unless it sets its own: what most runs do — compile, print, format, a
+/// little JSON and arithmetic, an exception caught — and, when the zygote preloaded them, a
+/// small numpy and pandas computation.
+pub const DEFAULT_WARMUP: &str = r#"import json, sys
+data = {"values": [i * 1.5 for i in range(20)], "name": "warm-up"}
+print(json.dumps(data, sort_keys=True))
+print(sum(data["values"]), len(data), f"{3.14159:.2f}", file=sys.stderr)
+try:
+    int("x")
+except ValueError as err:
+    print(repr(err))
+if "numpy" in sys.modules:
+    import numpy as np
+    arr = np.arange(6.0).reshape(2, 3)
+    print(arr.sum(), arr.mean(axis=0), arr @ arr.T)
+if "pandas" in sys.modules:
+    import pandas as pd
+    df = pd.DataFrame({"a": [1, 2], "b": [0.5, 1.5]})
+    print(df.sum().iloc[0], df["a"].mean(), df)
+"#;
+
 /// The stdlib modules a `default` zygote imports before it forks anything, so that a child
 /// pays nothing for them. Missing ones are logged and skipped.
 pub const DEFAULT_PRELOAD: &[&str] = &[
@@ -249,6 +270,11 @@ pub struct ProfileConfig {
     pub zygote_max_forks: u64,
     /// … or once its peak RSS has grown this much beyond what it was after preloading.
     pub zygote_max_rss_growth_mb: u64,
+    /// Trusted Python code the zygote runs twice before it forks anything (filling lazy
+    /// imports and caches for every child) and each warm child runs once after its lockdown,
+    /// output discarded (taking the copy-on-write faults of a typical run before the request
+    /// arrives). Empty: no warm-up.
+    pub warmup: String,
     /// Per-profile overrides of the global limits.
     pub limits: LimitOverrides,
 }
@@ -263,6 +289,7 @@ impl Default for ProfileConfig {
             warm_idle_ms: 60_000,
             zygote_max_forks: 10_000,
             zygote_max_rss_growth_mb: 256,
+            warmup: DEFAULT_WARMUP.into(),
             limits: LimitOverrides::default(),
         }
     }

@@ -85,6 +85,7 @@ impl Profile {
                 "landlock_required": true,
             },
             "preload": preload,
+            "warmup": profile.warmup,
             "work_dir": JAIL_WORK_DIR,
             "profile": name,
             // Rootless: children stay uid 0 without capabilities, one RLIMIT_NPROC for all.
@@ -291,6 +292,12 @@ async fn keep_zygote(
                 );
                 for failure in &zygote.ready.preload_failed {
                     warn!(zygote = %name, failure = %failure, "preload failed inside the jail");
+                }
+                if let Some(error) = &zygote.ready.warmup_error {
+                    warn!(
+                        zygote = %name, cause = %error,
+                        "the profile's warm-up failed in the zygote; warm children will not rehearse"
+                    );
                 }
                 member.set(Some(Arc::clone(&zygote)));
                 if let Some(old) = current.replace(zygote) {

@@ -16,7 +16,11 @@ use crate::config::Limits;
 use crate::pool::Pool;
 use crate::slots::Slots;
 use crate::tenants::{PolicyError, Tenant};
-use crate::warm::WarmPool;
+use crate::warm::{WarmPool, REFILL_AFTER};
+
+/// How long a run that found no warm child waits for the one being prepared before it forks its
+/// own (a preparation takes a few ms; far longer means the machine is saturated).
+const WARM_PATIENCE: Duration = Duration::from_millis(50);
 
 /// How long a run may wait for a zygote to be available.
 const ZYGOTE_WAIT: Duration = Duration::from_secs(10);
@@ -201,9 +205,20 @@ async fn run_with_child(
     limits: &Limits,
 ) -> Result<RunResult, String> {
     let started = Instant::now();
-    if let Some(child) = ctx.warm.take() {
+    if let Some(child) = ctx.warm.take_or_wait(WARM_PATIENCE).await {
         let spawn_time = started.elapsed();
-        match child.run(spec, limits).await {
+        let run = child.run(spec, limits);
+        tokio::pin!(run);
+        let outcome = tokio::select! {
+            biased;
+            outcome = &mut run => outcome,
+            _ = tokio::time::sleep(REFILL_AFTER) => {
+                ctx.warm.refill();
+                run.await
+            }
+        };
+        ctx.warm.refill();
+        match outcome {
             Ok(mut result) => {
                 result.timings.spawn_ms = ms(spawn_time);
                 result.warm = true;
@@ -235,7 +250,7 @@ async fn fork_cold(ctx: &RunContext<'_>) -> Result<ReadyChild, String> {
         .await
         .ok_or_else(|| format!("no zygote of profile {} is ready", ctx.pool.profile.name))?;
     let id = ctx.child_ids.fetch_add(1, Ordering::Relaxed);
-    ReadyChild::fork(zygote, slot, id, &ctx.pool.profile.limits)
+    ReadyChild::fork(zygote, slot, id, &ctx.pool.profile.limits, false)
         .await
         .map_err(|e| e.to_string())
 }

@@ -65,16 +65,31 @@ impl SeqChannel {
     /// Receives one packet of at most `max` bytes and at most `max_fds` descriptors.
     /// `Ok(None)` means the peer closed its end. A truncated packet is an error (and its
     /// descriptors are closed), so a peer cannot smuggle a partial message through.
+    /// The buffer is sized to the packet (peeked first), not to `max`: most packets are a few
+    /// dozen bytes, and a `max`-sized allocation per packet would be an mmap and munmap each.
     pub async fn recv(&self, max: usize, max_fds: usize) -> io::Result<Option<Packet>> {
-        let mut buf = vec![0u8; max];
         loop {
             let mut guard = self.fd.readable().await?;
-            match guard.try_io(|inner| recv_packet(inner.get_ref().as_raw_fd(), &mut buf, max_fds))
-            {
-                Ok(Ok(None)) => return Ok(None),
-                Ok(Ok(Some((len, fds)))) => {
+            match guard.try_io(|inner| {
+                let fd = inner.get_ref().as_raw_fd();
+                // One byte over `max` lets an oversized packet show as truncated below.
+                let size = peek_packet_size(fd)?.min(max.saturating_add(1));
+                let mut buf = vec![0u8; size];
+                let received = recv_packet(fd, &mut buf, max_fds)?;
+                Ok(received.map(|(len, fds)| {
                     buf.truncate(len);
-                    return Ok(Some(Packet { data: buf, fds }));
+                    (buf, fds)
+                }))
+            }) {
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Ok(Some((data, fds)))) => {
+                    if data.len() > max {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "packet or its descriptors exceed the expected size",
+                        ));
+                    }
+                    return Ok(Some(Packet { data, fds }));
                 }
                 Ok(Err(err)) => return Err(err),
                 Err(_would_block) => continue,
@@ -88,6 +103,25 @@ impl SeqChannel {
 pub struct Packet {
     pub data: Vec<u8>,
     pub fds: Vec<OwnedFd>,
+}
+
+/// The size of the next packet without taking it (MSG_PEEK | MSG_TRUNC reports a SEQPACKET
+/// message's real length); 0 at end of stream or for an empty packet.
+fn peek_packet_size(fd: RawFd) -> io::Result<usize> {
+    // SAFETY: a zero-length receive into a null buffer writes nothing; `fd` is borrowed from an
+    // OwnedFd the caller holds.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            std::ptr::null_mut(),
+            0,
+            libc::MSG_PEEK | libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 fn recv_packet(

@@ -2,24 +2,62 @@
 //! request needs them, so a request pays for neither the fork nor the lockdown.
 //!
 //! A request `take`s one (the freshest usable child); a keeper task forks replacements in the
-//! background. A warm child still serves exactly one request (`ReadyChild::run` consumes it).
+//! background. The replacement is asked for (`refill`) once the run that took the child has
+//! finished, or `REFILL_AFTER` into a longer run: forking and locking down the next child while
+//! the request runs would compete with it for the same cores. A request that finds no warm child
+//! while the keeper is preparing one (`take_or_wait`) waits for that one rather than forking a
+//! second child beside it — each preparation in progress can be claimed by one waiting request,
+//! so under load the rest fork their own and throughput does not hinge on the keeper. A warm
+//! child still serves exactly one request (`ReadyChild::run` consumes it).
 //! Children whose zygote died, that died themselves, or that waited longer than the idle limit
 //! are discarded (dropping a `ReadyChild` kills it and frees its slot once it is gone).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::child::ReadyChild;
 use crate::pool::Pool;
 use crate::slots::Slots;
 
+/// A run that took a warm child asks for its replacement at the latest this long after it
+/// started (short runs ask when they finish).
+pub const REFILL_AFTER: Duration = Duration::from_millis(10);
+
 /// How long the keeper waits after a failed fork before trying again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
+
+/// A waiting request's claim on a preparation under way; released when dropped.
+struct Claim<'a>(&'a WarmPool);
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.claimed.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A fork the keeper has under way. When it ends — the child in the pool, the fork failed, or
+/// the keeper stopped — waiting requests look again.
+struct Preparation(Arc<WarmPool>);
+
+impl Preparation {
+    fn start(pool: Arc<WarmPool>) -> Self {
+        pool.preparing.fetch_add(1, Ordering::AcqRel);
+        Preparation(pool)
+    }
+}
+
+impl Drop for Preparation {
+    fn drop(&mut self) {
+        self.0.preparing.fetch_sub(1, Ordering::AcqRel);
+        self.0.prepared.notify_waiters();
+    }
+}
 
 /// The warm children of one profile.
 #[derive(Debug)]
@@ -29,8 +67,14 @@ pub struct WarmPool {
     target: u32,
     /// A warm child older than this is discarded instead of used.
     idle_limit: Duration,
-    /// Wakes the keeper: a child was taken, or a zygote came back.
+    /// Wakes the keeper: a taken child wants replacing (`refill`).
     wake: Notify,
+    /// Forks the keeper has under way …
+    preparing: AtomicU32,
+    /// … and how many of them waiting requests have claimed.
+    claimed: AtomicU32,
+    /// Wakes requests waiting for a claimed child: one was added, or a preparation ended.
+    prepared: Notify,
 }
 
 impl WarmPool {
@@ -40,6 +84,55 @@ impl WarmPool {
             target,
             idle_limit,
             wake: Notify::new(),
+            preparing: AtomicU32::new(0),
+            claimed: AtomicU32::new(0),
+            prepared: Notify::new(),
+        }
+    }
+
+    /// A warm child now; or, when none is ready but the keeper is preparing one that no other
+    /// request has claimed, that one as soon as it is ready (at most `patience`). `None`: fork a
+    /// cold child.
+    pub async fn take_or_wait(&self, patience: Duration) -> Option<ReadyChild> {
+        if let Some(child) = self.take() {
+            return Some(child);
+        }
+        let claim = self.claim()?;
+        let deadline = tokio::time::Instant::now() + patience;
+        let taken = loop {
+            let prepared = self.prepared.notified();
+            tokio::pin!(prepared);
+            prepared.as_mut().enable();
+            if let Some(child) = self.take() {
+                break Some(child);
+            }
+            if self.preparing.load(Ordering::Acquire) == 0 {
+                break None;
+            }
+            if tokio::time::timeout_at(deadline, prepared).await.is_err() {
+                break None;
+            }
+        };
+        drop(claim);
+        taken
+    }
+
+    /// Claims one of the preparations under way, if one is unclaimed.
+    fn claim(&self) -> Option<Claim<'_>> {
+        let mut claimed = self.claimed.load(Ordering::Acquire);
+        loop {
+            if claimed >= self.preparing.load(Ordering::Acquire) {
+                return None;
+            }
+            match self.claimed.compare_exchange_weak(
+                claimed,
+                claimed + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(Claim(self)),
+                Err(now) => claimed = now,
+            }
         }
     }
 
@@ -47,7 +140,8 @@ impl WarmPool {
         self.children.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A usable warm child, if there is one; unusable ones met on the way are discarded.
+    /// A usable warm child, if there is one; unusable ones met on the way are discarded. The
+    /// caller asks for its replacement with `refill`.
     pub fn take(&self) -> Option<ReadyChild> {
         let taken = {
             let mut children = self.lock();
@@ -66,8 +160,20 @@ impl WarmPool {
             drop(discarded); // kills them, outside the lock
             found
         };
-        self.wake.notify_one();
+        if taken.is_none() {
+            self.refill(); // the discarded ones want replacing
+        }
         taken
+    }
+
+    /// Wakes the keeper to fork replacements up to the target.
+    pub fn refill(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Preparations under way.
+    fn preparing(&self) -> u32 {
+        self.preparing.load(Ordering::Acquire)
     }
 
     /// Warm children ready right now.
@@ -105,7 +211,9 @@ impl WarmPool {
         drop(all);
     }
 
-    /// Keeps the pool filled until `stop`. Runs as one task per profile.
+    /// Keeps the pool filled until `stop`. Runs as one task per profile; the children it
+    /// prepares are forked one after the other by the zygote but lock down and rehearse side by
+    /// side, so up to `target` preparations are under way at once.
     pub async fn keep_filled(
         self: Arc<Self>,
         pool: Arc<Pool>,
@@ -115,12 +223,14 @@ impl WarmPool {
     ) {
         let check_every =
             (self.idle_limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let mut preparations: JoinSet<bool> = JoinSet::new();
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             if *stop.borrow() {
                 break;
             }
-            let mut failed = false;
-            while self.prune() < self.target {
+            let backing_off = retry_at.is_some_and(|at| tokio::time::Instant::now() < at);
+            while !backing_off && self.prune() + self.preparing() < self.target {
                 let Some(zygote) = pool.pick(Duration::from_millis(50)).await else {
                     break;
                 };
@@ -128,30 +238,43 @@ impl WarmPool {
                     break;
                 };
                 let id = child_ids.fetch_add(1, Ordering::Relaxed);
-                match ReadyChild::fork(zygote, slot, id, &pool.profile.limits).await {
-                    Ok(child) => self.lock().push_back(child),
-                    Err(err) => {
-                        warn!(profile = %pool.profile.name, cause = %err, "forking a warm child failed");
-                        failed = true;
-                        break;
+                let preparation = Preparation::start(Arc::clone(&self));
+                let limits = pool.profile.limits;
+                let profile = pool.profile.name.clone();
+                preparations.spawn(async move {
+                    match ReadyChild::fork(zygote, slot, id, &limits, true).await {
+                        Ok(child) => {
+                            preparation.0.lock().push_back(child);
+                            true
+                        }
+                        Err(err) => {
+                            warn!(profile = %profile, cause = %err, "forking a warm child failed");
+                            false
+                        }
                     }
-                }
-                if *stop.borrow() {
-                    break;
-                }
+                });
             }
-            let pause = if failed {
-                RETRY_AFTER_FAILURE
-            } else {
-                check_every
+            let pause = match retry_at {
+                Some(at) => at.saturating_duration_since(tokio::time::Instant::now()),
+                None => check_every,
             };
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = pool.changed() => {}
                 _ = tokio::time::sleep(pause) => {}
+                Some(done) = preparations.join_next() => {
+                    retry_at = match done {
+                        Ok(true) => None,
+                        _ => Some(tokio::time::Instant::now() + RETRY_AFTER_FAILURE),
+                    };
+                }
                 _ = stop.changed() => break,
             }
+            if retry_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                retry_at = None;
+            }
         }
+        preparations.shutdown().await;
         self.clear();
     }
 }

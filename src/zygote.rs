@@ -114,6 +114,8 @@ pub struct ChildParams {
     pub gid: u32,
     pub tmpfs_bytes: u64,
     pub rlimits: serde_json::Value,
+    /// Run the profile's warm-up in the child before it reports ready (warm children).
+    pub rehearse: bool,
 }
 
 /// What the zygote said when it became ready.
@@ -125,6 +127,9 @@ pub struct ReadyInfo {
     pub python: String,
     pub preloaded: u64,
     pub preload_failed: Vec<String>,
+    /// Why the profile's warm-up failed in the zygote (children then skip the rehearsal).
+    #[serde(default)]
+    pub warmup_error: Option<String>,
     pub lockdown: serde_json::Value,
 }
 
@@ -334,6 +339,7 @@ impl Zygote {
             "gid": params.gid,
             "tmpfs_bytes": params.tmpfs_bytes,
             "rlimits": params.rlimits,
+            "rehearse": params.rehearse,
         });
         let raw = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
         if let Err(err) = self.chan.send(message.to_string().as_bytes(), &raw).await {

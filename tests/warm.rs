@@ -1,6 +1,7 @@
 //! Warm children: forked and locked down before requests arrive, each serving exactly one.
-//! This binary's daemon has two profiles: `default` with 2 warm children and a 400 ms idle
-//! limit, and `cold` with none.
+//! This binary's daemon has four profiles: `default` with 2 warm children and a 400 ms idle
+//! limit, `cold` with none, and two with one warm child each and a warm-up of their own:
+//! `rehearsed` (a warm-up that leaves a mark) and `brokenwarmup` (a warm-up that fails).
 
 mod common;
 
@@ -14,13 +15,27 @@ use sandfork_protocol::{RunResult, RunSpec};
 
 const IDLE_MS: u64 = 400;
 
+/// The `rehearsed` profile's warm-up: output on both streams, a global, and a mark on `sys`
+/// naming the process it last ran in (the zygote first, then each warm child).
+const REHEARSAL: &str = "
+import os, sys
+MARKER = 'warm-up-marker'
+print(MARKER)
+print(MARKER, file=sys.stderr)
+sys.rehearsed_in = os.getpid()
+";
+
 fn daemon() -> &'static common::Daemon {
     static DAEMON: OnceLock<common::Daemon> = OnceLock::new();
     DAEMON.get_or_init(|| {
         common::start_private_daemon("sandfork-warm-", |dir| {
             let profiles = format!(
                 "[profiles.default]\nwarm_children = 2\nwarm_idle_ms = {IDLE_MS}\n\
-                 [profiles.cold]\nwarm_children = 0\npreload = [\"json\"]\n"
+                 [profiles.cold]\nwarm_children = 0\npreload = [\"json\"]\n\
+                 [profiles.rehearsed]\nwarm_children = 1\npreload = [\"json\"]\n\
+                 warmup = '''{REHEARSAL}'''\n\
+                 [profiles.brokenwarmup]\nwarm_children = 1\npreload = [\"json\"]\n\
+                 warmup = \"raise RuntimeError('broken warm-up')\"\n"
             );
             test_config(dir, &profiles)
         })
@@ -38,6 +53,11 @@ async fn run(request: RunSpec) -> RunResult {
 
 /// Waits until the default profile has `n` warm children.
 async fn warm_children_ready(n: u32) {
+    profile_warm_children_ready("default", n).await;
+}
+
+/// Waits until `profile` has `n` warm children.
+async fn profile_warm_children_ready(profile: &str, n: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut client = Client::connect(socket()).await.unwrap();
@@ -45,7 +65,7 @@ async fn warm_children_ready(n: u32) {
         let warm = status
             .profiles
             .iter()
-            .find(|p| p.name == "default")
+            .find(|p| p.name == profile)
             .map_or(0, |p| p.warm_children);
         if warm >= n {
             return;
@@ -191,4 +211,45 @@ async fn request_limits_are_applied_to_a_warm_child() {
         // Without, it is the address-space rlimit.
         None => assert_eq!(fields[1], (300u64 << 20).to_string(), "{stdout}"),
     }
+}
+
+#[tokio::test]
+async fn a_warm_child_rehearses_without_leaving_output_or_globals() {
+    if !privileged("a_warm_child_rehearses_without_leaving_output_or_globals") {
+        return;
+    }
+    profile_warm_children_ready("rehearsed", 1).await;
+    let code = "import os, sys\n\
+                print('MARKER' in globals(), __name__, sys.stdin.read() == '')\n\
+                print(getattr(sys, 'rehearsed_in', None) == os.getpid())\n";
+    let result = run(RunSpec {
+        profile: Some("rehearsed".into()),
+        ..spec(code)
+    })
+    .await;
+    assert!(result.warm, "served by a warm child: {result:?}");
+    // The rehearsal ran in this very child (its mark names this pid), yet the program sees a
+    // fresh __main__, an empty stdin, and none of the rehearsal's output on either stream.
+    assert_eq!(ok_stdout(&result), "False __main__ True\nTrue\n");
+    assert!(
+        !String::from_utf8_lossy(&result.stderr).contains("warm-up-marker"),
+        "stderr: {:?}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_failing_warm_up_costs_speed_not_runs() {
+    if !privileged("a_failing_warm_up_costs_speed_not_runs") {
+        return;
+    }
+    profile_warm_children_ready("brokenwarmup", 1).await;
+    let result = run(RunSpec {
+        profile: Some("brokenwarmup".into()),
+        ..spec("print('still served')")
+    })
+    .await;
+    assert_eq!(ok_stdout(&result), "still served\n");
+    assert!(result.warm, "warm children are still kept: {result:?}");
+    assert!(result.stderr.is_empty(), "{result:?}");
 }

@@ -9,11 +9,12 @@ Control channel: fd 3, an AF_UNIX SOCK_SEQPACKET socket to the supervisor. One J
 packet, file descriptors as SCM_RIGHTS:
 
   supervisor -> zygote
-    {"op": "spawn", "id", "uid", "gid", "tmpfs_bytes", "rlimits": {...}}
+    {"op": "spawn", "id", "uid", "gid", "tmpfs_bytes", "rlimits": {...}, "rehearse"}
         fds: [child control socket, stdout write end, stderr write end]
     {"op": "shutdown"}
   zygote -> supervisor
-    {"op": "ready", "pid", "python", "preloaded", "preload_failed", "lockdown", "rss_kb"}
+    {"op": "ready", "pid", "python", "preloaded", "preload_failed", "warmup_error", "lockdown",
+     "rss_kb"}
     {"op": "fatal", "error"}                       (then the zygote exits)
     {"op": "spawned", "id", "pid", "rss_kb"}   fds: [pidfd]   (rss_kb: the zygote's peak RSS)
     {"op": "spawn_failed", "id", "error"}
@@ -21,13 +22,21 @@ packet, file descriptors as SCM_RIGHTS:
 
 Child channel: fd 3 in the child, a SEQPACKET socket whose other end the supervisor holds.
 
-  child -> supervisor  {"op": "ready"}            after lockdown, before any user input
+  child -> supervisor  {"op": "ready"}            after lockdown (and, when the spawn said
+                                                  "rehearse", the warm-up rehearsal), before any
+                                                  user input
   supervisor -> child  {"op": "go", "argv", "rlimits", "mode", "files", "collect"}
                        fds: [code memfd, stdin memfd(, input files memfd)]
   child -> supervisor  after the program:
                        {"op": "result", "size"} + raw packets   function mode: main()'s JSON
                        {"op": "files", "entries": [{"path", "size"}], "truncated"} + raw packets
                        {"op": "done", "exit_code"}   (stdout/stderr already closed)
+
+Warm-up: the profile's trusted warm-up code runs twice in the zygote before gc.freeze() (lazy
+imports and caches are filled once, for every child), and once more in each warm child after its
+lockdown, with output discarded: that rehearsal takes the copy-on-write faults a typical run
+takes before the request arrives instead of on its path. It runs in a throwaway namespace; the
+request's code still gets a fresh __main__.
 
 The child runs the code once in a fresh __main__ and _exits. The channel stays open as fd 3
 while the program runs: what the program could send on it is its own output anyway, and the
@@ -110,6 +119,7 @@ class Zygote:
         self.children = {}  # pid -> run id
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.lockdown = None
+        self.warmup = None  # the warm-up source, once it has run cleanly in the zygote
 
     # ---- start-up -------------------------------------------------------------------------
     def start(self):
@@ -136,6 +146,16 @@ class Zygote:
                 preloaded += 1
             except Exception as err:  # a missing optional module is reported, not fatal
                 failed.append("%s: %s: %s" % (name, type(err).__name__, err))
+        warmup_error = None
+        warmup = self.config.get("warmup") or ""
+        if warmup:
+            try:
+                with open(os.devnull, "w", encoding="utf-8") as sink:
+                    for _ in range(2):
+                        rehearse(warmup, sink)
+                self.warmup = warmup
+            except BaseException as err:  # reported; children then skip the rehearsal
+                warmup_error = "%s: %s" % (type(err).__name__, err)
         if threading.active_count() != 1:
             raise RuntimeError(
                 "zygote is not single-threaded after preload (%d threads)"
@@ -156,6 +176,7 @@ class Zygote:
                 "python": sys.version.split()[0],
                 "preloaded": preloaded,
                 "preload_failed": failed,
+                "warmup_error": warmup_error,
                 "lockdown": report,
                 "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             },
@@ -297,13 +318,50 @@ class Zygote:
             err = self.lockdown.sandfork_lockdown_error().decode(errors="replace")
             os.write(2, ("sandfork: lockdown failed at step %d: %s\n" % (rc, err)).encode())
             return EXIT_LOCKDOWN_FAILED
-        return run_child()
+        return run_child(self.warmup if message.get("rehearse") else None)
 
 
-def run_child():
-    """Locked down: tell the supervisor, wait for the code, run it once."""
+# What a "go" looks like, for the rehearsal's JSON decoding.
+SAMPLE_GO = (
+    '{"op":"go","argv":[],"rlimits":{"cpu_seconds":16,"as_bytes":null},"mode":"script",'
+    '"files":[],"collect":{"max_count":100,"max_bytes":1048576}}'
+)
+
+
+def rehearse(source, sink):
+    """Runs trusted warm-up code in a throwaway namespace, its output going to `sink`."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = sink
+    try:
+        module = types.ModuleType("__main__")
+        module.__dict__["__builtins__"] = builtins
+        exec(compile(source, "<warmup>", "exec", dont_inherit=True), module.__dict__)
+        sink.flush()
+    finally:
+        sys.stdout, sys.stderr = saved
+    json.loads(SAMPLE_GO)
+
+
+def run_child(warmup):
+    """Locked down: rehearse (warm children), tell the supervisor, wait for the code, run it
+    once."""
     chan = socket.socket(fileno=CONTROL_FD)
     chan.setblocking(True)
+    if warmup:
+        try:
+            with open(os.devnull, "w", encoding="utf-8") as sink:
+                rehearse(warmup, sink)
+        except BaseException:
+            pass  # it ran cleanly in the zygote; a failure here only costs speed
+    # Everything that does not depend on the request is built before "ready".
+    sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", closefd=False)
+    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
+    sys.stderr = sys.__stderr__ = open(
+        2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1
+    )
+    main = types.ModuleType("__main__")
+    main.__dict__["__builtins__"] = builtins
+    main.__dict__["__file__"] = SCRIPT_NAME
     send(chan, {"op": "ready"})
     data, fds, _flags, _addr = socket.recv_fds(chan, MAX_PACKET, 3)
     if not data or len(fds) < 2:
@@ -315,25 +373,10 @@ def run_child():
     lower_rlimits(go.get("rlimits"))
     os.dup2(stdin_fd, 0)
     os.close(stdin_fd)
-    chunks = []
-    while True:
-        chunk = os.read(code_fd, 1 << 20)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(code_fd)
-    source = b"".join(chunks)
+    source = read_sealed(code_fd)
     inputs = write_input_files(go.get("files") or [], files_fd)
 
-    sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", closefd=False)
-    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
-    sys.stderr = sys.__stderr__ = open(
-        2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1
-    )
     sys.argv = [SCRIPT_NAME] + [str(a) for a in go.get("argv", [])]
-    main = types.ModuleType("__main__")
-    main.__dict__["__builtins__"] = builtins
-    main.__dict__["__file__"] = SCRIPT_NAME
     sys.modules["__main__"] = main
     text = source.decode("utf-8", errors="replace")
     # mtime None: linecache keeps the entry although no such file exists, so tracebacks show
@@ -372,8 +415,20 @@ def run_child():
     return code
 
 
-class FunctionModeError(Exception):
-    pass
+def read_sealed(fd):
+    """The whole content of a sealed memfd (its size cannot change), then closes it."""
+    try:
+        size = os.fstat(fd).st_size
+        chunks = []
+        while size > 0:
+            chunk = os.read(fd, size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def call_main(module):
