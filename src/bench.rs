@@ -13,7 +13,10 @@
 //!    synchronous callers (an app server's workers). Each run is timed from send to its result:
 //!    the client-observed round trip. (One connection per in-flight run rather than multiplexing:
 //!    the daemon serves both the same way, and this keeps the client's own head-of-line effects
-//!    out of the numbers.)
+//!    out of the numbers.) With a rate R (open loop), run i is due at i/R seconds after the
+//!    start. A worker that picks it up early sleeps until then and times it from the send; one
+//!    that picks it up late (its connection was busy) times it from when it was due, so the
+//!    wait for a free connection counts (no coordinated omission).
 //! 4. The collector ([`Tally`]) checks each result as it arrives — status `ok` and the expected
 //!    stdout, which without a baseline is the first `ok` result's — records its round trip in a
 //!    histogram (µs, 3 significant digits) and sums the server's per-phase timings.
@@ -92,6 +95,8 @@ pub struct BenchConfig {
     pub concurrency: u64,
     /// Also time a fresh interpreter per request, and take the expected stdout from it.
     pub baseline: bool,
+    /// Open loop: runs started per second in all. `None`: closed loop.
+    pub rate: Option<f64>,
     /// The baseline's interpreter (resolved to its `sys.executable`); default `python3`.
     pub python: Option<PathBuf>,
     /// Hard bound on the whole invocation.
@@ -108,6 +113,7 @@ impl BenchConfig {
             requests: DEFAULT_REQUESTS,
             concurrency: 1,
             baseline: false,
+            rate: None,
             python: None,
             deadline: DEFAULT_DEADLINE,
         }
@@ -186,6 +192,15 @@ pub fn percentile_ms(histogram: &Histogram<u64>, q: f64) -> f64 {
     }
 }
 
+/// "p50" of a histogram in ms with 3 decimals, or "-" when it is empty.
+fn p50_or_none(histogram: &Histogram<u64>) -> String {
+    if histogram.is_empty() {
+        "-".to_string()
+    } else {
+        format!("{:.3}", percentile_ms(histogram, 0.5))
+    }
+}
+
 /// An empty round-trip histogram: µs from 1 to an hour, 3 significant digits.
 pub fn latency_histogram() -> Histogram<u64> {
     // The bounds are constants that satisfy the crate's rules (low ≥ 1, high ≥ 2 × low, digits ≤ 5).
@@ -258,6 +273,10 @@ pub struct Report {
     pub usage: UsageMeans,
     /// Results served by a pre-forked (warm) child.
     pub warm: u64,
+    /// Round trips of the results served by a warm child, µs …
+    pub warm_latency: Histogram<u64>,
+    /// … and of those whose child was forked for the request.
+    pub cold_latency: Histogram<u64>,
     /// Descriptions of the first few failed requests.
     pub error_examples: Vec<String>,
     /// True if the deadline stopped the load before every request had its answer.
@@ -338,10 +357,13 @@ impl Report {
                 u.max_rss_kb / 1024.0,
             ));
             lines.push(format!(
-                "warm children: {} of {} results ({:.1} %)",
+                "warm children: {} of {} results ({:.1} %); round trip p50 ms: warm {}, forked \
+                 for the request {}",
                 self.warm,
                 self.results,
                 100.0 * self.warm as f64 / self.results as f64,
+                p50_or_none(&self.warm_latency),
+                p50_or_none(&self.cold_latency),
             ));
         }
         if let Some(b) = &self.baseline {
@@ -405,12 +427,17 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     let (samples, mut incoming) = mpsc::unbounded_channel();
     let mut workers = JoinSet::new();
     let started = Instant::now();
+    let schedule = config.rate.map(|rate| Schedule {
+        start: started,
+        rate,
+    });
     for client in clients {
         workers.spawn(drive(
             client,
             spec.clone(),
             taken.clone(),
             config.requests,
+            schedule,
             samples.clone(),
         ));
     }
@@ -445,18 +472,48 @@ struct Sample {
     outcome: Result<RunResult, ClientError>,
 }
 
+/// Open-loop arrivals: run `i` is due `i / rate` seconds after `start`.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    rate: f64,
+}
+
+impl Schedule {
+    fn due(&self, run: u64) -> Instant {
+        self.start + Duration::from_secs_f64(run as f64 / self.rate)
+    }
+}
+
 /// One connection's loop: one run in flight until `requests` runs have been taken by all workers
-/// together. Stops early when the connection breaks (the run it was on counts as failed).
+/// together; with a schedule, each run waits until it is due and is timed from then. Stops early
+/// when the connection breaks (the run it was on counts as failed).
 async fn drive(
     mut client: Client,
     spec: RunSpec,
     taken: Arc<AtomicU64>,
     requests: u64,
+    schedule: Option<Schedule>,
     samples: mpsc::UnboundedSender<Sample>,
 ) {
-    while taken.fetch_add(1, Ordering::Relaxed) < requests {
+    loop {
+        let run = taken.fetch_add(1, Ordering::Relaxed);
+        if run >= requests {
+            return;
+        }
         let spec = spec.clone();
-        let sent = Instant::now();
+        let sent = match schedule {
+            // Late already (this connection was busy): the run has been waiting since it was
+            // due, and that wait counts. Otherwise sleep until it is due and time it from the
+            // moment it is sent, so the timer's own slack (up to a millisecond in tokio) does
+            // not count against the daemon.
+            Some(schedule) if Instant::now() >= schedule.due(run) => schedule.due(run),
+            Some(schedule) => {
+                tokio::time::sleep_until(schedule.due(run)).await;
+                Instant::now()
+            }
+            None => Instant::now(),
+        };
         let outcome = client.run(spec).await;
         let latency = sent.elapsed();
         // A protocol error answering the run leaves the connection usable; anything else not.
@@ -478,6 +535,8 @@ struct Tally {
     phase_sums: PhaseMeans,
     usage_sums: UsageMeans,
     warm: u64,
+    warm_latency: Histogram<u64>,
+    cold_latency: Histogram<u64>,
     error_examples: Vec<String>,
 }
 
@@ -491,6 +550,8 @@ impl Tally {
             phase_sums: PhaseMeans::default(),
             usage_sums: UsageMeans::default(),
             warm: 0,
+            warm_latency: latency_histogram(),
+            cold_latency: latency_histogram(),
             error_examples: Vec::new(),
         }
     }
@@ -514,6 +575,12 @@ impl Tally {
         self.usage_sums.cpu_ms += result.usage.cpu_ms;
         self.usage_sums.max_rss_kb += result.usage.max_rss_kb as f64;
         self.warm += u64::from(result.warm);
+        let by_kind = if result.warm {
+            &mut self.warm_latency
+        } else {
+            &mut self.cold_latency
+        };
+        record(by_kind, sample.latency);
         if result.status != Status::Ok {
             self.note_error(format!(
                 "status {}: {}{}",
@@ -585,6 +652,8 @@ impl Tally {
                 max_rss_kb: u.max_rss_kb / n,
             },
             warm: self.warm,
+            warm_latency: self.warm_latency,
+            cold_latency: self.cold_latency,
             error_examples,
             deadline_hit,
             baseline,

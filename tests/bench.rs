@@ -45,17 +45,15 @@ fn parse_summary(line: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-#[test]
-fn bench_reports_the_summary_line_with_a_baseline() {
-    if !common::privileged("bench_reports_the_summary_line_with_a_baseline") {
-        return;
-    }
+/// Runs the built `sandfork bench` against this binary's daemon with `args`; returns its exit
+/// status and stdout (stdout and stderr are printed for the test log).
+fn bench(args: &[&str]) -> (std::process::ExitStatus, String) {
     let daemon = common::daemon();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sandfork"))
         .arg("bench")
         .arg("--socket")
         .arg(&daemon.socket)
-        .args(["--requests", "50", "--concurrency", "4", "--baseline"])
+        .args(args)
         .args(["--deadline-s", &BENCH_DEADLINE_S.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -89,7 +87,16 @@ fn bench_reports_the_summary_line_with_a_baseline() {
         .read_to_string(&mut stderr)
         .expect("read stderr");
     println!("{stdout}{stderr}");
-    assert!(status.success(), "{status}: {stdout}{stderr}");
+    (status, stdout)
+}
+
+#[test]
+fn bench_reports_the_summary_line_with_a_baseline() {
+    if !common::privileged("bench_reports_the_summary_line_with_a_baseline") {
+        return;
+    }
+    let (status, stdout) = bench(&["--requests", "50", "--concurrency", "4", "--baseline"]);
+    assert!(status.success(), "{status}: {stdout}");
 
     let last = stdout.lines().last().expect("a last line");
     let values = parse_summary(last);
@@ -104,4 +111,51 @@ fn bench_reports_the_summary_line_with_a_baseline() {
         stdout.contains("server phases, mean ms: queue"),
         "per-phase means: {stdout}"
     );
+    assert!(
+        stdout.contains("round trip p50 ms: warm "),
+        "warm and cold medians: {stdout}"
+    );
+}
+
+#[test]
+fn bench_paces_an_open_loop_at_the_given_rate() {
+    if !common::privileged("bench_paces_an_open_loop_at_the_given_rate") {
+        return;
+    }
+    // 20 runs at 40/s: the last is due 0.475 s after the start, so the load phase cannot be
+    // shorter than that, and the measured rate cannot exceed the asked one by much.
+    let started = Instant::now();
+    let (status, stdout) = bench(&["--requests", "20", "--concurrency", "2", "--rate", "40"]);
+    assert!(status.success(), "{status}: {stdout}");
+    assert!(started.elapsed() >= Duration::from_millis(475));
+    let last = stdout.lines().last().expect("a last line");
+    let rps: f64 = last
+        .split(' ')
+        .find_map(|f| f.strip_prefix("rps="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("rps in {last:?}"));
+    assert!(
+        rps > 0.0 && rps <= 42.2,
+        "paced at 40/s, measured {rps}: {last}"
+    );
+    assert!(last.ends_with("errors=0"), "{last}");
+}
+
+#[test]
+fn bench_refuses_a_rate_that_is_not_positive() {
+    for rate in ["0", "-5", "nan", "fast"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_sandfork"))
+            .args([
+                "bench",
+                "--socket",
+                "/nonexistent.sock",
+                &format!("--rate={rate}"),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sandfork bench");
+        assert_eq!(output.status.code(), Some(2), "--rate {rate}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("is not a rate"), "--rate {rate}: {stderr}");
+    }
 }

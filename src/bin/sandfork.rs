@@ -126,12 +126,27 @@ struct BenchArgs {
     /// its stdout becomes the expected output
     #[arg(long)]
     baseline: bool,
+    /// Open loop: start runs at this many per second in all (run i is due at i/R s; a run sent
+    /// late for want of a free connection is timed from when it was due); default: closed
+    /// loop, each connection sends its next run at once
+    #[arg(long, value_name = "R", value_parser = parse_rate)]
+    rate: Option<f64>,
     /// Interpreter for the baseline, resolved to its sys.executable (default: python3)
     #[arg(long, value_name = "PATH")]
     python: Option<PathBuf>,
     /// Hard limit on the whole benchmark, in seconds; runs without a result by then are errors
     #[arg(long, value_name = "S", default_value_t = sandfork::bench::DEFAULT_DEADLINE.as_secs())]
     deadline_s: u64,
+}
+
+/// A request rate: a positive, finite number of runs per second (at most a million).
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 && rate <= 1e6 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a rate between 0 and 1000000 runs per second"
+        )),
+    }
 }
 
 impl BenchArgs {
@@ -143,6 +158,7 @@ impl BenchArgs {
             requests: self.requests,
             concurrency: self.concurrency,
             baseline: self.baseline,
+            rate: self.rate,
             python: self.python,
             deadline: Duration::from_secs(self.deadline_s),
         }
