@@ -507,10 +507,14 @@ async fn drive(
             // due, and that wait counts. Otherwise sleep until it is due and time it from the
             // moment it is sent, so the timer's own slack (up to a millisecond in tokio) does
             // not count against the daemon.
-            Some(schedule) if Instant::now() >= schedule.due(run) => schedule.due(run),
             Some(schedule) => {
-                tokio::time::sleep_until(schedule.due(run)).await;
-                Instant::now()
+                let due = schedule.due(run);
+                if Instant::now() >= due {
+                    due
+                } else {
+                    tokio::time::sleep_until(due).await;
+                    Instant::now()
+                }
             }
             None => Instant::now(),
         };

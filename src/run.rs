@@ -209,15 +209,18 @@ async fn run_with_child(
         let spawn_time = started.elapsed();
         let run = child.run(spec, limits);
         tokio::pin!(run);
+        // The replacement is asked for once: when the run ends, or REFILL_AFTER into it.
         let outcome = tokio::select! {
             biased;
-            outcome = &mut run => outcome,
+            outcome = &mut run => {
+                ctx.warm.refill();
+                outcome
+            }
             _ = tokio::time::sleep(REFILL_AFTER) => {
                 ctx.warm.refill();
                 run.await
             }
         };
-        ctx.warm.refill();
         match outcome {
             Ok(mut result) => {
                 result.timings.spawn_ms = ms(spawn_time);

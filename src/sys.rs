@@ -72,8 +72,8 @@ impl SeqChannel {
             let mut guard = self.fd.readable().await?;
             match guard.try_io(|inner| {
                 let fd = inner.get_ref().as_raw_fd();
-                // One byte over `max` lets an oversized packet show as truncated below.
-                let size = peek_packet_size(fd)?.min(max.saturating_add(1));
+                // An oversized packet does not fit `max` bytes and shows as truncated below.
+                let size = peek_packet_size(fd)?.min(max);
                 let mut buf = vec![0u8; size];
                 let received = recv_packet(fd, &mut buf, max_fds)?;
                 Ok(received.map(|(len, fds)| {
@@ -82,15 +82,7 @@ impl SeqChannel {
                 }))
             }) {
                 Ok(Ok(None)) => return Ok(None),
-                Ok(Ok(Some((data, fds)))) => {
-                    if data.len() > max {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "packet or its descriptors exceed the expected size",
-                        ));
-                    }
-                    return Ok(Some(Packet { data, fds }));
-                }
+                Ok(Ok(Some((data, fds)))) => return Ok(Some(Packet { data, fds })),
                 Ok(Err(err)) => return Err(err),
                 Err(_would_block) => continue,
             }

@@ -106,7 +106,7 @@ impl WarmPool {
             if let Some(child) = self.take() {
                 break Some(child);
             }
-            if self.preparing.load(Ordering::Acquire) == 0 {
+            if self.preparing() == 0 {
                 break None;
             }
             if tokio::time::timeout_at(deadline, prepared).await.is_err() {
@@ -121,7 +121,7 @@ impl WarmPool {
     fn claim(&self) -> Option<Claim<'_>> {
         let mut claimed = self.claimed.load(Ordering::Acquire);
         loop {
-            if claimed >= self.preparing.load(Ordering::Acquire) {
+            if claimed >= self.preparing() {
                 return None;
             }
             match self.claimed.compare_exchange_weak(

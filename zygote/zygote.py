@@ -150,9 +150,7 @@ class Zygote:
         warmup = self.config.get("warmup") or ""
         if warmup:
             try:
-                with open(os.devnull, "w", encoding="utf-8") as sink:
-                    for _ in range(2):
-                        rehearse(warmup, sink)
+                rehearse(warmup, times=2)
                 self.warmup = warmup
             except BaseException as err:  # reported; children then skip the rehearsal
                 warmup_error = "%s: %s" % (type(err).__name__, err)
@@ -328,17 +326,20 @@ SAMPLE_GO = (
 )
 
 
-def rehearse(source, sink):
-    """Runs trusted warm-up code in a throwaway namespace, its output going to `sink`."""
+def rehearse(source, times=1):
+    """Runs trusted warm-up code `times` times, each in a throwaway namespace, its output
+    discarded; then decodes a sample "go"."""
     saved = sys.stdout, sys.stderr
-    sys.stdout = sys.stderr = sink
-    try:
-        module = types.ModuleType("__main__")
-        module.__dict__["__builtins__"] = builtins
-        exec(compile(source, "<warmup>", "exec", dont_inherit=True), module.__dict__)
-        sink.flush()
-    finally:
-        sys.stdout, sys.stderr = saved
+    with open(os.devnull, "w", encoding="utf-8") as sink:
+        sys.stdout = sys.stderr = sink
+        try:
+            for _ in range(times):
+                module = types.ModuleType("__main__")
+                module.__dict__["__builtins__"] = builtins
+                exec(compile(source, "<warmup>", "exec", dont_inherit=True), module.__dict__)
+                sink.flush()
+        finally:
+            sys.stdout, sys.stderr = saved
     json.loads(SAMPLE_GO)
 
 
@@ -349,8 +350,7 @@ def run_child(warmup):
     chan.setblocking(True)
     if warmup:
         try:
-            with open(os.devnull, "w", encoding="utf-8") as sink:
-                rehearse(warmup, sink)
+            rehearse(warmup)
         except BaseException:
             pass  # it ran cleanly in the zygote; a failure here only costs speed
     # Everything that does not depend on the request is built before "ready".
