@@ -442,13 +442,14 @@ impl CgroupFs for FakeCgroupFs {
         Ok(())
     }
 
-    fn open(&self, path: &Path, _access: Access) -> io::Result<Box<dyn ControlFile>> {
+    fn open(&self, path: &Path, access: Access) -> io::Result<Box<dyn ControlFile>> {
         if !path.is_file() {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }
         Ok(Box::new(FakeFile {
             fs: self.clone(),
             path: path.to_owned(),
+            access,
         }))
     }
 
@@ -492,14 +493,22 @@ impl CgroupFs for FakeCgroupFs {
 struct FakeFile {
     fs: FakeCgroupFs,
     path: PathBuf,
+    /// As the kernel does, a descriptor only reads or writes if it was opened to.
+    access: Access,
 }
 
 impl ControlFile for FakeFile {
     fn write(&self, value: &str) -> io::Result<()> {
+        if self.access == Access::Read {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
         CgroupFs::write(&self.fs, &self.path, value)
     }
 
     fn read(&self) -> io::Result<String> {
+        if self.access == Access::Write {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
         read(&self.path)
     }
 }

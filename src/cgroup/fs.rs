@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 pub enum Access {
     /// `cgroup.procs`: attaching is a write.
     Write,
-    /// v2 `memory.peak`: a write resets the peak *for this descriptor*, reads go through it.
+    /// A counter or flat-keyed file read after every run (`cpu.stat`, `memory.oom_control`).
+    Read,
+    /// Reset by a write and read through the same descriptor (`cpuacct.usage`; v2
+    /// `memory.peak`, whose reset applies to this descriptor only).
     ReadWrite,
 }
 
@@ -25,7 +28,7 @@ pub trait CgroupFs: fmt::Debug + Send + Sync {
     fn read(&self, path: &Path) -> io::Result<String>;
     /// Writes `value` to a control file in one `write(2)` (cgroupfs parses each write whole).
     fn write(&self, path: &Path, value: &str) -> io::Result<()>;
-    /// Opens a control file to be used many times (attach, peak reset).
+    /// Opens a control file to be used many times (attach, limits, counters).
     fn open(&self, path: &Path, access: Access) -> io::Result<Box<dyn ControlFile>>;
     /// `mkdir`: creates a cgroup (the kernel fills in its control files).
     fn create_dir(&self, path: &Path) -> io::Result<()>;
@@ -65,8 +68,8 @@ impl CgroupFs for HostFs {
     fn open(&self, path: &Path, access: Access) -> io::Result<Box<dyn ControlFile>> {
         // std opens with O_CLOEXEC: these descriptors never reach zygote-init or a child.
         let file = OpenOptions::new()
-            .read(access == Access::ReadWrite)
-            .write(true)
+            .read(access != Access::Write)
+            .write(access != Access::Read)
             .open(path)?;
         Ok(Box::new(HostFile(file)))
     }

@@ -21,9 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use super::fs::{Access, CgroupFs, ControlFile};
 use super::{
-    create_dir, io_err, parse_proc_self_cgroup, read_flat_key, read_procs, read_u64, remove_stale,
-    remove_tree, under, write, CgroupError, CgroupVersion, DetectedHierarchy, Detection, Host,
-    SlotUsage,
+    create_dir, io_err, parse_proc_self_cgroup, read_procs, remove_stale, remove_tree, under,
+    CgroupError, CgroupVersion, Control, DetectedHierarchy, Detection, Host, SlotUsage,
 };
 
 /// The controllers a v1 slot needs, in attach order.
@@ -134,14 +133,53 @@ pub(super) struct Slot {
     /// Slot directory in each hierarchy (same order as the detection's hierarchies).
     dirs: Vec<PathBuf>,
     memory: PathBuf,
-    pids: PathBuf,
-    cpuacct: PathBuf,
     /// `cgroup.procs` of each hierarchy, opened at creation: attaching is one write per
     /// hierarchy and no path lookup.
     procs: Vec<Box<dyn ControlFile>>,
-    /// `memory.memsw.*` exist (swap accounting), so swap is limited through them.
-    memsw: bool,
+    /// The files every run writes or reads, opened at creation.
+    files: Files,
     state: Mutex<State>,
+}
+
+/// A v1 slot's per-run control files. The `memsw` ones exist with swap accounting only; swap
+/// is then limited through them.
+#[derive(Debug)]
+struct Files {
+    limit: Control,
+    memsw_limit: Option<Control>,
+    max_usage: Control,
+    memsw_max_usage: Option<Control>,
+    failcnt: Control,
+    oom_control: Control,
+    pids_max: Control,
+    cpu_usage: Control,
+}
+
+impl Files {
+    fn open(
+        fs: &dyn CgroupFs,
+        memory: &Path,
+        pids: &Path,
+        cpuacct: &Path,
+    ) -> Result<Self, CgroupError> {
+        let memsw = |name: &str, access| -> Result<Option<Control>, CgroupError> {
+            Control::open_if_exists(fs, memory.join(name), access)
+        };
+        Ok(Files {
+            limit: Control::open(fs, memory.join("memory.limit_in_bytes"), Access::Write)?,
+            memsw_limit: memsw("memory.memsw.limit_in_bytes", Access::Write)?,
+            max_usage: Control::open(
+                fs,
+                memory.join("memory.max_usage_in_bytes"),
+                Access::ReadWrite,
+            )?,
+            memsw_max_usage: memsw("memory.memsw.max_usage_in_bytes", Access::Write)?,
+            failcnt: Control::open(fs, memory.join("memory.failcnt"), Access::Write)?,
+            oom_control: Control::open(fs, memory.join("memory.oom_control"), Access::Read)?,
+            pids_max: Control::open(fs, pids.join("pids.max"), Access::Write)?,
+            cpu_usage: Control::open(fs, cpuacct.join("cpuacct.usage"), Access::ReadWrite)?,
+        })
+    }
 }
 
 /// What `prepare` remembers for `usage` and for skipping unchanged writes.
@@ -207,14 +245,18 @@ pub(super) fn create(
             fs.write(&swappiness, "0")
                 .map_err(io_err("write", &swappiness))?;
         }
+        let files = Files::open(
+            fs.as_ref(),
+            &memory,
+            &dir_of("pids").join(&name),
+            &dir_of("cpuacct").join(&name),
+        )?;
         slots.push(Slot {
             fs: Arc::clone(fs),
             dirs: instance_dirs.iter().map(|d| d.join(&name)).collect(),
             memory,
-            pids: dir_of("pids").join(&name),
-            cpuacct: dir_of("cpuacct").join(&name),
             procs,
-            memsw,
+            files,
             state: Mutex::new(State::default()),
         });
     }
@@ -276,7 +318,7 @@ fn remove_dir(fs: &dyn CgroupFs, dir: &Path) -> Result<(), CgroupError> {
 
 impl Slot {
     pub(super) fn prepare(&self, memory_bytes: u64, pids: u64) -> Result<(), CgroupError> {
-        let fs = self.fs.as_ref();
+        let files = &self.files;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.memory_limit != Some(memory_bytes) {
             state.memory_limit = None;
@@ -285,40 +327,34 @@ impl Slot {
         }
         if state.pids_limit != Some(pids) {
             state.pids_limit = None;
-            write(fs, &self.pids.join("pids.max"), &pids.to_string())?;
+            files.pids_max.write(&pids.to_string())?;
             state.pids_limit = Some(pids);
         }
-        write(fs, &self.memory.join("memory.max_usage_in_bytes"), "0")?;
-        if self.memsw {
-            write(
-                fs,
-                &self.memory.join("memory.memsw.max_usage_in_bytes"),
-                "0",
-            )?;
+        files.max_usage.write("0")?;
+        if let Some(memsw_max_usage) = &files.memsw_max_usage {
+            memsw_max_usage.write("0")?;
         }
-        write(fs, &self.memory.join("memory.failcnt"), "0")?;
-        write(fs, &self.cpuacct.join("cpuacct.usage"), "0")?;
+        files.failcnt.write("0")?;
+        files.cpu_usage.write("0")?;
         state.oom_kill_baseline = self.oom_kills()?;
         Ok(())
     }
 
     /// Memory limit with no swap, in the order the kernel accepts (see the module docs).
     fn set_memory_limit(&self, bytes: u64) -> Result<(), CgroupError> {
-        let fs = self.fs.as_ref();
         let value = bytes.to_string();
-        let limit = self.memory.join("memory.limit_in_bytes");
-        if !self.memsw {
-            return write(fs, &limit, &value);
-        }
-        let memsw = self.memory.join("memory.memsw.limit_in_bytes");
-        match fs.write(&limit, &value) {
-            Ok(()) => write(fs, &memsw, &value),
+        let limit = &self.files.limit;
+        let Some(memsw) = &self.files.memsw_limit else {
+            return limit.write(&value);
+        };
+        match limit.file.write(&value) {
+            Ok(()) => memsw.write(&value),
             Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
                 // Raising above the current memsw limit: memsw first.
-                write(fs, &memsw, &value)?;
-                write(fs, &limit, &value)
+                memsw.write(&value)?;
+                limit.write(&value)
             }
-            Err(err) => Err(io_err("write", &limit)(err)),
+            Err(err) => Err(io_err("write", &limit.path)(err)),
         }
     }
 
@@ -332,18 +368,14 @@ impl Slot {
     }
 
     pub(super) fn usage(&self) -> Result<SlotUsage, CgroupError> {
-        let fs = self.fs.as_ref();
         let baseline = self
             .state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .oom_kill_baseline;
         Ok(SlotUsage {
-            peak_memory_bytes: Some(read_u64(
-                fs,
-                &self.memory.join("memory.max_usage_in_bytes"),
-            )?),
-            cpu_ns: read_u64(fs, &self.cpuacct.join("cpuacct.usage"))?,
+            peak_memory_bytes: Some(self.files.max_usage.read_u64()?),
+            cpu_ns: self.files.cpu_usage.read_u64()?,
             oom_killed: self.oom_kills()? > baseline,
         })
     }
@@ -353,11 +385,7 @@ impl Slot {
     }
 
     fn oom_kills(&self) -> Result<u64, CgroupError> {
-        read_flat_key(
-            self.fs.as_ref(),
-            &self.memory.join("memory.oom_control"),
-            "oom_kill",
-        )
+        self.files.oom_control.read_flat_key("oom_kill")
     }
 }
 

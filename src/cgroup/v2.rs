@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 
 use super::fs::{Access, CgroupFs, ControlFile};
 use super::{
-    create_dir, io_err, kernel_at_least, parse_proc_self_cgroup, parse_u64, procs, read_flat_key,
-    read_procs, remove_stale, remove_tree, under, write, CgroupError, CgroupVersion,
+    create_dir, io_err, kernel_at_least, parse_proc_self_cgroup, parse_u64, procs, read_procs,
+    remove_stale, remove_tree, under, write, CgroupError, CgroupVersion, Control,
     DetectedHierarchy, Detection, Host, SlotUsage,
 };
 
@@ -139,7 +139,29 @@ pub(super) struct Slot {
     /// `memory.peak`, opened read-write at creation: its resets apply to this descriptor only.
     /// `None` where the kernel cannot reset it.
     peak: Option<Box<dyn ControlFile>>,
+    /// The other files every run writes or reads, opened at creation.
+    files: Files,
     state: Mutex<State>,
+}
+
+/// A v2 slot's per-run control files besides `memory.peak`.
+#[derive(Debug)]
+struct Files {
+    memory_max: Control,
+    pids_max: Control,
+    events: Control,
+    cpu_stat: Control,
+}
+
+impl Files {
+    fn open(fs: &dyn CgroupFs, dir: &Path) -> Result<Self, CgroupError> {
+        Ok(Files {
+            memory_max: Control::open(fs, dir.join("memory.max"), Access::Write)?,
+            pids_max: Control::open(fs, dir.join("pids.max"), Access::Write)?,
+            events: Control::open(fs, dir.join("memory.events"), Access::Read)?,
+            cpu_stat: Control::open(fs, dir.join("cpu.stat"), Access::Read)?,
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -202,11 +224,13 @@ pub(super) fn create(
         if index == 0 {
             tree.peak_resettable = peak.is_some();
         }
+        let files = Files::open(fs.as_ref(), &dir)?;
         slots.push(Slot {
             fs: Arc::clone(fs),
             dir,
             procs,
             peak,
+            files,
             state: Mutex::new(State::default()),
         });
     }
@@ -379,16 +403,15 @@ fn remove_dir(fs: &dyn CgroupFs, dir: &Path) -> Result<(), CgroupError> {
 
 impl Slot {
     pub(super) fn prepare(&self, memory_bytes: u64, pids: u64) -> Result<(), CgroupError> {
-        let fs = self.fs.as_ref();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.memory_limit != Some(memory_bytes) {
             state.memory_limit = None;
-            write(fs, &self.dir.join("memory.max"), &memory_bytes.to_string())?;
+            self.files.memory_max.write(&memory_bytes.to_string())?;
             state.memory_limit = Some(memory_bytes);
         }
         if state.pids_limit != Some(pids) {
             state.pids_limit = None;
-            write(fs, &self.dir.join("pids.max"), &pids.to_string())?;
+            self.files.pids_max.write(&pids.to_string())?;
             state.pids_limit = Some(pids);
         }
         if let Some(peak) = &self.peak {
@@ -435,15 +458,11 @@ impl Slot {
     }
 
     fn oom_kills(&self) -> Result<u64, CgroupError> {
-        read_flat_key(
-            self.fs.as_ref(),
-            &self.dir.join("memory.events"),
-            "oom_kill",
-        )
+        self.files.events.read_flat_key("oom_kill")
     }
 
     fn cpu_usec(&self) -> Result<u64, CgroupError> {
-        read_flat_key(self.fs.as_ref(), &self.dir.join("cpu.stat"), "usage_usec")
+        self.files.cpu_stat.read_flat_key("usage_usec")
     }
 }
 
