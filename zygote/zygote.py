@@ -6,7 +6,9 @@ filter). It is trusted code and never sees user code or data: code and stdin tra
 supervisor straight to the child as memfds, after the child has locked itself down.
 
 Control channel: fd 3, an AF_UNIX SOCK_SEQPACKET socket to the supervisor. One JSON object per
-packet, file descriptors as SCM_RIGHTS:
+packet, file descriptors as SCM_RIGHTS. After "ready", the loop that serves it is the lockdown
+library's sandfork_serve (zygote/lockdown/src/serve.rs): between forks the zygote runs no Python,
+so it copies none of the heap it shares with its children.
 
   supervisor -> zygote
     {"op": "spawn", "id", "uid", "gid", "tmpfs_bytes", "rlimits": {...}, "rehearse"}
@@ -50,8 +52,6 @@ import json
 import linecache
 import os
 import resource
-import selectors
-import signal
 import socket
 import sys
 import threading
@@ -64,6 +64,9 @@ MAX_PACKET = 1 << 20
 # internal_error and never blames the user for them.
 EXIT_LOCKDOWN_FAILED = 121
 EXIT_CHILD_SETUP_FAILED = 122
+# sandfork_serve's results (zygote/lockdown/src/ffi.rs).
+SERVE_STOP = 0
+SERVE_CHILD = 1
 SCRIPT_NAME = "main.py"
 
 
@@ -116,8 +119,6 @@ class Zygote:
     def __init__(self, config):
         self.config = config
         self.ctrl = socket.socket(fileno=CONTROL_FD)
-        self.children = {}  # pid -> run id
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.lockdown = None
         self.warmup = None  # the warm-up source, once it has run cleanly in the zygote
 
@@ -130,6 +131,11 @@ class Zygote:
         lib.sandfork_child_lockdown.restype = ctypes.c_int32
         lib.sandfork_lockdown_error.restype = ctypes.c_char_p
         lib.sandfork_lockdown_report.restype = ctypes.c_char_p
+        lib.sandfork_serve.argtypes = [ctypes.c_int32]
+        lib.sandfork_serve.restype = ctypes.c_int32
+        lib.sandfork_child_message.restype = ctypes.c_char_p
+        ctypes.pythonapi.PyOS_AfterFork_Child.argtypes = []
+        ctypes.pythonapi.PyOS_AfterFork_Child.restype = None
         rc = lib.sandfork_lockdown_init(json.dumps(self.config["lockdown_init"]).encode())
         if rc != 0:
             raise RuntimeError(
@@ -164,8 +170,6 @@ class Zygote:
         gc.collect()
         gc.freeze()
 
-        signal.set_wakeup_fd(self.wake_w)
-        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         send(
             self.ctrl,
             {
@@ -180,107 +184,32 @@ class Zygote:
             },
         )
 
-    # ---- serving --------------------------------------------------------------------------
+    # ---- serving ----------------------------------------------------------------------------
     def serve(self):
-        sel = selectors.DefaultSelector()
-        sel.register(self.ctrl, selectors.EVENT_READ, "ctrl")
-        sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
-        while True:
-            for key, _ in sel.select():
-                if key.data == "sigchld":
-                    try:
-                        while os.read(self.wake_r, 4096):
-                            pass
-                    except BlockingIOError:
-                        pass
-                    self.reap()
-                elif not self.handle_control():
-                    return
-
-    def handle_control(self):
-        try:
-            data, fds, _flags, _addr = socket.recv_fds(self.ctrl, MAX_PACKET, 8)
-        except InterruptedError:
-            return True
-        if not data:
-            return False  # the supervisor went away: PID 1 exits and the kernel ends the rest
-        try:
-            message = json.loads(data)
-            op = message.get("op")
-            if op == "spawn":
-                self.spawn(message, fds)
-                fds = []
-            elif op == "shutdown":
-                return False
-            else:
-                log("unknown control op %r" % (op,))
-        finally:
-            for fd in fds:
-                os.close(fd)
-        return True
-
-    def spawn(self, message, fds):
-        run_id = message.get("id")
-        if len(fds) != 3:
-            for fd in fds:
-                os.close(fd)
-            send(self.ctrl, {"op": "spawn_failed", "id": run_id, "error": "expected 3 fds"})
-            return
+        """Hands the channel to the lockdown library's fork loop (in Rust, so the zygote writes
+        nothing to the Python heap its children share). Returns when the zygote should stop;
+        never returns in a child."""
         sys.stdout.flush()
         sys.stderr.flush()
-        try:
-            pid = os.fork()
-        except OSError as err:
-            for fd in fds:
-                os.close(fd)
-            send(self.ctrl, {"op": "spawn_failed", "id": run_id, "error": str(err)})
-            return
-        if pid == 0:
+        rc = self.lockdown.sandfork_serve(CONTROL_FD)
+        if rc == SERVE_CHILD:
+            # What os.fork() does in the child, first: re-create the GIL, run the at-fork hooks
+            # (random's reseed, threading's bookkeeping, ...).
+            ctypes.pythonapi.PyOS_AfterFork_Child()
             code = EXIT_CHILD_SETUP_FAILED
             try:
-                code = self.become_child(message, fds)
+                message = json.loads(self.lockdown.sandfork_child_message().decode())
+                code = self.become_child(message, message["fds"])
             except BaseException as err:
-                # Never unwind into the zygote's loop; say why on the run's stderr.
+                # Never unwind into the zygote's code; say why on the run's stderr.
                 try:
                     os.write(2, ("sandfork: child setup failed: %s: %s\n" % (type(err).__name__, err)).encode())
                 except BaseException:
                     pass
             finally:
                 os._exit(code)
-        for fd in fds:
-            os.close(fd)
-        self.children[pid] = run_id
-        pidfd = os.pidfd_open(pid)
-        try:
-            rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            send(self.ctrl, {"op": "spawned", "id": run_id, "pid": pid, "rss_kb": rss_kb}, [pidfd])
-        finally:
-            os.close(pidfd)
-
-    def reap(self):
-        while True:
-            try:
-                pid, status, usage = os.wait4(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            run_id = self.children.pop(pid, None)
-            if run_id is None:
-                continue
-            send(
-                self.ctrl,
-                {
-                    "op": "exit",
-                    "id": run_id,
-                    "pid": pid,
-                    "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-                    "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-                    "utime": usage.ru_utime,
-                    "stime": usage.ru_stime,
-                    "maxrss_kb": usage.ru_maxrss,
-                },
-            )
+        if rc != SERVE_STOP:
+            log("serving stopped: %s" % self.lockdown.sandfork_lockdown_error().decode(errors="replace"))
 
     # ---- the child ------------------------------------------------------------------------
     def become_child(self, message, fds):
@@ -288,8 +217,6 @@ class Zygote:
         # The zygote's own channel must not survive in the child, not even as a Python object
         # that could close a reused fd number when collected.
         self.ctrl.detach()
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         child_ctrl, out_w, err_w = fds
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
@@ -514,6 +441,8 @@ def collect_output_files(collect, inputs):
     truncated)."""
     import stat
 
+    if not os.listdir("."):
+        return [], b"", False  # the common case, without walking
     max_count = int(collect.get("max_count", 0))
     max_bytes = int(collect.get("max_bytes", 0))
     entries, chunks, total, truncated = [], [], 0, False

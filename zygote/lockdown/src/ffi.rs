@@ -5,6 +5,8 @@
 //! int32_t sandfork_child_lockdown(const char *params_json);  /* 0, a step 1-7, or 100-102 */
 //! const char *sandfork_lockdown_error(void);                 /* last failure, NUL-terminated */
 //! const char *sandfork_lockdown_report(void);                /* JSON, see crate::Report */
+//! int32_t sandfork_serve(int32_t ctrl_fd);      /* 0 stop, 1 in a new child, 2 channel broke */
+//! const char *sandfork_child_message(void);     /* in a child: its spawn message, with "fds" */
 //! ```
 //!
 //! State is process-global and inherited by forked children: the [`Lockdown`] (a `OnceLock`,
@@ -42,6 +44,15 @@ pub const CHILD_PANIC: i32 = 102;
 static LOCKDOWN: OnceLock<Lockdown> = OnceLock::new();
 static REPORT: OnceLock<CString> = OnceLock::new();
 static LAST_ERROR: Mutex<Option<CString>> = Mutex::new(None);
+/// Set once, in a child [`sandfork_serve`] forked.
+static CHILD_MESSAGE: OnceLock<CString> = OnceLock::new();
+
+/// serve: the supervisor said shutdown or closed the channel.
+pub const SERVE_STOP: i32 = 0;
+/// serve: this process is a child forked for a spawn; see [`sandfork_child_message`].
+pub const SERVE_CHILD: i32 = 1;
+/// serve: the channel broke (or a panic, caught); the zygote must exit.
+pub const SERVE_FAILED: i32 = 2;
 
 const NO_ERROR: &CStr = c"";
 const NOT_INITIALIZED_REPORT: &CStr = c"{\"initialized\": false}";
@@ -174,5 +185,48 @@ pub extern "C" fn sandfork_lockdown_report() -> *const c_char {
     REPORT
         .get()
         .map_or(NOT_INITIALIZED_REPORT, CString::as_c_str)
+        .as_ptr()
+}
+
+/// The zygote's loop (see [`crate::serve`]), once it has sent "ready": returns
+/// [`SERVE_STOP`], [`SERVE_CHILD`] in each forked child (which must call
+/// `PyOS_AfterFork_Child()` at once, then read [`sandfork_child_message`]), or
+/// [`SERVE_FAILED`] with [`sandfork_lockdown_error`] set.
+///
+/// # Safety
+/// `ctrl_fd` is an open SEQPACKET socket that stays open for the call, and the calling process
+/// is single-threaded.
+#[no_mangle]
+pub unsafe extern "C" fn sandfork_serve(ctrl_fd: i32) -> i32 {
+    // SAFETY: open for the duration of the call, per this function's contract.
+    let ctrl = unsafe { std::os::fd::BorrowedFd::borrow_raw(ctrl_fd) };
+    match catch_unwind(AssertUnwindSafe(|| crate::serve::serve(ctrl))) {
+        Ok(Ok(crate::serve::Served::Stop)) => SERVE_STOP,
+        Ok(Ok(crate::serve::Served::Child(message))) => {
+            let message = CString::new(message).unwrap_or_default();
+            let _ = CHILD_MESSAGE.set(message);
+            SERVE_CHILD
+        }
+        Ok(Err(err)) => {
+            set_error(&format!("serve: {err}"));
+            SERVE_FAILED
+        }
+        Err(panic) => {
+            set_error(&format!(
+                "serve: internal error: {}",
+                panic_message(&*panic)
+            ));
+            SERVE_FAILED
+        }
+    }
+}
+
+/// In a child [`sandfork_serve`] forked: the spawn message as JSON, with `"fds"` (the child's
+/// channel, stdout and stderr write ends, now the caller's). `""` anywhere else. Static storage.
+#[no_mangle]
+pub extern "C" fn sandfork_child_message() -> *const c_char {
+    CHILD_MESSAGE
+        .get()
+        .map_or(NO_ERROR, CString::as_c_str)
         .as_ptr()
 }

@@ -6,6 +6,7 @@
 //! - [`fds`], [`mounts`], [`session`], [`rlimits`], [`creds`], [`landlock_rules`], [`seccomp`]:
 //!   one module per kernel mechanism, one error enum each.
 //! - [`ffi`]: the C ABI the Python zygote loads with ctypes (panics caught, errors stored).
+//! - [`serve`]: the zygote's fork loop, kept off the Python heap the children share.
 //! - `sys`: the few raw syscalls nix and the landlock crate do not wrap.
 //!
 //! # One zygote, many children
@@ -43,6 +44,7 @@ pub mod landlock_rules;
 pub mod mounts;
 pub mod rlimits;
 pub mod seccomp;
+pub mod serve;
 pub mod session;
 mod sys;
 
