@@ -44,6 +44,9 @@ pub enum ChildError {
     Sandbox(String),
 }
 
+/// The message that asks a waiting child to rehearse (zygote.py compares the bytes).
+const REHEARSE: &[u8] = br#"{"op":"rehearse"}"#;
+
 /// A forked, locked-down child waiting for its one request.
 #[derive(Debug)]
 pub struct ReadyChild {
@@ -61,15 +64,12 @@ pub struct ReadyChild {
 
 impl ReadyChild {
     /// Forks a child of `zygote` into `slot` with the profile's ceilings as its limits, and waits
-    /// until it is locked down. With `rehearse` (warm children) the child also runs the
-    /// profile's warm-up once before it reports ready, so the copy-on-write faults a run takes
-    /// happen before the request arrives.
+    /// until it is locked down.
     pub async fn fork(
         zygote: Arc<Zygote>,
         slot: Slot,
         child_id: u64,
         ceiling: &Limits,
-        rehearse: bool,
     ) -> Result<ReadyChild, ChildError> {
         let sandbox =
             |what: &str, err: std::io::Error| ChildError::Sandbox(format!("{what}: {err}"));
@@ -83,7 +83,6 @@ impl ReadyChild {
             gid: slot.inner_uid(),
             tmpfs_bytes: ceiling.tmpfs_mb * MIB,
             rlimits: spawn_rlimits(ceiling, slot.cgroup().is_some()),
-            rehearse,
         };
         // The ceiling until the request says otherwise (and counters reset for this child).
         if let Some(cgroup) = slot.cgroup() {
@@ -144,6 +143,14 @@ impl ReadyChild {
             stderr: err_r,
             ready_at: Instant::now(),
         })
+    }
+
+    /// Asks a child that will wait for its request to rehearse the profile's warm-up meanwhile,
+    /// so the copy-on-write faults a run takes happen before the request arrives. Only for a
+    /// child no request is waiting for: a "go" sent during the rehearsal waits for its end.
+    /// A child that cannot be told is found dead when it is used.
+    pub async fn rehearse(&self) {
+        let _ = self.chan.send(REHEARSE, &[]).await;
     }
 
     /// True while the child and its zygote are alive, the zygote is not being replaced, and the

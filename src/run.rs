@@ -253,7 +253,7 @@ async fn fork_cold(ctx: &RunContext<'_>) -> Result<ReadyChild, String> {
         .await
         .ok_or_else(|| format!("no zygote of profile {} is ready", ctx.pool.profile.name))?;
     let id = ctx.child_ids.fetch_add(1, Ordering::Relaxed);
-    ReadyChild::fork(zygote, slot, id, &ctx.pool.profile.limits, false)
+    ReadyChild::fork(zygote, slot, id, &ctx.pool.profile.limits)
         .await
         .map_err(|e| e.to_string())
 }

@@ -212,8 +212,9 @@ impl WarmPool {
     }
 
     /// Keeps the pool filled until `stop`. Runs as one task per profile; the children it
-    /// prepares are forked one after the other by the zygote but lock down and rehearse side by
-    /// side, so up to `target` preparations are under way at once.
+    /// prepares are forked one after the other by the zygote but lock down side by side, so up
+    /// to `target` preparations are under way at once. A child that goes into the pool with no
+    /// request waiting for it is asked to rehearse the warm-up.
     pub async fn keep_filled(
         self: Arc<Self>,
         pool: Arc<Pool>,
@@ -242,8 +243,14 @@ impl WarmPool {
                 let limits = pool.profile.limits;
                 let profile = pool.profile.name.clone();
                 preparations.spawn(async move {
-                    match ReadyChild::fork(zygote, slot, id, &limits, true).await {
+                    match ReadyChild::fork(zygote, slot, id, &limits).await {
                         Ok(child) => {
+                            // A request waiting for a preparation takes this child at once:
+                            // a rehearsal would only delay it and spend CPU the next requests
+                            // need (under load, every child).
+                            if preparation.0.claimed.load(Ordering::Acquire) == 0 {
+                                child.rehearse().await;
+                            }
                             preparation.0.lock().push_back(child);
                             true
                         }

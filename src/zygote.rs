@@ -114,8 +114,6 @@ pub struct ChildParams {
     pub gid: u32,
     pub tmpfs_bytes: u64,
     pub rlimits: serde_json::Value,
-    /// Run the profile's warm-up in the child before it reports ready (warm children).
-    pub rehearse: bool,
 }
 
 /// What the zygote said when it became ready.
@@ -339,7 +337,6 @@ impl Zygote {
             "gid": params.gid,
             "tmpfs_bytes": params.tmpfs_bytes,
             "rlimits": params.rlimits,
-            "rehearse": params.rehearse,
         });
         let raw = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
         if let Err(err) = self.chan.send(message.to_string().as_bytes(), &raw).await {

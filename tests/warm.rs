@@ -219,6 +219,8 @@ async fn a_warm_child_rehearses_without_leaving_output_or_globals() {
         return;
     }
     profile_warm_children_ready("rehearsed", 1).await;
+    // The keeper asked the child to rehearse before it put it into the pool (no request was
+    // waiting); the "go" queues behind that request on the child's channel.
     let code = "import os, sys\n\
                 print('MARKER' in globals(), __name__, sys.stdin.read() == '')\n\
                 print(getattr(sys, 'rehearsed_in', None) == os.getpid())\n";

@@ -11,7 +11,7 @@ library's sandfork_serve (zygote/lockdown/src/serve.rs): between forks the zygot
 so it copies none of the heap it shares with its children.
 
   supervisor -> zygote
-    {"op": "spawn", "id", "uid", "gid", "tmpfs_bytes", "rlimits": {...}, "rehearse"}
+    {"op": "spawn", "id", "uid", "gid", "tmpfs_bytes", "rlimits": {...}}
         fds: [child control socket, stdout write end, stderr write end]
     {"op": "shutdown"}
   zygote -> supervisor
@@ -24,9 +24,9 @@ so it copies none of the heap it shares with its children.
 
 Child channel: fd 3 in the child, a SEQPACKET socket whose other end the supervisor holds.
 
-  child -> supervisor  {"op": "ready"}            after lockdown (and, when the spawn said
-                                                  "rehearse", the warm-up rehearsal), before any
-                                                  user input
+  child -> supervisor  {"op": "ready"}            after lockdown, before any user input
+  supervisor -> child  {"op": "rehearse"}         optional, to a warm child that waits for a
+                                                  request: run the warm-up once meanwhile
   supervisor -> child  {"op": "go", "argv", "rlimits", "mode", "files", "collect"}
                        fds: [code memfd, stdin memfd(, input files memfd)]
   child -> supervisor  after the program:
@@ -35,9 +35,9 @@ Child channel: fd 3 in the child, a SEQPACKET socket whose other end the supervi
                        {"op": "done", "exit_code"}   (stdout/stderr already closed)
 
 Warm-up: the profile's trusted warm-up code runs twice in the zygote before gc.freeze() (lazy
-imports and caches are filled once, for every child), and once more in each warm child after its
-lockdown, with output discarded: that rehearsal takes the copy-on-write faults a typical run
-takes before the request arrives instead of on its path. It runs in a throwaway namespace; the
+imports and caches are filled once, for every child), and once more in a warm child that the
+supervisor asks to ("rehearse": it went into the pool with no request waiting), output discarded: that rehearsal takes the
+copy-on-write faults a typical run takes before the request arrives instead of on its path. It runs in a throwaway namespace; the
 request's code still gets a fresh __main__.
 
 The child runs the code once in a fresh __main__ and _exits. The channel stays open as fd 3
@@ -68,6 +68,8 @@ EXIT_CHILD_SETUP_FAILED = 122
 SERVE_STOP = 0
 SERVE_CHILD = 1
 SCRIPT_NAME = "main.py"
+# The supervisor's request to rehearse the warm-up while waiting (src/child.rs REHEARSE).
+REHEARSE = b'{"op":"rehearse"}'
 
 
 def log(message):
@@ -243,7 +245,7 @@ class Zygote:
             err = self.lockdown.sandfork_lockdown_error().decode(errors="replace")
             os.write(2, ("sandfork: lockdown failed at step %d: %s\n" % (rc, err)).encode())
             return EXIT_LOCKDOWN_FAILED
-        return run_child(self.warmup if message.get("rehearse") else None)
+        return run_child(self.warmup)
 
 
 # What a "go" looks like, for the rehearsal's JSON decoding.
@@ -271,15 +273,9 @@ def rehearse(source, times=1):
 
 
 def run_child(warmup):
-    """Locked down: rehearse (warm children), tell the supervisor, wait for the code, run it
-    once."""
+    """Locked down: tell the supervisor, rehearse if asked, wait for the code, run it once."""
     chan = socket.socket(fileno=CONTROL_FD)
     chan.setblocking(True)
-    if warmup:
-        try:
-            rehearse(warmup)
-        except BaseException:
-            pass  # it ran cleanly in the zygote; a failure here only costs speed
     # Everything that does not depend on the request is built before "ready".
     sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", closefd=False)
     sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
@@ -290,7 +286,15 @@ def run_child(warmup):
     main.__dict__["__builtins__"] = builtins
     main.__dict__["__file__"] = SCRIPT_NAME
     send(chan, {"op": "ready"})
-    data, fds, _flags, _addr = socket.recv_fds(chan, MAX_PACKET, 3)
+    while True:
+        data, fds, _flags, _addr = socket.recv_fds(chan, MAX_PACKET, 3)
+        if data != REHEARSE or fds:
+            break
+        if warmup:
+            try:
+                rehearse(warmup)
+            except BaseException:
+                pass  # it ran cleanly in the zygote; a failure here only costs speed
     if not data or len(fds) < 2:
         os.write(2, b"sandfork: no code arrived\n")
         return EXIT_CHILD_SETUP_FAILED
