@@ -271,9 +271,9 @@ pub struct ProfileConfig {
     /// … or once its peak RSS has grown this much beyond what it was after preloading.
     pub zygote_max_rss_growth_mb: u64,
     /// Trusted Python code the zygote runs twice before it forks anything (filling lazy
-    /// imports and caches for every child) and each warm child runs once after its lockdown,
-    /// output discarded (taking the copy-on-write faults of a typical run before the request
-    /// arrives). Empty: no warm-up.
+    /// imports and caches for every child) and a warm child runs once while it waits in the
+    /// pool with no request for it, output discarded (taking the copy-on-write faults of a
+    /// typical run before the request arrives). Empty: no warm-up.
     pub warmup: String,
     /// Per-profile overrides of the global limits.
     pub limits: LimitOverrides,
