@@ -36,9 +36,10 @@ Child channel: fd 3 in the child, a SEQPACKET socket whose other end the supervi
 
 Warm-up: the profile's trusted warm-up code runs twice in the zygote before gc.freeze() (lazy
 imports and caches are filled once, for every child), and once more in a warm child that the
-supervisor asks to ("rehearse": it went into the pool with no request waiting), output discarded: that rehearsal takes the
-copy-on-write faults a typical run takes before the request arrives instead of on its path. It runs in a throwaway namespace; the
-request's code still gets a fresh __main__.
+supervisor asks to ("rehearse": it went into the pool with no request waiting), output
+discarded: that rehearsal takes the copy-on-write faults a typical run takes before the request
+arrives instead of on its path. It runs in a throwaway namespace; the request's code still gets
+a fresh __main__.
 
 The child runs the code once in a fresh __main__ and _exits. The channel stays open as fd 3
 while the program runs: what the program could send on it is its own output anyway, and the
@@ -205,13 +206,15 @@ class Zygote:
             except BaseException as err:
                 # Never unwind into the zygote's code; say why on the run's stderr.
                 try:
-                    os.write(2, ("sandfork: child setup failed: %s: %s\n" % (type(err).__name__, err)).encode())
+                    why = "%s: %s" % (type(err).__name__, err)
+                    os.write(2, ("sandfork: child setup failed: %s\n" % why).encode())
                 except BaseException:
                     pass
             finally:
                 os._exit(code)
         if rc != SERVE_STOP:
-            log("serving stopped: %s" % self.lockdown.sandfork_lockdown_error().decode(errors="replace"))
+            why = self.lockdown.sandfork_lockdown_error().decode(errors="replace")
+            log("serving stopped: %s" % why)
 
     # ---- the child ------------------------------------------------------------------------
     def become_child(self, message, fds):

@@ -18,6 +18,12 @@
 //! `PyOS_BeforeFork` are not run: the zygote is single-threaded and runs no Python in this loop,
 //! so no Python lock can be held at the fork; C-level `pthread_atfork` handlers run as usual
 //! (this is libc's `fork()`).
+//!
+//! # Reaping
+//! Each child's pidfd is polled; a readable one is collected with `wait4` (status and rusage for
+//! the `exit` report). Only children this loop forked are collected: they cannot create
+//! processes of their own (their seccomp filter allows `clone` for threads only), so no orphan is
+//! ever reparented to the zygote, PID 1 of their namespace.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -159,26 +165,22 @@ fn spawn(
     children: &mut Vec<Child>,
 ) -> io::Result<Option<Served>> {
     let id = message.get("id").cloned().unwrap_or(Value::Null);
-    if fds.len() != SPAWN_FDS {
-        let error = format!("expected {SPAWN_FDS} fds, got {}", fds.len());
+    let failed = |error: String| {
         send(
             ctrl,
             &json!({"op": "spawn_failed", "id": id, "error": error}),
             &[],
-        )?;
-        return Ok(None);
+        )
+        .map(|()| None)
+    };
+    if fds.len() != SPAWN_FDS {
+        return failed(format!("expected {SPAWN_FDS} fds, got {}", fds.len()));
     }
     // SAFETY: the zygote is single-threaded (zygote.py checks before it serves), so the child
     // may run anything; it returns to Python, which runs PyOS_AfterFork_Child first.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        let error = io::Error::last_os_error().to_string();
-        send(
-            ctrl,
-            &json!({"op": "spawn_failed", "id": id, "error": error}),
-            &[],
-        )?;
-        return Ok(None);
+        return failed(io::Error::last_os_error().to_string());
     }
     if pid == 0 {
         // The siblings' pidfds close with `children`, in the caller's unwinding.
