@@ -1,14 +1,15 @@
 //! Warm children (DESIGN §2): per profile, a few children forked and locked down *before* any
 //! request needs them, so a request pays for neither the fork nor the lockdown.
 //!
-//! A request `take`s one (the freshest usable child); a keeper task forks replacements in the
-//! background. The replacement is asked for (`refill`) once the run that took the child has
-//! finished, or `REFILL_AFTER` into a longer run: forking and locking down the next child while
-//! the request runs would compete with it for the same cores. A request that finds no warm child
-//! while the keeper is preparing one (`take_or_wait`) waits for that one rather than forking a
-//! second child beside it — each preparation in progress can be claimed by one waiting request,
-//! so under load the rest fork their own and throughput does not hinge on the keeper. A warm
-//! child still serves exactly one request (`ReadyChild::run` consumes it).
+//! A request `take`s one (the one that has waited longest, so the one most likely done with its
+//! warm-up rehearsal); a keeper task forks replacements in the background. The replacement is
+//! asked for (`refill`) once the run that took the child has finished, or `REFILL_AFTER` into a
+//! longer run: forking and locking down the next child while the request runs would compete
+//! with it for the same cores. A request that finds no warm child while the keeper is preparing
+//! one (`take_or_wait`) waits for that one rather than forking a second child beside it — each
+//! preparation in progress can be claimed by one waiting request, so under load the rest fork
+//! their own and throughput does not hinge on the keeper. A warm child still serves exactly one
+//! request (`ReadyChild::run` consumes it).
 //! Children whose zygote died, that died themselves, or that waited longer than the idle limit
 //! are discarded (dropping a `ReadyChild` kills it and frees its slot once it is gone).
 
@@ -147,9 +148,10 @@ impl WarmPool {
             let mut children = self.lock();
             let mut discarded = Vec::new();
             let mut found = None;
-            // Newest last: take from the back, so the freshest child serves first and old ones
-            // age out at the front.
-            while let Some(child) = children.pop_back() {
+            // Oldest first: a child joins the pool as its rehearsal starts, so the one that has
+            // waited longest is the one most likely done with it (a request that takes a child
+            // mid-rehearsal waits for the rest).
+            while let Some(child) = children.pop_front() {
                 if child.is_usable(self.idle_limit) {
                     found = Some(child);
                     break;
