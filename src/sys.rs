@@ -289,6 +289,20 @@ pub fn pin_malloc_mmap_threshold() {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, as Go's runtime and nginx do, and
+/// returns the limit now in force. Each slot keeps its cgroup control files open (up to eleven
+/// on v1), and each run and client connection holds a few descriptors more: systemd's default
+/// soft limit of 1,024 would cap a daemon at about a hundred slots. Zygotes inherit the raised
+/// limit; children set their own (the profile's `nofile`) in their lockdown.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::from)?;
+    }
+    Ok(hard)
+}
+
 /// Sets PR_SET_PDEATHSIG for the calling thread's future children; used in `pre_exec`.
 /// Async-signal-safe: one prctl.
 pub fn set_parent_death_signal(signal: i32) -> io::Result<()> {
@@ -350,6 +364,17 @@ pub fn write_file_once(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        // Start below the hard limit (as under systemd's 1,024), with room for the other tests.
+        let low = hard.min(512);
+        setrlimit(Resource::RLIMIT_NOFILE, low, hard).unwrap();
+        assert_eq!(raise_nofile_limit().unwrap(), hard);
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
+    }
 
     #[tokio::test]
     async fn seqpacket_carries_messages_and_fds() {

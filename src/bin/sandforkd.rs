@@ -37,6 +37,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = Config::load_or_default(args.config.as_deref())?;
     sandfork::logs::init(config.log_format);
+    match sandfork::sys::raise_nofile_limit() {
+        Ok(limit) => info!(limit, "open files limit"),
+        Err(err) => warn!(cause = %err, "could not raise the open files limit"),
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
