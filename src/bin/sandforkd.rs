@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
     let config = Config::load_or_default(args.config.as_deref())?;
     sandfork::logs::init(config.log_format);
     match sandfork::sys::raise_nofile_limit() {
-        Ok(limit) => info!(limit, "open files limit"),
+        Ok(nofile) => info!(nofile, "open files limit"),
         Err(err) => warn!(cause = %err, "could not raise the open files limit"),
     }
     tokio::runtime::Builder::new_multi_thread()
