@@ -148,8 +148,12 @@ impl ReadyChild {
     /// Asks a child that will wait for its request to rehearse the profile's warm-up meanwhile,
     /// so the copy-on-write faults a run takes happen before the request arrives. Only for a
     /// child no request is waiting for: a "go" sent during the rehearsal waits for its end.
-    /// A child that cannot be told is found dead when it is used.
+    /// A child that cannot be told is found dead when it is used. Nothing is sent when the
+    /// profile has no warm-up, or its warm-up failed in the zygote.
     pub async fn rehearse(&self) {
+        if !self.zygote.ready.rehearsal {
+            return;
+        }
         let _ = self.chan.send(REHEARSE, &[]).await;
     }
 

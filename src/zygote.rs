@@ -128,6 +128,9 @@ pub struct ReadyInfo {
     /// Why the profile's warm-up failed in the zygote (children then skip the rehearsal).
     #[serde(default)]
     pub warmup_error: Option<String>,
+    /// A warm-up ran cleanly in the zygote, so its children have one to rehearse.
+    #[serde(default)]
+    pub rehearsal: bool,
     pub lockdown: serde_json::Value,
 }
 

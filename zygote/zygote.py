@@ -15,8 +15,8 @@ so it copies none of the heap it shares with its children.
         fds: [child control socket, stdout write end, stderr write end]
     {"op": "shutdown"}
   zygote -> supervisor
-    {"op": "ready", "pid", "python", "preloaded", "preload_failed", "warmup_error", "lockdown",
-     "rss_kb"}
+    {"op": "ready", "pid", "python", "preloaded", "preload_failed", "warmup_error", "rehearsal",
+     "lockdown", "rss_kb"}     (rehearsal: a warm-up ran cleanly, children can rehearse it)
     {"op": "fatal", "error"}                       (then the zygote exits)
     {"op": "spawned", "id", "pid", "rss_kb"}   fds: [pidfd]   (rss_kb: the zygote's peak RSS)
     {"op": "spawn_failed", "id", "error"}
@@ -182,6 +182,7 @@ class Zygote:
                 "preloaded": preloaded,
                 "preload_failed": failed,
                 "warmup_error": warmup_error,
+                "rehearsal": self.warmup is not None,
                 "lockdown": report,
                 "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             },
