@@ -73,16 +73,10 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        // SAFETY: the closure only calls prctl with integer arguments, which is
-        // async-signal-safe; it makes the daemon die with this process if the bench panics.
+        // SAFETY: set_parent_death_signal is one prctl, async-signal-safe. The daemon dies with
+        // this process if the bench panics.
         unsafe {
-            command.pre_exec(|| {
-                let sig = libc::SIGTERM as libc::c_ulong;
-                if libc::prctl(libc::PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            command.pre_exec(|| sandfork::sys::set_parent_death_signal(libc::SIGTERM));
         }
         let child = command.spawn().expect("spawn sandforkd");
         let daemon = Daemon { child, dir };

@@ -1,6 +1,6 @@
 //! Logging set-up shared by the daemon and the HTTP shim: stderr, `RUST_LOG` (default `info`),
 //! the config's `log_format`, and colours only on a terminal (log files and journald get plain
-//! text).
+//! text); and the request ids that tie their log lines and audit records together.
 
 use crate::config::LogFormat;
 
@@ -16,4 +16,19 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.init(),
     }
+}
+
+/// A fresh request id: `prefix`, `-` and 16 random hex digits (the daemon's are `r-…`, the HTTP
+/// shim's `h-…`). The OS RNG failing is no reason to fail a request: a time-based id is still
+/// unique enough for an audit trail.
+pub fn new_request_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = nanos.to_le_bytes();
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}-{hex}")
 }

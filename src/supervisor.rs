@@ -350,7 +350,10 @@ impl Supervisor {
         let mut audit = Audit {
             metrics: &self.metrics,
             tenant: tenant.to_string(),
-            request_id: spec.request_id.clone().unwrap_or_else(new_request_id),
+            request_id: spec
+                .request_id
+                .clone()
+                .unwrap_or_else(|| crate::logs::new_request_id("r")),
             profile: profile_name.clone(),
             code_sha256: hex_sha256(&spec.code),
             code_text: self
@@ -429,23 +432,6 @@ impl Supervisor {
             .filter_map(|z| z.init_pid())
             .collect()
     }
-}
-
-/// A fresh request id: "r-" and 16 random hex digits.
-fn new_request_id() -> String {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        // The OS RNG failing is not a reason to fail a run; a time-based id is still unique
-        // enough for an audit trail.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        bytes = nanos.to_le_bytes();
-    }
-    format!(
-        "r-{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
 }
 
 fn hex_sha256(data: &[u8]) -> String {

@@ -303,6 +303,24 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(hard)
 }
 
+/// The daemon's and the HTTP shim's stop signal: resolves on the first SIGTERM or SIGINT (and
+/// logs which). The handlers are installed by this call, so a signal that arrives before the
+/// future is polled is not lost.
+pub fn shutdown_signal() -> io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    fn installing(what: &'static str) -> impl Fn(io::Error) -> io::Error {
+        move |err| io::Error::new(err.kind(), format!("installing the {what} handler: {err}"))
+    }
+    let mut term = signal(SignalKind::terminate()).map_err(installing("SIGTERM"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(installing("SIGINT"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    })
+}
+
 /// Sets PR_SET_PDEATHSIG for the calling thread's future children; used in `pre_exec`.
 /// Async-signal-safe: one prctl.
 pub fn set_parent_death_signal(signal: i32) -> io::Result<()> {

@@ -15,7 +15,6 @@ use clap::Parser;
 use sandfork::config::Config;
 use sandfork::http::{self, Settings, Shim};
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 /// Where a root sandforkd listens by default.
@@ -121,14 +120,7 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         "listening"
     );
 
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM"),
-            _ = int.recv() => info!("SIGINT"),
-        }
-    };
+    let shutdown = sandfork::sys::shutdown_signal()?;
     http::serve::run(listener, Arc::new(shim), shutdown).await;
     info!("stopped");
     Ok(())

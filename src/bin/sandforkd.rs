@@ -16,7 +16,6 @@ use sandfork::rootless;
 use sandfork::server;
 use sandfork::supervisor::{Paths, StartError, Supervisor};
 use tokio::net::UnixListener;
-use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 /// Runs untrusted Python from pre-initialized, namespaced zygotes.
@@ -88,14 +87,7 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     );
     // Signals are handled from here on: a SIGTERM during start-up (a slow probe, zygotes that
     // do not come up) must still stop the daemon cleanly, not kill it with its cgroups behind.
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM"),
-            _ = int.recv() => info!("SIGINT"),
-        }
-    };
+    let shutdown = sandfork::sys::shutdown_signal()?;
     tokio::pin!(shutdown);
     let listener = bind(&socket).await?;
     // The same per-layer summary `sandfork doctor` prints.

@@ -41,18 +41,7 @@ impl RequestId {
 
     /// A fresh id: `h-` and 16 random hex digits (`h` for HTTP; the daemon's own are `r-…`).
     pub fn generate() -> RequestId {
-        let mut bytes = [0u8; 8];
-        if getrandom::fill(&mut bytes).is_err() {
-            // Unique enough for an audit trail if the OS RNG fails.
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            bytes = nanos.to_le_bytes();
-        }
-        RequestId(format!(
-            "h-{}",
-            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        ))
+        RequestId(crate::logs::new_request_id("h"))
     }
 }
 

@@ -111,21 +111,9 @@ pub fn start_daemon_process(config: &Path, log: &Path) -> Child {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
-    // SAFETY: prctl with integer arguments is async-signal-safe.
+    // SAFETY: set_parent_death_signal is one prctl, async-signal-safe.
     unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGTERM as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        command.pre_exec(|| sandfork::sys::set_parent_death_signal(libc::SIGTERM));
     }
     command.spawn().expect("spawn sandforkd")
 }
