@@ -16,16 +16,21 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sandfork_ipc::child::{
+    CollectCaps, FileEntry, FromChild, GoRequest, GoRlimits, RunMode, ToChild, MAX_CHILD_PACKET,
+};
+use sandfork_ipc::lockdown::RlimitParams;
+use sandfork_ipc::reports::{Next, ReportCaps, ReportDecoder, Reports};
+use sandfork_ipc::zygote::SpawnRequest;
 use sandfork_protocol::{FileData, Mode, RunResult, RunSpec, Status, Timings, Usage};
-use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Notify};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::config::Limits;
 use crate::slots::Slot;
 use crate::sys::{self, PidFd, SeqChannel};
-use crate::zygote::{ChildEvent, ChildParams, ExitInfo, Zygote};
+use crate::zygote::{ChildEvent, ExitReport, Zygote};
 
 /// How long forking and locking down a child may take before it counts as a sandbox failure.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,8 +49,11 @@ pub enum ChildError {
     Sandbox(String),
 }
 
-/// The message that asks a waiting child to rehearse (zygote.py compares the bytes).
-const REHEARSE: &[u8] = br#"{"op":"rehearse"}"#;
+/// Largest packet a child may send before its request (only "ready").
+const MAX_READY_PACKET: usize = 256;
+/// Descriptors accepted with a report packet, to be counted and closed at once (a report never
+/// carries any; more than this truncates the packet, and the kernel closes the rest).
+const MAX_REPORT_FDS: usize = 8;
 
 /// A forked, locked-down child waiting for its one request.
 #[derive(Debug)]
@@ -77,8 +85,8 @@ impl ReadyChild {
             sys::seqpacket_pair().map_err(|e| sandbox("socketpair", e))?;
         let (out_r, out_w) = sys::pipe().map_err(|e| sandbox("pipe", e))?;
         let (err_r, err_w) = sys::pipe().map_err(|e| sandbox("pipe", e))?;
-        let params = ChildParams {
-            run_id: child_id,
+        let request = SpawnRequest {
+            id: child_id,
             uid: slot.inner_uid(),
             gid: slot.inner_uid(),
             tmpfs_bytes: ceiling.tmpfs_mb * MIB,
@@ -91,7 +99,7 @@ impl ReadyChild {
                 .map_err(|e| ChildError::Sandbox(format!("cgroup: {e}")))?;
         }
         let mut events = zygote
-            .spawn(&params, [&chan_child, &out_w, &err_w])
+            .spawn(request, [&chan_child, &out_w, &err_w])
             .await
             .map_err(|e| ChildError::Sandbox(format!("zygote {}: {e}", zygote.name)))?;
         drop((chan_child, out_w, err_w));
@@ -122,8 +130,10 @@ impl ReadyChild {
             }
         }
         let chan = SeqChannel::new(chan_ours).map_err(|e| sandbox("child channel", e))?;
-        let ready = tokio::time::timeout(SPAWN_TIMEOUT, chan.recv(256, 0)).await;
-        if !matches!(&ready, Ok(Ok(Some(p))) if p.data == br#"{"op":"ready"}"#) {
+        let ready = tokio::time::timeout(SPAWN_TIMEOUT, chan.recv(MAX_READY_PACKET, 0)).await;
+        let said_ready = matches!(&ready, Ok(Ok(Some(packet)))
+            if matches!(sandfork_ipc::decode(&packet.data, MAX_READY_PACKET), Ok(FromChild::Ready {})));
+        if !said_ready {
             guard.kill();
             let exit = wait_exit(&mut events).await;
             let detail = read_to_end_bounded(err_r).await;
@@ -154,7 +164,9 @@ impl ReadyChild {
         if !self.zygote.ready.rehearsal {
             return;
         }
-        let _ = self.chan.send(REHEARSE, &[]).await;
+        if let Ok(message) = sandfork_ipc::encode(&ToChild::Rehearse {}) {
+            let _ = self.chan.send(&message, &[]).await;
+        }
     }
 
     /// True while the child and its zygote are alive, the zygote is not being replaced, and the
@@ -178,10 +190,13 @@ impl ReadyChild {
             .map_err(|e| ChildError::Sandbox(format!("stdin memfd: {e}")))?;
         let stdout = Capture::start(self.stdout, limits.output_bytes);
         let stderr = Capture::start(self.stderr, limits.output_bytes);
-        let manifest: Vec<_> = spec
+        let manifest: Vec<FileEntry> = spec
             .files
             .iter()
-            .map(|f| json!({"path": f.path, "size": f.content.len()}))
+            .map(|f| FileEntry {
+                path: f.path.clone(),
+                size: f.content.len() as u64,
+            })
             .collect();
         let mut fds = vec![code.as_raw_fd(), stdin.as_raw_fd()];
         let files_memfd = if spec.files.is_empty() {
@@ -202,14 +217,21 @@ impl ReadyChild {
             file_count: limits.max_files,
             file_bytes: limits.output_bytes,
         };
-        let go = json!({
-            "op": "go",
-            "argv": spec.argv,
-                        "rlimits": go_rlimits(limits, self.guard.cgroup().is_some()),
-            "mode": match spec.mode { Mode::Script => "script", Mode::Function => "function" },
-            "files": manifest,
-            "collect": {"max_count": caps.file_count, "max_bytes": caps.file_bytes},
+        let go = ToChild::Go(GoRequest {
+            argv: spec.argv.clone(),
+            rlimits: go_rlimits(limits, self.guard.cgroup().is_some()),
+            mode: match spec.mode {
+                Mode::Script => RunMode::Script,
+                Mode::Function => RunMode::Function,
+            },
+            files: manifest,
+            collect: CollectCaps {
+                max_count: caps.file_count,
+                max_bytes: caps.file_bytes,
+            },
         });
+        let go = sandfork_ipc::encode(&go)
+            .map_err(|e| ChildError::Sandbox(format!("go message: {e}")))?;
         // Specialize: the request's memory and pids limits on the slot's cgroup, counters reset.
         if let Some(cgroup) = self.guard.cgroup() {
             cgroup
@@ -217,23 +239,18 @@ impl ReadyChild {
                 .map_err(|e| ChildError::Sandbox(format!("cgroup: {e}")))?;
         }
         let run_started = Instant::now();
-        if let Err(err) = self.chan.send(go.to_string().as_bytes(), &fds).await {
+        if let Err(err) = self.chan.send(&go, &fds).await {
             return Err(ChildError::Lost(format!("child {}: {err}", self.pid)));
         }
         drop((code, stdin, files_memfd));
-        let reports = Reports::start(self.chan, caps, spec.mode == Mode::Function);
+        let reports = ReportReader::start(self.chan, caps, spec.mode == Mode::Function);
 
         let deadline = tokio::time::sleep(Duration::from_millis(limits.timeout_ms));
         tokio::pin!(deadline);
         let mut stopped: Option<Status> = None;
-        // With a cgroup accounting for CPU and memory, "done" (flushed, stdout and stderr closed,
-        // exit code announced) ends the run without waiting for the kernel to tear down the
-        // child's copy of the zygote's memory; the child is killed to make sure it is gone, and
-        // its slot stays held until its pidfd says so. A program that forges "done" early only
-        // cuts its own run short. Without a cgroup the zygote's exit report (with rusage) is
-        // awaited.
-        let fast_exit = self.guard.cgroup().is_some();
-        let mut announced = false;
+        // The status comes from the kernel: the zygote's wait4 report of the child's exit. What
+        // the child says on its channel (including "done") is the program's claim and decides
+        // nothing here.
         let exit = loop {
             tokio::select! {
                 event = self.events.recv() => match event {
@@ -241,14 +258,6 @@ impl ReadyChild {
                     Some(_) => continue,
                     None => break None,
                 },
-                code = reports.done(), if fast_exit && stopped.is_none() && !announced => {
-                    announced = true;
-                    self.guard.kill();
-                    break Some(ExitInfo {
-                        exit_code: Some(code),
-                        ..ExitInfo::default()
-                    });
-                }
                 _ = &mut deadline, if stopped.is_none() => {
                     stopped = Some(Status::Timeout);
                     self.guard.kill();
@@ -277,7 +286,9 @@ impl ReadyChild {
             }
             None => None,
         };
-        let oom_killed = accounting.as_ref().is_some_and(|u| u.oom_killed);
+        // With a cgroup its OOM counter is the only word on memory; without one (rootless) the
+        // program's last words are all there is.
+        let oom_killed = accounting.as_ref().map(|u| u.oom_killed);
         let Some(exit) = exit else {
             self.guard.kill();
             return Err(ChildError::Sandbox(format!(
@@ -285,11 +296,20 @@ impl ReadyChild {
                 self.zygote.name
             )));
         };
-        if !announced {
-            self.guard.exited();
+        self.guard.exited();
+        if reports.packets > 0 {
+            debug!(
+                child = self.pid,
+                packets = reports.packets,
+                bytes = reports.bytes,
+                "child reports read"
+            );
         }
 
         let (mut status, mut message) = classify(&exit, stopped, oom_killed, &err, limits);
+        let misuse = reports.misuse.as_ref().map(|why| {
+            format!("the program misused the sandbox's control channel ({why}); its reports were ignored")
+        });
         if spec.mode == Mode::Function && status == Status::Ok {
             match &reports.result {
                 Some(Ok(_)) => {}
@@ -299,19 +319,29 @@ impl ReadyChild {
                 }
                 None => {
                     status = Status::Error;
-                    message = Some(
+                    message = Some(misuse.clone().unwrap_or_else(|| {
                         "function mode: main() returned no result to the sandbox \
                          (the result channel was closed or misused)"
-                            .into(),
-                    );
+                            .into()
+                    }));
                 }
             }
+        }
+        if message.is_none() {
+            message = misuse;
         }
         let mut result = RunResult::new(status);
         if let Some(Ok(value)) = reports.result {
             result.result = Some(String::from_utf8_lossy(&value).into_owned());
         }
-        result.files = reports.files;
+        result.files = reports
+            .files
+            .into_iter()
+            .map(|f| FileData {
+                path: f.path,
+                content: f.content,
+            })
+            .collect();
         result.files_truncated = reports.files_truncated;
         result.exit_code = exit.exit_code;
         result.signal = exit.signal;
@@ -340,210 +370,83 @@ impl ReadyChild {
     }
 }
 
-/// Caps on what a child may report after its program.
-#[derive(Debug, Clone, Copy)]
-struct ReportCaps {
-    result_bytes: u64,
-    file_count: u64,
-    file_bytes: u64,
+/// Reads a child's reports in a task of their own while the run goes on: packets go to the
+/// [`ReportDecoder`] (which bounds them and believes nothing), descriptors are closed the moment
+/// they arrive, and the channel is dropped — closed — as soon as the decoder stops.
+struct ReportReader {
+    task: tokio::task::JoinHandle<Reports>,
 }
 
-/// What the child reported on its channel after the program: main()'s value and its files.
-/// Everything here came from an untrusted process: sizes are checked against the caps before
-/// anything is kept, packets carrying descriptors end the reading, and anything malformed is
-/// dropped.
-#[derive(Debug, Default)]
-struct Reported {
-    /// Function mode: the JSON text, or why it was refused.
-    result: Option<Result<Vec<u8>, String>>,
-    /// The exit code the child announced after the program (it exits right after).
-    done: Option<i32>,
-    files: Vec<FileData>,
-    files_truncated: bool,
-}
-
-struct Reports {
-    task: tokio::task::JoinHandle<Reported>,
-    /// Set (to the announced exit code) when the child said "done".
-    done: tokio::sync::watch::Receiver<Option<i32>>,
-}
-
-impl Reports {
-    fn start(chan: SeqChannel, caps: ReportCaps, function_mode: bool) -> Reports {
-        let (done_tx, done) = tokio::sync::watch::channel(None);
+impl ReportReader {
+    fn start(chan: SeqChannel, caps: ReportCaps, function_mode: bool) -> ReportReader {
         let task = tokio::spawn(async move {
-            let reported = read_reports(chan, caps, function_mode).await;
-            if reported.done.is_some() {
-                let _ = done_tx.send(reported.done);
-            }
-            reported
-        });
-        Reports { task, done }
-    }
-
-    /// Resolves with the exit code once the child has said "done".
-    async fn done(&self) -> i32 {
-        let mut done = self.done.clone();
-        loop {
-            if let Some(code) = *done.borrow_and_update() {
-                return code;
-            }
-            if done.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-
-    /// The reports, once the child has closed its channel (bounded wait).
-    async fn finish(self) -> Reported {
-        let abort = self.task.abort_handle();
-        match tokio::time::timeout(REAP_TIMEOUT, self.task).await {
-            Ok(Ok(reported)) => reported,
-            _ => {
-                abort.abort();
-                Reported::default()
-            }
-        }
-    }
-}
-
-/// Largest packet accepted from a child (a files header lists up to `max_files` paths).
-const MAX_REPORT_PACKET: usize = 512 * 1024;
-
-async fn read_reports(chan: SeqChannel, caps: ReportCaps, function_mode: bool) -> Reported {
-    let mut reported = Reported::default();
-    loop {
-        let Ok(Some(packet)) = chan.recv(MAX_REPORT_PACKET, 0).await else {
-            break;
-        };
-        let Ok(header) = serde_json::from_slice::<serde_json::Value>(&packet.data) else {
-            break;
-        };
-        let size = header.get("size").and_then(|v| v.as_u64()).unwrap_or(0);
-        match header.get("op").and_then(|v| v.as_str()) {
-            Some("result") if function_mode && reported.result.is_none() => {
-                if size > caps.result_bytes {
-                    reported.result = Some(Err(format!(
-                        "main()'s result is {size} bytes; the limit is {}",
-                        caps.result_bytes
-                    )));
-                    if read_blob(&chan, size, 0).await.is_none() {
+            let mut decoder = ReportDecoder::new(caps, function_mode);
+            loop {
+                let packet = match chan.recv(MAX_CHILD_PACKET, MAX_REPORT_FDS).await {
+                    Ok(Some(packet)) => packet,
+                    Ok(None) => break,
+                    Err(err) => {
+                        decoder.refuse(format!("an unreadable packet: {err}"));
                         break;
                     }
-                    continue;
-                }
-                match read_blob(&chan, size, caps.result_bytes).await {
-                    Some(value) => reported.result = Some(Ok(value)),
-                    None => break,
-                }
-            }
-            Some("files") if reported.files.is_empty() => {
-                let entries = parse_file_entries(&header);
-                let declared: u64 = entries.iter().map(|(_, n)| *n).sum();
-                let acceptable = entries.len() as u64 <= caps.file_count
-                    && declared == size
-                    && size <= caps.file_bytes;
-                let keep = if acceptable { caps.file_bytes } else { 0 };
-                let Some(payload) = read_blob(&chan, size, keep).await else {
-                    break;
                 };
-                if !acceptable {
-                    reported.files_truncated = true;
-                    continue;
+                let descriptors = packet.fds.len();
+                drop(packet.fds);
+                if decoder.feed(&packet.data, descriptors) == Next::Stop {
+                    break;
                 }
-                let mut offset = 0usize;
-                for (path, len) in entries {
-                    let len = len as usize;
-                    reported.files.push(FileData {
-                        path,
-                        content: payload[offset..offset + len].to_vec(),
-                    });
-                    offset += len;
+            }
+            decoder.finish()
+        });
+        ReportReader { task }
+    }
+
+    /// The reports, once the child has closed its channel or the decoder stopped (bounded
+    /// wait: a channel kept open by a surviving descriptor must not hold the run).
+    async fn finish(self) -> Reports {
+        let abort = self.task.abort_handle();
+        match tokio::time::timeout(REAP_TIMEOUT, self.task).await {
+            Ok(Ok(reports)) => reports,
+            _ => {
+                abort.abort();
+                Reports {
+                    files_truncated: true,
+                    ..Reports::default()
                 }
-                reported.files_truncated |= header
-                    .get("truncated")
-                    .and_then(|v| v.as_bool())
-                    .unwrap_or(false);
             }
-            Some("done") => {
-                reported.done = header
-                    .get("exit_code")
-                    .and_then(|v| v.as_i64())
-                    .and_then(|v| i32::try_from(v).ok())
-                    .filter(|v| (0..=255).contains(v));
-                break;
-            }
-            _ => break, // anything unexpected ends the reading
         }
     }
-    reported
-}
-
-/// The `(path, size)` list of a files header. One unsafe path makes the whole list unusable
-/// (the sizes would no longer line up with the payload), so it yields an empty list whose
-/// declared total cannot match.
-fn parse_file_entries(header: &serde_json::Value) -> Vec<(String, u64)> {
-    let Some(entries) = header.get("entries").and_then(|v| v.as_array()) else {
-        return Vec::new();
-    };
-    let parsed: Option<Vec<(String, u64)>> = entries
-        .iter()
-        .map(|e| {
-            let path = e.get("path")?.as_str()?;
-            let size = e.get("size")?.as_u64()?;
-            crate::run::check_relative_path(path).ok()?;
-            Some((path.to_string(), size))
-        })
-        .collect();
-    parsed.unwrap_or_default()
-}
-
-/// Reads `size` raw bytes that follow a header; keeps them only up to `keep` bytes (beyond
-/// that they are read and dropped). None if the channel broke first.
-async fn read_blob(chan: &SeqChannel, size: u64, keep: u64) -> Option<Vec<u8>> {
-    let mut data = Vec::new();
-    let mut remaining = size;
-    while remaining > 0 {
-        let packet = chan.recv(MAX_REPORT_PACKET, 0).await.ok()??;
-        if packet.data.is_empty() || packet.data.len() as u64 > remaining {
-            return None;
-        }
-        remaining -= packet.data.len() as u64;
-        if (data.len() + packet.data.len()) as u64 <= keep {
-            data.extend_from_slice(&packet.data);
-        }
-    }
-    Some(data)
 }
 
 /// Rlimits a child is forked with: the profile's ceilings. Memory is the cgroup's job when there
 /// is one (RLIMIT_AS counts address space, not memory, and trips numpy's reservations); it is
 /// the fallback otherwise.
-fn spawn_rlimits(limits: &Limits, memory_by_cgroup: bool) -> serde_json::Value {
-    json!({
-        "cpu_seconds": limits.cpu_seconds(),
-        "fsize_bytes": limits.tmpfs_mb * MIB,
-        "nofile": limits.nofile,
-        "nproc": limits.pids,
-        "as_bytes": (!memory_by_cgroup).then_some(limits.memory_mb * MIB),
-    })
+fn spawn_rlimits(limits: &Limits, memory_by_cgroup: bool) -> RlimitParams {
+    RlimitParams {
+        cpu_seconds: limits.cpu_seconds(),
+        fsize_bytes: limits.tmpfs_mb * MIB,
+        nofile: limits.nofile,
+        nproc: limits.pids,
+        as_bytes: (!memory_by_cgroup).then_some(limits.memory_mb * MIB),
+    }
 }
 
 /// Rlimits the child lowers itself to when its request arrives (never higher than at fork).
-fn go_rlimits(limits: &Limits, memory_by_cgroup: bool) -> serde_json::Value {
-    json!({
-        "cpu_seconds": limits.cpu_seconds(),
-        "as_bytes": (!memory_by_cgroup).then_some(limits.memory_mb * MIB),
-    })
+fn go_rlimits(limits: &Limits, memory_by_cgroup: bool) -> GoRlimits {
+    GoRlimits {
+        cpu_seconds: limits.cpu_seconds(),
+        as_bytes: (!memory_by_cgroup).then_some(limits.memory_mb * MIB),
+    }
 }
 
 /// Names how a run ended. `stopped` is set when the supervisor killed it, and wins;
-/// `oom_killed` comes from the slot's cgroup; `stderr` tells a `MemoryError` at the
-/// address-space limit (the rlimit fallback) from other errors.
+/// `oom_killed` is the slot cgroup's OOM counter where there is one, and then the only word on
+/// memory; without one (rootless), `stderr` tells a `MemoryError` at the address-space limit
+/// from other errors.
 pub fn classify(
-    exit: &ExitInfo,
+    exit: &ExitReport,
     stopped: Option<Status>,
-    oom_killed: bool,
+    oom_killed: Option<bool>,
     stderr: &[u8],
     limits: &Limits,
 ) -> (Status, Option<String>) {
@@ -559,13 +462,14 @@ pub fn classify(
         return (status, Some(message));
     }
     let memory_message = || Some(format!("memory limit of {} MiB reached", limits.memory_mb));
-    if oom_killed {
+    if oom_killed == Some(true) {
         return (Status::MemoryLimit, memory_message());
     }
+    let memory_error = oom_killed.is_none() && died_of_memory_error(stderr);
     let cpu_ms = (exit.utime + exit.stime) * 1000.0;
     match (exit.exit_code, exit.signal) {
         (Some(0), _) => (Status::Ok, None),
-        (Some(_), _) if died_of_memory_error(stderr) => (Status::MemoryLimit, memory_message()),
+        (Some(_), _) if memory_error => (Status::MemoryLimit, memory_message()),
         (Some(code), _) => (Status::Error, Some(format!("exited with code {code}"))),
         (None, Some(libc::SIGXCPU)) => (
             Status::CpuLimit,
@@ -607,20 +511,20 @@ fn signal_name(signal: i32) -> &'static str {
     nix::sys::signal::Signal::try_from(signal).map_or("unknown", |s| s.as_str())
 }
 
-fn describe_exit(exit: Option<&ExitInfo>) -> String {
+fn describe_exit(exit: Option<&ExitReport>) -> String {
     match exit {
-        Some(ExitInfo {
+        Some(ExitReport {
             exit_code: Some(code),
             ..
         }) => format!("exit {code}"),
-        Some(ExitInfo {
+        Some(ExitReport {
             signal: Some(sig), ..
         }) => format!("signal {sig}"),
         _ => "no exit status".into(),
     }
 }
 
-async fn wait_exit(events: &mut mpsc::UnboundedReceiver<ChildEvent>) -> Option<ExitInfo> {
+async fn wait_exit(events: &mut mpsc::UnboundedReceiver<ChildEvent>) -> Option<ExitReport> {
     let wait = async {
         while let Some(event) = events.recv().await {
             if let ChildEvent::Exited(info) = event {
@@ -783,13 +687,12 @@ mod tests {
     use super::*;
     use crate::zygote::EXIT_LOCKDOWN_FAILED;
 
-    fn exit(code: Option<i32>, signal: Option<i32>, cpu: f64) -> ExitInfo {
-        ExitInfo {
+    fn exit(code: Option<i32>, signal: Option<i32>, cpu: f64) -> ExitReport {
+        ExitReport {
             exit_code: code,
             signal,
             utime: cpu,
-            stime: 0.0,
-            maxrss_kb: 0,
+            ..ExitReport::default()
         }
     }
 
@@ -826,7 +729,7 @@ mod tests {
         ];
         for (info, stopped, want) in cases {
             assert_eq!(
-                classify(&info, stopped, false, b"", &limits).0,
+                classify(&info, stopped, Some(false), b"", &limits).0,
                 want,
                 "{info:?} {stopped:?}"
             );
@@ -834,18 +737,24 @@ mod tests {
         let out_of_memory =
             b"Traceback (most recent call last):\n  File \"main.py\", line 1\nMemoryError\n";
         let exit1 = exit(Some(1), None, 0.1);
+        // Without a memory cgroup (rootless) a final MemoryError is all there is to go on.
         assert_eq!(
-            classify(&exit1, None, false, out_of_memory, &limits).0,
+            classify(&exit1, None, None, out_of_memory, &limits).0,
             Status::MemoryLimit
         );
         assert_eq!(
-            classify(&exit1, None, false, b"ValueError: x\n", &limits).0,
+            classify(&exit1, None, None, b"ValueError: x\n", &limits).0,
+            Status::Error
+        );
+        // With one, its OOM counter is the only word: printing the word is just output.
+        assert_eq!(
+            classify(&exit1, None, Some(false), out_of_memory, &limits).0,
             Status::Error
         );
         // The cgroup's OOM kill wins over the signal it used.
         let killed = exit(None, Some(libc::SIGKILL), 0.1);
         assert_eq!(
-            classify(&killed, None, true, b"", &limits).0,
+            classify(&killed, None, Some(true), b"", &limits).0,
             Status::MemoryLimit
         );
         // A program that merely prints the word, then exits 0, is fine.
@@ -853,7 +762,7 @@ mod tests {
             classify(
                 &exit(Some(0), None, 0.0),
                 None,
-                false,
+                None,
                 b"MemoryError\n",
                 &limits
             )

@@ -1,4 +1,6 @@
-//! What goes into a zygote's jail, and the spec that `zygote-init` builds it from.
+//! What goes into a zygote's jail: the interpreter probe and the root plan from which the
+//! supervisor writes the [`JailSpec`] that `zygote-init` builds (the spec itself is defined once,
+//! in `sandfork-ipc`).
 //!
 //! At start-up each profile's interpreter is probed once on the host (`zygote/probe.py`): its
 //! real executable (shims resolved), prefixes, import path and every shared object it maps after
@@ -12,7 +14,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+pub use sandfork_ipc::jail::{Bind, ExecSpec, IdMapping, JailSpec, Symlink};
 
 /// Where, inside the jail, the runtime dir (zygote.py, the lockdown library) is mounted.
 pub const JAIL_RUNTIME_DIR: &str = "/sandfork";
@@ -51,6 +55,9 @@ pub enum JailError {
     },
     #[error("symlink loop or too many links under {0}")]
     SymlinkLoop(PathBuf),
+    /// A path of the zygote's config is not UTF-8 (JSON cannot carry it).
+    #[error("cannot write the zygote's config: {0}")]
+    ZygoteConfig(serde_json::Error),
 }
 
 /// What the probe reports about an interpreter.
@@ -128,21 +135,6 @@ fn elf_interp(data: &[u8]) -> Option<String> {
         }
     }
     None
-}
-
-/// One read-only bind in zygote-init's spec.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Bind {
-    pub path: PathBuf,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dest: Option<PathBuf>,
-}
-
-/// One symlink created in the jail's root.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Symlink {
-    pub path: PathBuf,
-    pub target: PathBuf,
 }
 
 /// The minimal root: which host paths are bound read-only and which symlinks lead to them.
@@ -268,39 +260,6 @@ impl RootPlan {
     pub fn read_exec_paths(&self) -> Vec<PathBuf> {
         self.binds()
     }
-}
-
-/// One uid/gid map line.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct IdMap {
-    pub inside: u32,
-    pub outside: u32,
-    pub count: u32,
-}
-
-/// What zygote-init should exec.
-#[derive(Debug, Clone, Serialize)]
-pub struct ExecSpec {
-    pub path: PathBuf,
-    pub argv: Vec<String>,
-    pub env: Vec<(String, String)>,
-}
-
-/// zygote-init's input (its `argv[1]`, as JSON). See zygote/init for the meaning of each step.
-#[derive(Debug, Clone, Serialize)]
-pub struct JailSpec {
-    pub uid_map: Vec<IdMap>,
-    pub gid_map: Vec<IdMap>,
-    pub hostname: String,
-    pub keep_fds: Vec<i32>,
-    pub root_size_bytes: u64,
-    pub binds: Vec<Bind>,
-    pub symlinks: Vec<Symlink>,
-    pub devices: Vec<PathBuf>,
-    pub dirs: Vec<PathBuf>,
-    pub cwd: PathBuf,
-    pub seccomp: bool,
-    pub exec: ExecSpec,
 }
 
 /// Environment every zygote starts with: no host variables leak in; BLAS pools stay at one

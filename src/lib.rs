@@ -7,7 +7,8 @@
 //! - [`supervisor`]: owns the profiles' pools and the slots; `execute` runs one request.
 //! - [`run`]: one run: limits, run permit, a warm child or a cold fork.
 //! - [`child`]: a child from fork to exit: lockdown handshake, "go" with the code memfd, output
-//!   capture, deadline, classification into exactly one status.
+//!   capture, deadline, the child's reports (claims, bounded), the kernel's exit status,
+//!   classification into exactly one status.
 //! - [`warm`]: per profile, children forked and locked down before requests arrive.
 //! - [`pool`]: a profile (probed interpreter + jail spec) and the keeper tasks that hold its
 //!   zygotes up, restarting them with backoff.
@@ -24,9 +25,11 @@
 //! - [`http`]: `sandfork-http`, the HTTP shim: API keys → tenants, runs forwarded as a proxy.
 //! - [`bench`]: `sandfork bench`, a bounded load generator with a fresh-interpreter baseline.
 //!
-//! Outside this crate: `protocol/` (the wire format), `zygote/zygote.py` (the Python zygote and
-//! child), `zygote/lockdown` (the child's lockdown, loaded by the zygote through a C ABI),
-//! `zygote/init` (the single-threaded jail builder).
+//! Outside this crate: `protocol/` (the wire format for clients), `zygote/ipc` (the one
+//! definition of everything that crosses into the jail: jail spec, lockdown parameters, the
+//! zygote's and the child's messages, and the decoder that reads a child's reports as claims),
+//! `zygote/zygote.py` (the Python zygote and child), `zygote/lockdown` (the child's lockdown,
+//! loaded by the zygote through a C ABI), `zygote/init` (the single-threaded jail builder).
 
 pub mod admission;
 pub mod bench;

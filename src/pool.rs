@@ -10,14 +10,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use sandfork_ipc::lockdown::InitConfig;
+use sandfork_ipc::zygote::{RootlessConfig, ZygoteConfig};
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, Limits, ProfileConfig};
 use crate::jail::{
-    self, Bind, ExecSpec, IdMap, Interpreter, JailSpec, RootPlan, JAIL_DEVICES, JAIL_RUNTIME_DIR,
-    JAIL_WORK_DIR, JAIL_WORK_PARENT,
+    self, Bind, ExecSpec, IdMapping, Interpreter, JailSpec, RootPlan, JAIL_DEVICES,
+    JAIL_RUNTIME_DIR, JAIL_WORK_DIR, JAIL_WORK_PARENT,
 };
 use crate::rootless;
 use crate::zygote::{RecyclePolicy, Spawner, Zygote};
@@ -75,32 +76,36 @@ impl Profile {
         // Not JAIL_RUNTIME_DIR: the child needs nothing there (the lockdown library is already
         // mapped), so it cannot read the zygote's files either.
         let read_exec: Vec<PathBuf> = plan.read_exec_paths();
-        let zygote_config = json!({
-            "lockdown_lib": format!("{JAIL_RUNTIME_DIR}/{LOCKDOWN_LIB}"),
-            "lockdown_init": {
-                "read_exec_paths": read_exec,
-                "read_paths": ["/dev/urandom", "/dev/random", "/dev/zero"],
-                "read_write_paths": ["/dev/null"],
-                "work_parent": JAIL_WORK_PARENT,
-                "landlock_required": true,
+        let zygote_config = ZygoteConfig {
+            lockdown_lib: PathBuf::from(format!("{JAIL_RUNTIME_DIR}/{LOCKDOWN_LIB}")),
+            lockdown_init: InitConfig {
+                read_exec_paths: read_exec,
+                read_paths: ["/dev/urandom", "/dev/random", "/dev/zero"]
+                    .map(PathBuf::from)
+                    .to_vec(),
+                read_write_paths: vec![PathBuf::from("/dev/null")],
+                work_parent: PathBuf::from(JAIL_WORK_PARENT),
+                landlock_required: true,
             },
-            "preload": preload,
-            "warmup": profile.warmup,
-            "work_dir": JAIL_WORK_DIR,
-            "profile": name,
+            preload: preload.into_iter().cloned().collect(),
+            warmup: profile.warmup.clone(),
+            work_dir: PathBuf::from(JAIL_WORK_DIR),
+            profile: name.to_string(),
             // Rootless: children stay uid 0 without capabilities, one RLIMIT_NPROC for all.
-            "rootless": rootless.then(|| json!({
-                "nproc": rootless::nproc_limit(
+            rootless: rootless.then(|| RootlessConfig {
+                nproc: rootless::nproc_limit(
                     config.profile_limits(profile).pids,
                     config.identity_count(),
                 ),
-            })),
-        });
+            }),
+        };
+        let zygote_config =
+            serde_json::to_string(&zygote_config).map_err(jail::JailError::ZygoteConfig)?;
         let (uid_map, gid_map) = if rootless {
             // Only the daemon's own ids, as 0: all an unprivileged process may map.
             rootless::own_id_maps()
         } else {
-            let id_map = vec![IdMap {
+            let id_map = vec![IdMapping {
                 inside: 0,
                 outside: config.uid_base,
                 count: config.identity_count() + 1,
@@ -138,7 +143,7 @@ impl Profile {
                     "-X".into(),
                     "utf8".into(),
                     format!("{JAIL_RUNTIME_DIR}/{ZYGOTE_SCRIPT}"),
-                    zygote_config.to_string(),
+                    zygote_config,
                 ],
                 env: jail::zygote_env(),
             },

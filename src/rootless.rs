@@ -25,7 +25,7 @@ use std::process::{Command, Stdio};
 
 use nix::unistd::{getegid, geteuid, getgroups};
 
-use crate::jail::IdMap;
+use crate::jail::IdMapping;
 use crate::sys;
 
 /// The sysctls that decide whether an unprivileged user may create a user namespace.
@@ -73,9 +73,9 @@ pub fn is_rootless() -> bool {
 
 /// A rootless zygote's uid and gid maps: the daemon's own ids, as 0, and nothing else (all an
 /// unprivileged process may map).
-pub fn own_id_maps() -> (Vec<IdMap>, Vec<IdMap>) {
+pub fn own_id_maps() -> (Vec<IdMapping>, Vec<IdMapping>) {
     let own = |id| {
-        vec![IdMap {
+        vec![IdMapping {
             inside: 0,
             outside: id,
             count: 1,

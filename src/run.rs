@@ -30,33 +30,7 @@ pub fn rejected(kind: RejectKind, message: impl Into<String>) -> RunResult {
     RunResult::rejected(kind, message)
 }
 
-/// A path inside the working directory: relative, no `.`/`..`/empty components, no NUL,
-/// components of at most 255 bytes, at most 1024 bytes in all.
-pub fn check_relative_path(path: &str) -> Result<(), String> {
-    if path.is_empty() {
-        return Err("a file path is empty".into());
-    }
-    if path.len() > 1024 {
-        return Err(format!("file path of {} bytes is too long", path.len()));
-    }
-    if path.contains('\0') {
-        return Err(format!("file path {path:?} contains a NUL byte"));
-    }
-    if path.starts_with('/') {
-        return Err(format!("file path {path:?} is absolute"));
-    }
-    for part in path.split('/') {
-        if part.is_empty() || part == "." || part == ".." {
-            return Err(format!(
-                "file path {path:?} has an empty, '.' or '..' component"
-            ));
-        }
-        if part.len() > 255 {
-            return Err(format!("file path {path:?} has a component over 255 bytes"));
-        }
-    }
-    Ok(())
-}
+pub use sandfork_ipc::path::check_relative_path;
 
 /// Checks a request's input files against the limits.
 fn check_files(spec: &RunSpec, limits: &Limits) -> Result<(), (RejectKind, String)> {
@@ -265,26 +239,6 @@ fn ms(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn file_paths_must_stay_inside_the_working_directory() {
-        for good in ["a", "a.txt", "dir/sub/file.csv", "..hidden", "a..b"] {
-            assert!(check_relative_path(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "",
-            "/etc/passwd",
-            "../x",
-            "a/../b",
-            "a//b",
-            "./a",
-            "a/",
-            "a\0b",
-        ] {
-            assert!(check_relative_path(bad).is_err(), "{bad:?}");
-        }
-        assert!(check_relative_path(&"x".repeat(256)).is_err());
-    }
 
     #[test]
     fn file_sets_are_checked() {

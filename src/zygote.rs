@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::json;
+pub use sandfork_ipc::zygote::{ExitReport, ReadyInfo};
+use sandfork_ipc::zygote::{FromZygote, SpawnRequest, ToZygote, MAX_ZYGOTE_EVENT, SPAWN_FDS};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -24,8 +24,6 @@ use tracing::{debug, info, warn};
 use crate::jail::JailSpec;
 use crate::sys::{self, PidFd, SeqChannel};
 
-/// Largest control packet accepted from a zygote.
-const MAX_CONTROL_PACKET: usize = 64 * 1024;
 /// Exit codes a child uses when it failed before reaching user code (zygote/zygote.py).
 pub const EXIT_LOCKDOWN_FAILED: i32 = 121;
 pub const EXIT_CHILD_SETUP_FAILED: i32 = 122;
@@ -91,60 +89,7 @@ impl Spawner {
 pub enum ChildEvent {
     Spawned { pid: i32, pidfd: PidFd },
     SpawnFailed(String),
-    Exited(ExitInfo),
-}
-
-/// A child's wait status and resource usage, as reaped by the zygote.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct ExitInfo {
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    /// User CPU seconds.
-    pub utime: f64,
-    /// System CPU seconds.
-    pub stime: f64,
-    pub maxrss_kb: u64,
-}
-
-/// Parameters of one child, chosen by the supervisor.
-#[derive(Debug, Clone)]
-pub struct ChildParams {
-    pub run_id: u64,
-    pub uid: u32,
-    pub gid: u32,
-    pub tmpfs_bytes: u64,
-    pub rlimits: serde_json::Value,
-}
-
-/// What the zygote said when it became ready.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct ReadyInfo {
-    /// The zygote's peak RSS after preloading: the baseline for recycling on growth.
-    #[serde(default)]
-    pub rss_kb: u64,
-    pub python: String,
-    pub preloaded: u64,
-    pub preload_failed: Vec<String>,
-    /// Why the profile's warm-up failed in the zygote (children then skip the rehearsal).
-    #[serde(default)]
-    pub warmup_error: Option<String>,
-    /// A warm-up ran cleanly in the zygote, so its children have one to rehearse.
-    #[serde(default)]
-    pub rehearsal: bool,
-    pub lockdown: serde_json::Value,
-}
-
-#[derive(Debug, Deserialize)]
-struct ZygoteMessage {
-    op: String,
-    #[serde(default)]
-    id: Option<u64>,
-    #[serde(default)]
-    pid: Option<i32>,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    rss_kb: Option<u64>,
+    Exited(ExitReport),
 }
 
 /// A running zygote.
@@ -215,56 +160,50 @@ impl Zygote {
         let stderr_lines = forward_output(&name, child.stdout.take(), child.stderr.take());
 
         let chan = SeqChannel::new(ours)?;
-        let ready =
-            match tokio::time::timeout(ready_timeout, chan.recv(MAX_CONTROL_PACKET, 0)).await {
-                Err(_) => {
-                    kill_and_reap(&mut child);
-                    return Err(ZygoteError::StartTimeout(ready_timeout));
-                }
-                Ok(Err(err)) => {
-                    kill_and_reap(&mut child);
-                    return Err(ZygoteError::Channel(err));
-                }
-                Ok(Ok(None)) => {
-                    // zygote-init or Python died before saying anything: its last stderr line says why.
-                    let _ = init_pidfd.exited().await;
-                    let status = child.wait().ok();
-                    let reason = stderr_lines.last_line().await.unwrap_or_default();
-                    return Err(ZygoteError::Start(format!(
-                        "{} ({})",
-                        if reason.is_empty() {
-                            "no output".into()
-                        } else {
-                            reason
-                        },
-                        status.map_or("unknown status".into(), |s| s.to_string())
-                    )));
-                }
-                Ok(Ok(Some(packet))) => packet,
-            };
-        let message: serde_json::Value = serde_json::from_slice(&ready.data)
-            .map_err(|err| ZygoteError::Start(format!("invalid ready message: {err}")))?;
-        match message.get("op").and_then(|v| v.as_str()) {
-            Some("ready") => {}
-            Some("fatal") => {
+        let ready = match tokio::time::timeout(ready_timeout, chan.recv(MAX_ZYGOTE_EVENT, 0)).await
+        {
+            Err(_) => {
                 kill_and_reap(&mut child);
-                return Err(ZygoteError::Start(
-                    message
-                        .get("error")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("unknown error")
-                        .to_string(),
-                ));
+                return Err(ZygoteError::StartTimeout(ready_timeout));
             }
-            other => {
+            Ok(Err(err)) => {
+                kill_and_reap(&mut child);
+                return Err(ZygoteError::Channel(err));
+            }
+            Ok(Ok(None)) => {
+                // zygote-init or Python died before saying anything: its last stderr line says why.
+                let _ = init_pidfd.exited().await;
+                let status = child.wait().ok();
+                let reason = stderr_lines.last_line().await.unwrap_or_default();
+                return Err(ZygoteError::Start(format!(
+                    "{} ({})",
+                    if reason.is_empty() {
+                        "no output".into()
+                    } else {
+                        reason
+                    },
+                    status.map_or("unknown status".into(), |s| s.to_string())
+                )));
+            }
+            Ok(Ok(Some(packet))) => packet,
+        };
+        let ready = match sandfork_ipc::decode::<FromZygote>(&ready.data, MAX_ZYGOTE_EVENT) {
+            Ok(FromZygote::Ready(ready)) => ready,
+            Ok(FromZygote::Fatal { error }) => {
+                kill_and_reap(&mut child);
+                return Err(ZygoteError::Start(error));
+            }
+            Ok(other) => {
                 kill_and_reap(&mut child);
                 return Err(ZygoteError::Start(format!(
                     "unexpected first message {other:?}"
                 )));
             }
-        }
-        let ready: ReadyInfo = serde_json::from_value(message)
-            .map_err(|err| ZygoteError::Start(format!("invalid ready message: {err}")))?;
+            Err(err) => {
+                kill_and_reap(&mut child);
+                return Err(ZygoteError::Start(format!("invalid ready message: {err}")));
+            }
+        };
         let zygote = Arc::new(Zygote {
             name,
             chan,
@@ -324,26 +263,21 @@ impl Zygote {
     /// Asks for a child; its events arrive on the returned channel.
     pub async fn spawn(
         &self,
-        params: &ChildParams,
-        fds: [&OwnedFd; 3],
+        request: SpawnRequest,
+        fds: [&OwnedFd; SPAWN_FDS],
     ) -> Result<mpsc::UnboundedReceiver<ChildEvent>, ZygoteError> {
         if !self.accepts_children() {
             return Err(ZygoteError::Gone);
         }
+        let id = request.id;
+        let message = sandfork_ipc::encode(&ToZygote::Spawn(request))
+            .map_err(|err| ZygoteError::Channel(std::io::Error::other(err)))?;
         self.forks.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        self.lock_waiters().insert(params.run_id, tx);
-        let message = json!({
-            "op": "spawn",
-            "id": params.run_id,
-            "uid": params.uid,
-            "gid": params.gid,
-            "tmpfs_bytes": params.tmpfs_bytes,
-            "rlimits": params.rlimits,
-        });
-        let raw = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
-        if let Err(err) = self.chan.send(message.to_string().as_bytes(), &raw).await {
-            self.lock_waiters().remove(&params.run_id);
+        self.lock_waiters().insert(id, tx);
+        let raw = fds.map(AsRawFd::as_raw_fd);
+        if let Err(err) = self.chan.send(&message, &raw).await {
+            self.lock_waiters().remove(&id);
             return Err(ZygoteError::Channel(err));
         }
         Ok(rx)
@@ -373,7 +307,7 @@ impl Zygote {
 
     async fn read_events(self: Arc<Self>) {
         loop {
-            let packet = match self.chan.recv(MAX_CONTROL_PACKET, 1).await {
+            let packet = match self.chan.recv(MAX_ZYGOTE_EVENT, 1).await {
                 Ok(Some(packet)) => packet,
                 Ok(None) => break,
                 Err(err) => {
@@ -394,31 +328,22 @@ impl Zygote {
     }
 
     fn route(&self, packet: sys::Packet) -> Result<(), String> {
-        let message: ZygoteMessage =
-            serde_json::from_slice(&packet.data).map_err(|e| e.to_string())?;
-        let id = message.id.ok_or("message without id")?;
-        let event = match message.op.as_str() {
-            "spawned" => {
-                if let Some(rss) = message.rss_kb {
-                    self.peak_rss_kb.fetch_max(rss, Ordering::Relaxed);
-                }
+        let message = sandfork_ipc::decode::<FromZygote>(&packet.data, MAX_ZYGOTE_EVENT)
+            .map_err(|e| e.to_string())?;
+        let (id, event) = match message {
+            FromZygote::Spawned { id, pid, rss_kb } => {
+                self.peak_rss_kb.fetch_max(rss_kb, Ordering::Relaxed);
                 let pidfd = packet
                     .fds
                     .into_iter()
                     .next()
                     .ok_or("spawned without a pidfd")?;
-                ChildEvent::Spawned {
-                    pid: message.pid.unwrap_or(0),
-                    pidfd: PidFd::new(pidfd).map_err(|e| e.to_string())?,
-                }
+                let pidfd = PidFd::new(pidfd).map_err(|e| e.to_string())?;
+                (id, ChildEvent::Spawned { pid, pidfd })
             }
-            "spawn_failed" => ChildEvent::SpawnFailed(message.error.unwrap_or_default()),
-            "exit" => {
-                let info: ExitInfo =
-                    serde_json::from_slice(&packet.data).map_err(|e| e.to_string())?;
-                ChildEvent::Exited(info)
-            }
-            other => return Err(format!("unknown op {other:?}")),
+            FromZygote::SpawnFailed { id, error } => (id, ChildEvent::SpawnFailed(error)),
+            FromZygote::Exit(report) => (report.id, ChildEvent::Exited(report)),
+            other => return Err(format!("unexpected message {other:?}")),
         };
         let last = matches!(event, ChildEvent::Exited(_) | ChildEvent::SpawnFailed(_));
         let mut waiters = self.lock_waiters();

@@ -10,6 +10,10 @@ packet, file descriptors as SCM_RIGHTS. After "ready", the loop that serves it i
 library's sandfork_serve (zygote/lockdown/src/serve.rs): between forks the zygote runs no Python,
 so it copies none of the heap it shares with its children.
 
+Every message here has one definition, in the sandfork-ipc crate (zygote/ipc/src/zygote.rs and
+child.rs), decoded strictly on the other side; the supervisor's test suite runs the functions
+below against those types (tests/ipc_shapes.rs).
+
   supervisor -> zygote
     {"op": "spawn", "id", "uid", "gid", "tmpfs_bytes", "rlimits": {...}}
         fds: [child control socket, stdout write end, stderr write end]
@@ -31,8 +35,13 @@ Child channel: fd 3 in the child, a SEQPACKET socket whose other end the supervi
                        fds: [code memfd, stdin memfd(, input files memfd)]
   child -> supervisor  after the program:
                        {"op": "result", "size"} + raw packets   function mode: main()'s JSON
-                       {"op": "files", "entries": [{"path", "size"}], "truncated"} + raw packets
-                       {"op": "done", "exit_code"}   (stdout/stderr already closed)
+                       {"op": "files", "entries": [{"path", "size"}], "truncated", "size"}
+                           + raw packets
+                       {"op": "done"}             (stdout/stderr already closed)
+
+The channel stays open as fd 3 while the program runs, so the supervisor reads everything the
+child sends after "go" as the program's claims: bounded, strictly parsed, believed only as far as
+they can be checked. The exit status comes from the kernel (the zygote's wait4), never from here.
 
 Warm-up: the profile's trusted warm-up code runs twice in the zygote before gc.freeze() (lazy
 imports and caches are filled once, for every child), and once more in a warm child that the
@@ -41,9 +50,7 @@ discarded: that rehearsal takes the copy-on-write faults a typical run takes bef
 arrives instead of on its path. It runs in a throwaway namespace; the request's code still gets
 a fresh __main__.
 
-The child runs the code once in a fresh __main__ and _exits. The channel stays open as fd 3
-while the program runs: what the program could send on it is its own output anyway, and the
-supervisor treats every byte from a child as untrusted (bounded, strictly parsed).
+The child runs the code once in a fresh __main__ and _exits.
 """
 
 import builtins
@@ -69,7 +76,8 @@ EXIT_CHILD_SETUP_FAILED = 122
 SERVE_STOP = 0
 SERVE_CHILD = 1
 SCRIPT_NAME = "main.py"
-# The supervisor's request to rehearse the warm-up while waiting (src/child.rs REHEARSE).
+# The supervisor's request to rehearse the warm-up while waiting: ToChild::Rehearse's exact bytes
+# (tests/ipc_shapes.rs checks them against the Rust encoding).
 REHEARSE = b'{"op":"rehearse"}'
 
 
@@ -173,20 +181,7 @@ class Zygote:
         gc.collect()
         gc.freeze()
 
-        send(
-            self.ctrl,
-            {
-                "op": "ready",
-                "pid": os.getpid(),
-                "python": sys.version.split()[0],
-                "preloaded": preloaded,
-                "preload_failed": failed,
-                "warmup_error": warmup_error,
-                "rehearsal": self.warmup is not None,
-                "lockdown": report,
-                "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            },
-        )
+        send(self.ctrl, ready_message(preloaded, failed, warmup_error, self.warmup, report))
 
     # ---- serving ----------------------------------------------------------------------------
     def serve(self):
@@ -252,6 +247,38 @@ class Zygote:
         return run_child(self.warmup)
 
 
+def ready_message(preloaded, failed, warmup_error, warmup, report):
+    """The zygote's "ready" (sandfork_ipc::zygote::FromZygote::Ready)."""
+    return {
+        "op": "ready",
+        "pid": os.getpid(),
+        "python": sys.version.split()[0],
+        "preloaded": preloaded,
+        "preload_failed": failed,
+        "warmup_error": warmup_error,
+        "rehearsal": warmup is not None,
+        "lockdown": report,
+        "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+# The child's reports (sandfork_ipc::child::FromChild), one function per message.
+def report_ready(chan):
+    send(chan, {"op": "ready"})
+
+
+def report_result(chan, value):
+    send_blob(chan, {"op": "result"}, value)
+
+
+def report_files(chan, entries, payload, truncated):
+    send_blob(chan, {"op": "files", "entries": entries, "truncated": truncated}, payload)
+
+
+def report_done(chan):
+    send(chan, {"op": "done"})
+
+
 # What a "go" looks like, for the rehearsal's JSON decoding.
 SAMPLE_GO = (
     '{"op":"go","argv":[],"rlimits":{"cpu_seconds":16,"as_bytes":null},"mode":"script",'
@@ -289,7 +316,7 @@ def run_child(warmup):
     main = types.ModuleType("__main__")
     main.__dict__["__builtins__"] = builtins
     main.__dict__["__file__"] = SCRIPT_NAME
-    send(chan, {"op": "ready"})
+    report_ready(chan)
     while True:
         data, fds, _flags, _addr = socket.recv_fds(chan, MAX_PACKET, 3)
         if data != REHEARSE or fds:
@@ -332,11 +359,11 @@ def run_child(warmup):
     code = finish(code)
     try:
         if value is not None:
-            send_blob(chan, {"op": "result"}, value)
+            report_result(chan, value)
         collect = go.get("collect") or {}
         if collect.get("max_count", 0) > 0:
             entries, payload, truncated = collect_output_files(collect, inputs)
-            send_blob(chan, {"op": "files", "entries": entries, "truncated": truncated}, payload)
+            report_files(chan, entries, payload, truncated)
         # Output is flushed: close it now, so the supervisor sees EOF without waiting for the
         # kernel to tear down this process's copy of the zygote's memory, and say we are done.
         for fd in (1, 2):
@@ -344,7 +371,7 @@ def run_child(warmup):
                 os.close(fd)
             except OSError:
                 pass
-        send(chan, {"op": "done", "exit_code": code})
+        report_done(chan)
     except OSError:
         pass  # the program closed or broke its channel: no result, no files
     return code

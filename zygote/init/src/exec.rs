@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use nix::errno::Errno;
 
-use crate::spec::{ExecSpec, SpecError};
+use sandfork_ipc::jail::{ExecSpec, SpecError};
 
 /// The final `execve`, with every string already converted (so it cannot fail on one).
 #[derive(Debug)]

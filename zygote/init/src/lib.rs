@@ -3,7 +3,7 @@
 //! The supervisor spawns `zygote-init <spec-json>` (stdin /dev/null, stdout/stderr to a pipe, the
 //! zygote's control socket as fd 3). The binary (`main.rs`) is the policy: it calls the steps
 //! below in one linear, fail-fast order, the way Firecracker's jailer and bubblewrap do. This
-//! library holds the steps, the [`Spec`] the supervisor serializes, and the exit codes it maps.
+//! library holds the steps, the [`JailSpec`] the supervisor serializes, and the exit codes it maps.
 //!
 //! | step | module | what happens | exit code |
 //! |------|--------|--------------|-----------|
@@ -22,7 +22,7 @@
 //! `zygote-init: <step>: <error>[ (hint: ...)]`, to stderr.
 //!
 //! Rootless mode (zygote-init not running as root) changes steps 1–3 only: the spec's maps
-//! must be exactly `0 <euid> 1` and `0 <egid> 1` ([`Spec::validate_rootless`], 101); there is
+//! must be exactly `0 <euid> 1` and `0 <egid> 1` ([`JailSpec::validate_rootless`], 101); there is
 //! no mapper, the process writes "deny" to setgroups and its own maps (103) and keeps its
 //! supplementary groups; and step 2 runs after step 3, inside the new user and mount
 //! namespaces, because cloning mounts needs CAP_SYS_ADMIN over the caller's mount namespace
@@ -37,7 +37,7 @@ pub mod rootfs;
 pub mod sanitize;
 pub mod seccomp;
 pub mod sources;
-pub mod spec;
+pub use sandfork_ipc::jail as spec;
 mod sys;
 pub mod userns;
 pub mod uts;
@@ -46,4 +46,4 @@ pub use error::{
     StepError, EXIT_EXEC, EXIT_HOSTNAME, EXIT_MONITOR, EXIT_MOUNTS, EXIT_PID_NAMESPACE,
     EXIT_PIVOT_ROOT, EXIT_SANITIZE, EXIT_SECCOMP, EXIT_SOURCES, EXIT_USER_NAMESPACE,
 };
-pub use spec::{Bind, ExecSpec, IdMapping, Spec, Symlink};
+pub use spec::{Bind, ExecSpec, IdMapping, JailSpec, Symlink};

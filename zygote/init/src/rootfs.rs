@@ -21,8 +21,8 @@ use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
 use nix::unistd::{chdir, pivot_root, symlinkat};
 
 use crate::sources::SourceTree;
-use crate::spec::Spec;
 use crate::sys;
+use sandfork_ipc::jail::JailSpec;
 
 /// Where the new root's tmpfs is mounted before `pivot_root`. It must exist on every host;
 /// mounting over it in our private mount namespace hides nothing outside the jail.
@@ -101,7 +101,7 @@ impl PivotError {
 }
 
 /// Runs step 5 (without the hostname).
-pub fn build(spec: &Spec, sources: Vec<SourceTree>) -> Result<(), MountError> {
+pub fn build(spec: &JailSpec, sources: Vec<SourceTree>) -> Result<(), MountError> {
     mount(
         None::<&str>,
         "/",

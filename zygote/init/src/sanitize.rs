@@ -10,14 +10,14 @@ use nix::sys::stat::{umask, Mode};
 use nix::unistd::{getegid, geteuid};
 
 use crate::exec::Command;
-use crate::spec::{Spec, SpecError};
 use crate::sys;
+use sandfork_ipc::jail::{JailSpec, SpecError};
 
 /// What the later steps start from.
 #[derive(Debug)]
 pub struct Sanitized {
     /// The validated spec.
-    pub spec: Spec,
+    pub spec: JailSpec,
     /// The final execve, converted up front so step 8 cannot fail on a bad string.
     pub command: Command,
     /// Not root (geteuid != 0): the jail is built without any host privilege. Step 3 writes a
@@ -33,7 +33,7 @@ pub enum SanitizeError {
     #[error("the spec argument is not UTF-8")]
     NotUtf8,
     #[error(transparent)]
-    Spec(#[from] SpecError),
+    JailSpec(#[from] SpecError),
     #[error("keep fd {fd} is not open: {errno}")]
     KeepFdClosed { fd: RawFd, errno: Errno },
     #[error("clearing close-on-exec on keep fd {fd}: {errno}")]
@@ -66,7 +66,7 @@ pub fn sanitize(args: impl IntoIterator<Item = OsString>) -> Result<Sanitized, S
         return Err(SanitizeError::Usage { got: args.len() });
     };
     let json = json.to_str().ok_or(SanitizeError::NotUtf8)?;
-    let spec = Spec::parse(json)?;
+    let spec = JailSpec::parse(json)?;
     let rootless = !geteuid().is_root();
     if rootless {
         spec.validate_rootless(geteuid().as_raw(), getegid().as_raw())?;

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sys::stat::{fstat, SFlag};
 
-use crate::spec::Spec;
 use crate::sys;
+use sandfork_ipc::jail::JailSpec;
 
 /// Flags of a bind: read-only, no set-uid, no devices.
 const BIND_ATTRS: u64 = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
@@ -92,7 +92,7 @@ impl SourceError {
 }
 
 /// Clones all binds (recursively) and devices of the spec, in spec order.
-pub fn clone_all(spec: &Spec) -> Result<Vec<SourceTree>, SourceError> {
+pub fn clone_all(spec: &JailSpec) -> Result<Vec<SourceTree>, SourceError> {
     let binds = spec
         .binds
         .iter()

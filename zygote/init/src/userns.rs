@@ -27,8 +27,8 @@ use nix::unistd::{getpid, getppid, pipe2, setgroups, setresgid, setresuid, ForkR
 use nix::unistd::{Gid, Pid, Uid};
 
 use crate::pidns::{describe, wait_for_exit};
-use crate::spec::{IdMapping, Spec};
 use crate::sys;
+use sandfork_ipc::jail::{IdMapping, JailSpec};
 
 /// Every namespace the jail gets, created in one `unshare` so all are owned by the new user
 /// namespace.
@@ -114,7 +114,7 @@ impl UserNsError {
 
 /// Runs step 3. Returns in the new namespaces as uid 0 / gid 0, with no supplementary groups
 /// unless `rootless` (see the module docs).
-pub fn enter(spec: &Spec, rootless: bool) -> Result<(), UserNsError> {
+pub fn enter(spec: &JailSpec, rootless: bool) -> Result<(), UserNsError> {
     // Changing credentials clears the parent-death signal the supervisor set for us: remember it.
     let parent_death = prctl::get_pdeathsig().map_err(UserNsError::GetPdeathsig)?;
     let supervisor = getppid();
@@ -142,7 +142,7 @@ pub fn enter(spec: &Spec, rootless: bool) -> Result<(), UserNsError> {
 }
 
 /// Rootless: `deny` in setgroups, then the one-line maps of our own ids (validated in step 1).
-fn write_own_maps(spec: &Spec) -> Result<(), UserNsError> {
+fn write_own_maps(spec: &JailSpec) -> Result<(), UserNsError> {
     let uid_map = render(&spec.uid_map);
     let gid_map = render(&spec.gid_map);
     for (file, text) in [
@@ -161,7 +161,7 @@ fn write_own_maps(spec: &Spec) -> Result<(), UserNsError> {
 }
 
 /// As root: fork the mapper, unshare, have the mapper write the range maps.
-fn unshare_with_mapper(spec: &Spec) -> Result<(), UserNsError> {
+fn unshare_with_mapper(spec: &JailSpec) -> Result<(), UserNsError> {
     let me = getpid();
     let uid_map = render(&spec.uid_map);
     let gid_map = render(&spec.gid_map);

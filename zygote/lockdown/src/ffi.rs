@@ -202,7 +202,8 @@ pub unsafe extern "C" fn sandfork_serve(ctrl_fd: i32) -> i32 {
     let ctrl = unsafe { std::os::fd::BorrowedFd::borrow_raw(ctrl_fd) };
     match catch_unwind(AssertUnwindSafe(|| crate::serve::serve(ctrl))) {
         Ok(Ok(crate::serve::Served::Stop)) => SERVE_STOP,
-        Ok(Ok(crate::serve::Served::Child(message))) => {
+        Ok(Ok(crate::serve::Served::Child(request, fds))) => {
+            let message = crate::serve::child_message(&request, fds);
             let message = CString::new(message).unwrap_or_default();
             let _ = CHILD_MESSAGE.set(message);
             SERVE_CHILD

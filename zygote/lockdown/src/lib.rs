@@ -36,7 +36,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub mod config;
+pub use sandfork_ipc::lockdown as config;
 pub mod creds;
 pub mod fds;
 pub mod ffi;

@@ -31,28 +31,25 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawF
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
-use serde_json::{json, Value};
-
-/// Largest control message accepted (as zygote.py's `MAX_PACKET`).
-const MAX_PACKET: usize = 1 << 20;
-/// Descriptors a spawn carries: the child's channel, its stdout and stderr write ends.
-const SPAWN_FDS: usize = 3;
+use sandfork_ipc::zygote::{
+    ExitReport, FromZygote, SpawnRequest, ToZygote, MAX_ZYGOTE_PACKET as MAX_PACKET, SPAWN_FDS,
+};
 
 /// How [`serve`] ended.
 #[derive(Debug)]
 pub enum Served {
     /// The supervisor said `shutdown` or closed the channel.
     Stop,
-    /// This process is a freshly forked child: the spawn message, with `"fds"` (the three
-    /// descriptors, now owned by the caller) added.
-    Child(String),
+    /// This process is a freshly forked child: the spawn request and its three descriptors
+    /// (child channel, stdout, stderr), now owned by the caller.
+    Child(SpawnRequest, [RawFd; SPAWN_FDS]),
 }
 
 /// A live child of the zygote.
 struct Child {
     pid: libc::pid_t,
     /// The run id the supervisor gave, echoed in `exit`.
-    id: Value,
+    id: u64,
     /// Readable once the child has exited.
     pidfd: OwnedFd,
 }
@@ -75,23 +72,26 @@ pub fn serve(ctrl: BorrowedFd<'_>) -> io::Result<Served> {
         let Some((len, fds)) = receive(ctrl, &mut packet)? else {
             return Ok(Served::Stop);
         };
-        let message: Value = match serde_json::from_slice(&packet[..len]) {
-            Ok(value) => value,
-            Err(err) => {
-                eprintln!("zygote: unreadable control message: {err}");
-                continue;
-            }
-        };
-        match message.get("op").and_then(Value::as_str) {
-            Some("spawn") => {
-                if let Some(served) = spawn(ctrl, message, fds, &mut children)? {
+        match sandfork_ipc::decode::<ToZygote>(&packet[..len], MAX_PACKET) {
+            Ok(ToZygote::Spawn(request)) => {
+                if let Some(served) = spawn(ctrl, request, fds, &mut children)? {
                     return Ok(served);
                 }
             }
-            Some("shutdown") => return Ok(Served::Stop),
-            other => eprintln!("zygote: unknown control op {other:?}"),
+            Ok(ToZygote::Shutdown {}) => return Ok(Served::Stop),
+            Err(err) => eprintln!("zygote: unreadable control message: {err}"),
         }
     }
+}
+
+/// The JSON a forked child's Python reads (`sandfork_child_message`): the spawn request with
+/// `"fds"`, the child's three descriptors, added.
+pub fn child_message(request: &SpawnRequest, fds: [RawFd; SPAWN_FDS]) -> String {
+    let mut message = serde_json::to_value(request).unwrap_or_default();
+    if let Some(object) = message.as_object_mut() {
+        object.insert("fds".into(), fds.to_vec().into());
+    }
+    message.to_string()
 }
 
 /// Blocks until the channel is readable or children exited; returns (channel ready, indexes
@@ -160,22 +160,17 @@ fn receive(ctrl: BorrowedFd<'_>, packet: &mut [u8]) -> io::Result<Option<(usize,
 /// Forks for one spawn. Returns `Some` in the child; in the zygote, reports and returns `None`.
 fn spawn(
     ctrl: BorrowedFd<'_>,
-    mut message: Value,
+    request: SpawnRequest,
     fds: Vec<OwnedFd>,
     children: &mut Vec<Child>,
 ) -> io::Result<Option<Served>> {
-    let id = message.get("id").cloned().unwrap_or(Value::Null);
-    let failed = |error: String| {
-        send(
-            ctrl,
-            &json!({"op": "spawn_failed", "id": id, "error": error}),
-            &[],
-        )
-        .map(|()| None)
+    let id = request.id;
+    let failed =
+        |error: String| send(ctrl, &FromZygote::SpawnFailed { id, error }, &[]).map(|()| None);
+    let fds: [OwnedFd; SPAWN_FDS] = match fds.try_into() {
+        Ok(fds) => fds,
+        Err(fds) => return failed(format!("expected {SPAWN_FDS} fds, got {}", fds.len())),
     };
-    if fds.len() != SPAWN_FDS {
-        return failed(format!("expected {SPAWN_FDS} fds, got {}", fds.len()));
-    }
     // SAFETY: the zygote is single-threaded (zygote.py checks before it serves), so the child
     // may run anything; it returns to Python, which runs PyOS_AfterFork_Child first.
     let pid = unsafe { libc::fork() };
@@ -184,14 +179,15 @@ fn spawn(
     }
     if pid == 0 {
         // The siblings' pidfds close with `children`, in the caller's unwinding.
-        let raw: Vec<RawFd> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
-        message["fds"] = json!(raw);
-        return Ok(Some(Served::Child(message.to_string())));
+        return Ok(Some(Served::Child(
+            request,
+            fds.map(IntoRawFd::into_raw_fd),
+        )));
     }
     drop(fds);
     let pidfd = pidfd_open(pid)?;
-    let rss_kb = max_rss_kb(libc::RUSAGE_SELF);
-    let spawned = json!({"op": "spawned", "id": id, "pid": pid, "rss_kb": rss_kb});
+    let rss_kb = u64::try_from(max_rss_kb(libc::RUSAGE_SELF)).unwrap_or(0);
+    let spawned = FromZygote::Spawned { id, pid, rss_kb };
     send(ctrl, &spawned, &[pidfd.as_raw_fd()])?;
     children.push(Child { pid, id, pidfd });
     Ok(None)
@@ -212,22 +208,21 @@ fn reap(ctrl: BorrowedFd<'_>, child: Child) -> io::Result<()> {
         )));
     }
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let exit = json!({
-        "op": "exit",
-        "id": child.id,
-        "pid": child.pid,
-        "exit_code": libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
-        "signal": libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
-        "utime": seconds(usage.ru_utime),
-        "stime": seconds(usage.ru_stime),
-        "maxrss_kb": usage.ru_maxrss,
+    let exit = FromZygote::Exit(ExitReport {
+        id: child.id,
+        pid: child.pid,
+        exit_code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+        utime: seconds(usage.ru_utime),
+        stime: seconds(usage.ru_stime),
+        maxrss_kb: u64::try_from(usage.ru_maxrss).unwrap_or(0),
     });
     send(ctrl, &exit, &[])
 }
 
-fn send(ctrl: BorrowedFd<'_>, message: &Value, fds: &[RawFd]) -> io::Result<()> {
-    let data = message.to_string();
-    let iov = [IoSlice::new(data.as_bytes())];
+fn send(ctrl: BorrowedFd<'_>, message: &FromZygote, fds: &[RawFd]) -> io::Result<()> {
+    let data = sandfork_ipc::encode(message).map_err(io::Error::other)?;
+    let iov = [IoSlice::new(&data)];
     let rights = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
     sendmsg::<()>(ctrl.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)

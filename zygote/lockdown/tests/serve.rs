@@ -65,6 +65,13 @@ fn receive(chan: &OwnedFd) -> (Value, Vec<OwnedFd>) {
     (serde_json::from_slice(&buf[..len]).expect("json"), fds)
 }
 
+/// A spawn as the supervisor writes it.
+fn spawn_message(id: u64) -> Value {
+    json!({"op": "spawn", "id": id, "uid": 1, "gid": 1, "tmpfs_bytes": 1 << 20,
+           "rlimits": {"cpu_seconds": 1, "fsize_bytes": 1 << 20, "nofile": 16, "nproc": 4,
+                       "as_bytes": null}})
+}
+
 fn dev_null() -> OwnedFd {
     std::fs::File::open("/dev/null").expect("/dev/null").into()
 }
@@ -74,8 +81,10 @@ fn dev_null() -> OwnedFd {
 fn run_zygote(chan: OwnedFd, id: u64) {
     match serve(chan.as_fd()) {
         Ok(Served::Stop) => {}
-        Ok(Served::Child(message)) => {
-            let message: Value = serde_json::from_str(&message).unwrap_or_default();
+        Ok(Served::Child(request, fds)) => {
+            let message: Value =
+                serde_json::from_str(&sandfork_lockdown::serve::child_message(&request, fds))
+                    .unwrap_or_default();
             let fds = message["fds"].as_array().map_or(0, Vec::len);
             let code = if message["id"] == id && fds == 3 {
                 CHILD_OK
@@ -96,7 +105,7 @@ fn spawns_reports_the_exit_and_stops_on_shutdown() {
         let chan = supervisor_end;
         let fds = [dev_null(), dev_null(), dev_null()];
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        send(&chan, &json!({"op": "spawn", "id": 41}), &raw);
+        send(&chan, &spawn_message(41), &raw);
         let (spawned, pidfds) = receive(&chan);
         assert_eq!(spawned["op"], "spawned", "{spawned}");
         assert_eq!(spawned["id"], 41);
@@ -113,7 +122,7 @@ fn spawns_reports_the_exit_and_stops_on_shutdown() {
         assert!(exit["utime"].is_f64() && exit["stime"].is_f64(), "{exit}");
 
         // One descriptor instead of three: refused, nothing forked.
-        send(&chan, &json!({"op": "spawn", "id": 42}), &raw[..1]);
+        send(&chan, &spawn_message(42), &raw[..1]);
         let (failed, _) = receive(&chan);
         assert_eq!(failed["op"], "spawn_failed", "{failed}");
         assert_eq!(failed["id"], 42);
@@ -125,7 +134,7 @@ fn spawns_reports_the_exit_and_stops_on_shutdown() {
         // Garbage and unknown ops are skipped; the loop still answers afterwards.
         send_raw(&chan, b"not json", &[]);
         send(&chan, &json!({"op": "dance"}), &[]);
-        send(&chan, &json!({"op": "spawn", "id": 43}), &[]);
+        send(&chan, &spawn_message(43), &[]);
         let (failed, _) = receive(&chan);
         assert_eq!(failed["id"], 43, "{failed}");
 

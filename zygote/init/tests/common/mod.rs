@@ -4,6 +4,9 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+#[path = "../../../../tests/support/skip.rs"]
+mod skip;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-use zygote_init::{Bind, ExecSpec, IdMapping, Spec, Symlink};
+use zygote_init::{Bind, ExecSpec, IdMapping, JailSpec, Symlink};
 
 /// Where the host's real interpreter lives and what it maps.
 #[derive(Debug)]
@@ -153,13 +156,13 @@ fn symlink_chain(path: &Path) -> Vec<(PathBuf, PathBuf)> {
 }
 
 /// The spec the supervisor would write for `python() -c script`.
-pub fn python_spec(script: &str) -> Spec {
+pub fn python_spec(script: &str) -> JailSpec {
     spec_for(python(), script)
 }
 
 /// The spec a rootless supervisor running as `uid`/`gid` would write: the system interpreter
 /// and a one-line map of its own ids.
-pub fn rootless_spec(script: &str, uid: u32, gid: u32) -> Spec {
+pub fn rootless_spec(script: &str, uid: u32, gid: u32) -> JailSpec {
     let mut spec = spec_for(system_python(), script);
     spec.uid_map = vec![IdMapping {
         inside: 0,
@@ -174,7 +177,7 @@ pub fn rootless_spec(script: &str, uid: u32, gid: u32) -> Spec {
     spec
 }
 
-fn spec_for(py: &Python, script: &str) -> Spec {
+fn spec_for(py: &Python, script: &str) -> JailSpec {
     let mut binds = vec![Bind {
         path: py.prefix.clone(),
         dest: None,
@@ -187,7 +190,7 @@ fn spec_for(py: &Python, script: &str) -> Spec {
         path: "/etc/ld.so.cache".into(),
         dest: None,
     });
-    Spec {
+    JailSpec {
         uid_map: vec![IdMapping {
             inside: 0,
             outside: 200_000,
@@ -313,13 +316,13 @@ pub fn run_rootless(script: &str) -> (i32, String, String) {
 }
 
 /// Runs `spec` in zygote-init spawned as `spawn_as` (None: as we are).
-pub fn run_rootless_spec(spec: &Spec, spawn_as: Option<u32>) -> (i32, String, String) {
+pub fn run_rootless_spec(spec: &JailSpec, spawn_as: Option<u32>) -> (i32, String, String) {
     let jail = spawn_jail_as(spec, spawn_as);
     finish(jail.child)
 }
 
 /// Spawns zygote-init for `spec` as `id` (None: as we are), control socket on fd 3.
-pub fn spawn_jail_as(spec: &Spec, id: Option<u32>) -> Jail {
+pub fn spawn_jail_as(spec: &JailSpec, id: Option<u32>) -> Jail {
     let (ours, theirs) = seqpacket_pair();
     let child = spawn_raw_as(
         &[serde_json::to_string(spec).unwrap()],
@@ -354,10 +357,7 @@ pub fn skip_unless_rootless_works(test: &str) -> bool {
             Err(err) => format!("cannot run unshare(1): {err}"),
         }
     };
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: cannot run on CI: {reason}");
-    }
-    println!("SKIPPED: {test}: {reason}");
+    skip::skip(test, &reason);
     true
 }
 
@@ -377,7 +377,7 @@ impl UidMaybe for Command {
 }
 
 /// Spawns zygote-init for `spec` with a control socket on fd 3 and `extra` fds.
-pub fn spawn(spec: &Spec, extra: Vec<(OwnedFd, RawFd)>) -> Jail {
+pub fn spawn(spec: &JailSpec, extra: Vec<(OwnedFd, RawFd)>) -> Jail {
     let (ours, theirs) = seqpacket_pair();
     let mut fds = vec![(theirs, 3)];
     fds.extend(extra);
@@ -389,7 +389,7 @@ pub fn spawn(spec: &Spec, extra: Vec<(OwnedFd, RawFd)>) -> Jail {
 }
 
 /// Runs a jail to completion: (exit code, stdout, stderr).
-pub fn run(spec: &Spec) -> (i32, String, String) {
+pub fn run(spec: &JailSpec) -> (i32, String, String) {
     let jail = spawn(spec, Vec::new());
     finish(jail.child)
 }
@@ -417,10 +417,13 @@ pub fn first_line(child: &mut Child) -> (String, BufReader<std::process::ChildSt
     (line, reader)
 }
 
-/// Prints SKIPPED and returns true when the privileged tests cannot run here.
+/// Prints SKIPPED (or panics under CI) and returns true when the privileged tests cannot run.
 pub fn skip_unless_root() -> bool {
     if !nix::unistd::geteuid().is_root() {
-        println!("SKIPPED: zygote-init must run as root in the initial user namespace");
+        skip::skip(
+            "zygote-init privileged tests",
+            "zygote-init must run as root in the initial user namespace",
+        );
         return true;
     }
     false

@@ -1,7 +1,8 @@
-//! The jail spec: the one JSON argument the supervisor passes, and its validation.
+//! The jail spec: the one JSON argument the supervisor passes to zygote-init, and its validation.
 //!
 //! Parsing is strict (`deny_unknown_fields`, every field required but `Bind::dest`) and
-//! validation is pure, so both run before zygote-init touches any kernel state.
+//! validation is pure, so both run before zygote-init touches any kernel state. The supervisor
+//! builds it (`src/pool.rs`), zygote-init parses it: this is its only definition.
 
 use std::os::fd::RawFd;
 use std::path::{Component, Path, PathBuf};
@@ -16,7 +17,7 @@ pub const MAX_HOSTNAME_LEN: usize = 64;
 /// Everything zygote-init needs to build one zygote's jail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Spec {
+pub struct JailSpec {
     /// uid ranges of the new user namespace: 0 is the zygote, 1..K the run slots.
     pub uid_map: Vec<IdMapping>,
     /// gid ranges of the new user namespace, same layout as `uid_map`.
@@ -56,7 +57,7 @@ pub struct IdMapping {
 }
 
 /// A read-only bind mount of a host path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Bind {
     /// Host path (opened before the user namespace exists, so /root is fine).
@@ -74,7 +75,7 @@ impl Bind {
 }
 
 /// A symlink `path -> target` in the new root.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Symlink {
     /// Absolute path of the link inside the new root.
@@ -133,10 +134,10 @@ pub enum SpecError {
     EnvName { name: String },
 }
 
-impl Spec {
+impl JailSpec {
     /// Parses and validates the JSON argument.
-    pub fn parse(json: &str) -> Result<Spec, SpecError> {
-        let spec: Spec = serde_json::from_str(json)?;
+    pub fn parse(json: &str) -> Result<JailSpec, SpecError> {
+        let spec: JailSpec = serde_json::from_str(json)?;
         spec.validate()?;
         Ok(spec)
     }
@@ -311,7 +312,7 @@ mod tests {
 
     #[test]
     fn the_documented_example_parses() {
-        let spec = Spec::parse(example()).unwrap();
+        let spec = JailSpec::parse(example()).unwrap();
         assert_eq!(spec.binds[3].dest(), Path::new("/sandfork"));
         assert_eq!(
             spec.binds[0].dest(),
@@ -322,27 +323,27 @@ mod tests {
             ("OPENBLAS_NUM_THREADS".into(), "1".into())
         );
         // Round trip: what a supervisor serializes is what zygote-init reads.
-        let again = Spec::parse(&serde_json::to_string(&spec).unwrap()).unwrap();
+        let again = JailSpec::parse(&serde_json::to_string(&spec).unwrap()).unwrap();
         assert_eq!(again, spec);
     }
 
     #[test]
     fn unknown_and_missing_fields_are_rejected() {
         let unknown = with(|v| v["mounts"] = serde_json::json!([]));
-        assert!(matches!(Spec::parse(&unknown), Err(SpecError::Json(_))));
+        assert!(matches!(JailSpec::parse(&unknown), Err(SpecError::Json(_))));
         let missing = with(|v| {
             v.as_object_mut().unwrap().remove("cwd");
         });
-        assert!(matches!(Spec::parse(&missing), Err(SpecError::Json(_))));
+        assert!(matches!(JailSpec::parse(&missing), Err(SpecError::Json(_))));
         let nested = with(|v| v["binds"][0]["ro"] = true.into());
-        assert!(matches!(Spec::parse(&nested), Err(SpecError::Json(_))));
+        assert!(matches!(JailSpec::parse(&nested), Err(SpecError::Json(_))));
     }
 
     #[test]
     fn paths_must_be_absolute_and_free_of_dotdot() {
         let relative = with(|v| v["binds"][0]["path"] = "usr/lib".into());
         assert!(matches!(
-            Spec::parse(&relative),
+            JailSpec::parse(&relative),
             Err(SpecError::RelativePath {
                 field: "binds.path",
                 ..
@@ -350,12 +351,12 @@ mod tests {
         ));
         let dotdot = with(|v| v["dirs"][0] = "/sandbox/../etc".into());
         assert!(matches!(
-            Spec::parse(&dotdot),
+            JailSpec::parse(&dotdot),
             Err(SpecError::ParentComponent { field: "dirs", .. })
         ));
         let exec = with(|v| v["exec"]["path"] = "python3".into());
         assert!(matches!(
-            Spec::parse(&exec),
+            JailSpec::parse(&exec),
             Err(SpecError::RelativePath {
                 field: "exec.path",
                 ..
@@ -363,7 +364,7 @@ mod tests {
         ));
         let root = with(|v| v["binds"][0]["dest"] = "/".into());
         assert!(matches!(
-            Spec::parse(&root),
+            JailSpec::parse(&root),
             Err(SpecError::IsRoot {
                 field: "binds.dest",
                 ..
@@ -371,7 +372,7 @@ mod tests {
         ));
         let nul = with(|v| v["cwd"] = "/a\u{0}b".into());
         assert!(matches!(
-            Spec::parse(&nul),
+            JailSpec::parse(&nul),
             Err(SpecError::Nul { field: "cwd", .. })
         ));
     }
@@ -380,7 +381,7 @@ mod tests {
     fn maps_need_positive_counts_without_overflow() {
         let zero = with(|v| v["uid_map"][0]["count"] = 0.into());
         assert!(matches!(
-            Spec::parse(&zero),
+            JailSpec::parse(&zero),
             Err(SpecError::ZeroCount {
                 which: "uid_map",
                 index: 0
@@ -388,12 +389,12 @@ mod tests {
         ));
         let empty = with(|v| v["gid_map"] = serde_json::json!([]));
         assert!(matches!(
-            Spec::parse(&empty),
+            JailSpec::parse(&empty),
             Err(SpecError::EmptyMap { which: "gid_map" })
         ));
         let overflow = with(|v| v["gid_map"][0]["outside"] = u32::MAX.into());
         assert!(matches!(
-            Spec::parse(&overflow),
+            JailSpec::parse(&overflow),
             Err(SpecError::MapOverflow {
                 which: "gid_map",
                 ..
@@ -403,7 +404,7 @@ mod tests {
         let edge = with(|v| {
             v["uid_map"][0]["outside"] = (u32::MAX - 32).into();
         });
-        assert!(Spec::parse(&edge).is_ok());
+        assert!(JailSpec::parse(&edge).is_ok());
     }
 
     #[test]
@@ -412,7 +413,7 @@ mod tests {
             v["uid_map"] = serde_json::json!([{"inside": 0, "outside": 1000, "count": 1}]);
             v["gid_map"] = serde_json::json!([{"inside": 0, "outside": 1001, "count": 1}]);
         });
-        let spec = Spec::parse(&own).unwrap();
+        let spec = JailSpec::parse(&own).unwrap();
         spec.validate_rootless(1000, 1001).unwrap();
         assert!(matches!(
             spec.validate_rootless(1001, 1001),
@@ -429,7 +430,7 @@ mod tests {
             })
         ));
         // The root-mode range (jail root and slots) cannot be written without privilege.
-        let range = Spec::parse(example()).unwrap();
+        let range = JailSpec::parse(example()).unwrap();
         let err = range.validate_rootless(200_000, 200_000).unwrap_err();
         assert!(err.to_string().contains("\"count\": 1"), "{err}");
     }
@@ -438,19 +439,25 @@ mod tests {
     fn the_rest_is_checked_too() {
         let stdio = with(|v| v["keep_fds"] = serde_json::json!([3, 1]));
         assert!(matches!(
-            Spec::parse(&stdio),
+            JailSpec::parse(&stdio),
             Err(SpecError::KeepFdTooLow { fd: 1 })
         ));
         let host = with(|v| v["hostname"] = "x".repeat(65).into());
         assert!(matches!(
-            Spec::parse(&host),
+            JailSpec::parse(&host),
             Err(SpecError::HostnameLength { len: 65 })
         ));
         let argv = with(|v| v["exec"]["argv"] = serde_json::json!([]));
-        assert!(matches!(Spec::parse(&argv), Err(SpecError::EmptyArgv)));
+        assert!(matches!(JailSpec::parse(&argv), Err(SpecError::EmptyArgv)));
         let env = with(|v| v["exec"]["env"][0][0] = "A=B".into());
-        assert!(matches!(Spec::parse(&env), Err(SpecError::EnvName { .. })));
+        assert!(matches!(
+            JailSpec::parse(&env),
+            Err(SpecError::EnvName { .. })
+        ));
         let size = with(|v| v["root_size_bytes"] = 0.into());
-        assert!(matches!(Spec::parse(&size), Err(SpecError::ZeroRootSize)));
+        assert!(matches!(
+            JailSpec::parse(&size),
+            Err(SpecError::ZeroRootSize)
+        ));
     }
 }

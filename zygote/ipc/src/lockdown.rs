@@ -1,13 +1,15 @@
-//! The two inputs of the lockdown: [`InitConfig`] (once per zygote) and [`ChildParams`] (once per
-//! child), as the JSON the Python zygote passes through the C ABI. Unknown fields are rejected:
-//! a misspelled limit must fail loudly, not be ignored.
+//! The two inputs of the child lockdown: [`InitConfig`] (once per zygote) and [`ChildParams`] (once per
+//! child), as the JSON the Python zygote passes through the lockdown library's C ABI. Unknown
+//! fields are rejected: a misspelled limit must fail loudly, not be ignored. The supervisor
+//! writes `InitConfig` (in [`crate::zygote::ZygoteConfig`]) and the rlimits of `ChildParams` (in
+//! [`crate::zygote::SpawnRequest`]); the zygote adds the descriptors and the work dir.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What `sandfork_lockdown_init` receives: the filesystem view every child of this zygote gets.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InitConfig {
     /// Read and execute: the interpreter's prefix and the directories its libraries load from.
@@ -33,7 +35,7 @@ fn landlock_required_default() -> bool {
 }
 
 /// What `sandfork_child_lockdown` receives: this run's fds, work dir, identity and limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChildParams {
     /// Fds that survive step 1 (stdin, stdout, stderr, the control socket, the run's memfds).
@@ -55,7 +57,7 @@ pub struct ChildParams {
 }
 
 /// Resource limits applied in step 4.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RlimitParams {
     /// RLIMIT_CPU soft limit; the hard limit is one second more so SIGXCPU (reported as

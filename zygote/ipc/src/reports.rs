@@ -1,0 +1,527 @@
+//! What a child reports after its program, read as claims.
+//!
+//! The child's channel stays open while the program runs, so every packet here may have been
+//! written by the program. [`ReportDecoder`] is a pure state machine fed one packet at a time:
+//! it accepts at most one `result` (function mode only), one `files` report and one `done`, in
+//! that order; it checks every size with checked arithmetic against the caps before it keeps a
+//! byte; it bounds the packets and bytes one run may send (so a flood costs the supervisor a
+//! bounded amount of work, charged to that run); and at the first thing it does not expect it
+//! stops for good, saying why. A packet that carries descriptors is such a thing: the caller
+//! has already closed them.
+//!
+//! Memory: the decoder keeps at most `result_bytes + file_bytes` of payload, and never
+//! reserves more than it has been sent.
+
+use crate::child::{FileEntry, FromChild, BLOB_CHUNK, MAX_CHILD_PACKET};
+use crate::path::check_relative_path;
+
+/// Caps of one run's reports, from the run's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportCaps {
+    /// Largest main() result (bytes of JSON).
+    pub result_bytes: u64,
+    /// Most output files.
+    pub file_count: u64,
+    /// Most bytes of output files in all.
+    pub file_bytes: u64,
+}
+
+impl ReportCaps {
+    /// Most packets a well-behaved child needs: three headers and the blobs in chunks of at
+    /// least a quarter of [`BLOB_CHUNK`] (zygote.py sends whole chunks but the last), with room.
+    pub fn max_packets(&self) -> u64 {
+        let chunk = (BLOB_CHUNK / 4) as u64;
+        16 + self.result_bytes.div_ceil(chunk) + self.file_bytes.div_ceil(chunk)
+    }
+
+    /// Most bytes a well-behaved child sends: the payloads and three headers at most.
+    pub fn max_bytes(&self) -> u64 {
+        self.result_bytes
+            .saturating_add(self.file_bytes)
+            .saturating_add(3 * MAX_CHILD_PACKET as u64)
+    }
+}
+
+/// One output file a child reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedFile {
+    pub path: String,
+    pub content: Vec<u8>,
+}
+
+/// Everything a child reported that passed the checks.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reports {
+    /// Function mode: main()'s JSON text, or why it was refused (too large).
+    pub result: Option<Result<Vec<u8>, String>>,
+    /// The output files.
+    pub files: Vec<ReportedFile>,
+    /// The child left files out (its claim), or a files report was refused.
+    pub files_truncated: bool,
+    /// The child said it is done (output closed).
+    pub done: bool,
+    /// Why the reading stopped early: the channel was misused (by the program, necessarily).
+    pub misuse: Option<String>,
+    /// Packets read from the channel.
+    pub packets: u64,
+    /// Bytes read from the channel.
+    pub bytes: u64,
+}
+
+/// What the caller does after a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Read the next packet.
+    Read,
+    /// Stop reading (done, a refusal, or misuse); close the channel.
+    Stop,
+}
+
+#[derive(Debug)]
+enum Expect {
+    /// A header (`result`, `files` or `done`).
+    Header,
+    /// `remaining` more payload bytes of a blob.
+    Blob {
+        kind: Blob,
+        remaining: u64,
+        data: Vec<u8>,
+    },
+    /// Nothing more: the reading is over.
+    Nothing,
+}
+
+#[derive(Debug)]
+enum Blob {
+    Result,
+    Files(Vec<FileEntry>),
+}
+
+/// Decodes one run's reports, packet by packet.
+#[derive(Debug)]
+pub struct ReportDecoder {
+    caps: ReportCaps,
+    function_mode: bool,
+    expect: Expect,
+    seen_result: bool,
+    seen_files: bool,
+    reports: Reports,
+}
+
+impl ReportDecoder {
+    pub fn new(caps: ReportCaps, function_mode: bool) -> Self {
+        ReportDecoder {
+            caps,
+            function_mode,
+            expect: Expect::Header,
+            seen_result: false,
+            seen_files: false,
+            reports: Reports::default(),
+        }
+    }
+
+    /// Feeds one packet: its bytes and how many descriptors came with it (already closed).
+    pub fn feed(&mut self, packet: &[u8], descriptors: usize) -> Next {
+        if matches!(self.expect, Expect::Nothing) {
+            return Next::Stop;
+        }
+        self.reports.packets = self.reports.packets.saturating_add(1);
+        self.reports.bytes = self.reports.bytes.saturating_add(packet.len() as u64);
+        if descriptors > 0 {
+            return self.misuse(format!("a packet carried {descriptors} descriptor(s)"));
+        }
+        if self.reports.packets > self.caps.max_packets() {
+            let why = format!("more than {} packets", self.caps.max_packets());
+            return self.misuse(why);
+        }
+        if self.reports.bytes > self.caps.max_bytes() {
+            let why = format!("more than {} bytes", self.caps.max_bytes());
+            return self.misuse(why);
+        }
+        match std::mem::replace(&mut self.expect, Expect::Nothing) {
+            Expect::Header => self.header(packet),
+            Expect::Blob {
+                kind,
+                remaining,
+                mut data,
+            } => {
+                let len = packet.len() as u64;
+                if len == 0 || len > remaining {
+                    return self.misuse(format!(
+                        "a payload packet of {len} bytes where {remaining} remained"
+                    ));
+                }
+                data.extend_from_slice(packet);
+                match remaining - len {
+                    0 => self.complete(kind, data),
+                    remaining => {
+                        self.expect = Expect::Blob {
+                            kind,
+                            remaining,
+                            data,
+                        };
+                        Next::Read
+                    }
+                }
+            }
+            Expect::Nothing => Next::Stop,
+        }
+    }
+
+    /// The channel itself failed the caller's checks (a packet over [`MAX_CHILD_PACKET`], too
+    /// many descriptors): a misuse like any other.
+    pub fn refuse(&mut self, why: String) {
+        self.misuse(why);
+    }
+
+    /// Ends the reading (channel closed, or the run is over): what passed the checks. After a
+    /// misuse nothing reported can be told apart from what the program forged, so no result
+    /// and no files are kept; files cut short or left unread count as truncated.
+    pub fn finish(mut self) -> Reports {
+        let cut_short = matches!(
+            self.expect,
+            Expect::Blob {
+                kind: Blob::Files(_),
+                ..
+            }
+        );
+        let refused_result = matches!(self.reports.result, Some(Err(_)));
+        if self.reports.misuse.is_some() {
+            self.reports.result = None;
+            self.reports.files.clear();
+        }
+        if cut_short || refused_result || self.reports.misuse.is_some() {
+            self.reports.files_truncated = true;
+        }
+        self.reports
+    }
+
+    fn header(&mut self, packet: &[u8]) -> Next {
+        let message = match serde_json::from_slice::<FromChild>(packet) {
+            Ok(message) => message,
+            Err(err) => return self.misuse(format!("unreadable report: {err}")),
+        };
+        match message {
+            FromChild::Result { size }
+                if self.function_mode && !self.seen_result && !self.seen_files =>
+            {
+                self.seen_result = true;
+                if size > self.caps.result_bytes {
+                    self.reports.result = Some(Err(format!(
+                        "main()'s result is {size} bytes; the limit is {}",
+                        self.caps.result_bytes
+                    )));
+                    return self.stop();
+                }
+                self.expect_blob(Blob::Result, size)
+            }
+            FromChild::Files {
+                entries,
+                truncated,
+                size,
+            } if !self.seen_files => {
+                self.seen_files = true;
+                if let Err(why) = self.check_files(&entries, size) {
+                    self.reports.files_truncated = true;
+                    return self.misuse(why);
+                }
+                self.reports.files_truncated |= truncated;
+                self.expect_blob(Blob::Files(entries), size)
+            }
+            FromChild::Done {} => {
+                self.reports.done = true;
+                self.stop()
+            }
+            other => self.misuse(format!("unexpected report {other:?}")),
+        }
+    }
+
+    fn expect_blob(&mut self, kind: Blob, size: u64) -> Next {
+        if size == 0 {
+            return self.complete(kind, Vec::new());
+        }
+        // Never reserve more than one chunk ahead of what arrived.
+        let reserve = usize::try_from(size).map_or(BLOB_CHUNK, |n| n.min(BLOB_CHUNK));
+        self.expect = Expect::Blob {
+            kind,
+            remaining: size,
+            data: Vec::with_capacity(reserve),
+        };
+        Next::Read
+    }
+
+    fn complete(&mut self, kind: Blob, data: Vec<u8>) -> Next {
+        match kind {
+            Blob::Result => self.reports.result = Some(Ok(data)),
+            Blob::Files(entries) => {
+                let mut offset: usize = 0;
+                for entry in entries {
+                    let piece = usize::try_from(entry.size)
+                        .ok()
+                        .and_then(|len| offset.checked_add(len))
+                        .and_then(|end| data.get(offset..end).map(|bytes| (end, bytes)));
+                    let Some((end, bytes)) = piece else {
+                        // Cannot happen after check_files; refuse rather than index.
+                        self.reports.files.clear();
+                        self.reports.files_truncated = true;
+                        return self.misuse("files report does not match its payload".into());
+                    };
+                    self.reports.files.push(ReportedFile {
+                        path: entry.path,
+                        content: bytes.to_vec(),
+                    });
+                    offset = end;
+                }
+            }
+        }
+        self.expect = Expect::Header;
+        Next::Read
+    }
+
+    fn check_files(&self, entries: &[FileEntry], size: u64) -> Result<(), String> {
+        if entries.len() as u64 > self.caps.file_count {
+            return Err(format!(
+                "a files report lists {} files; the limit is {}",
+                entries.len(),
+                self.caps.file_count
+            ));
+        }
+        if size > self.caps.file_bytes {
+            return Err(format!(
+                "a files report announces {size} bytes; the limit is {}",
+                self.caps.file_bytes
+            ));
+        }
+        let mut total: u64 = 0;
+        for entry in entries {
+            check_relative_path(&entry.path)?;
+            total = total
+                .checked_add(entry.size)
+                .ok_or("a files report's sizes overflow")?;
+        }
+        if total != size {
+            return Err(format!(
+                "a files report's sizes add up to {total}, not the announced {size}"
+            ));
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Next {
+        self.expect = Expect::Nothing;
+        Next::Stop
+    }
+
+    fn misuse(&mut self, why: String) -> Next {
+        self.reports.misuse.get_or_insert(why);
+        self.stop()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const CAPS: ReportCaps = ReportCaps {
+        result_bytes: 64,
+        file_count: 3,
+        file_bytes: 100,
+    };
+
+    fn decode(function_mode: bool, packets: &[&[u8]]) -> Reports {
+        let mut decoder = ReportDecoder::new(CAPS, function_mode);
+        for packet in packets {
+            if decoder.feed(packet, 0) == Next::Stop {
+                break;
+            }
+        }
+        decoder.finish()
+    }
+
+    #[test]
+    fn a_well_behaved_child_is_understood() {
+        let reports = decode(
+            true,
+            &[
+                br#"{"op":"result","size":2}"#,
+                b"42",
+                br#"{"op":"files","entries":[{"path":"a","size":3},{"path":"d/b","size":0}],"truncated":true,"size":3}"#,
+                b"ab",
+                b"c",
+                br#"{"op":"done"}"#,
+            ],
+        );
+        assert_eq!(reports.result, Some(Ok(b"42".to_vec())));
+        assert_eq!(reports.files.len(), 2);
+        assert_eq!(reports.files[0].content, b"abc");
+        assert!(reports.files[1].content.is_empty());
+        assert!(reports.files_truncated, "the child's own claim is kept");
+        assert!(reports.done);
+        assert_eq!(reports.misuse, None);
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_refused_not_sliced() {
+        let header = format!(
+            r#"{{"op":"files","entries":[{{"path":"a","size":{}}},{{"path":"b","size":2}}],"truncated":false,"size":1}}"#,
+            u64::MAX
+        );
+        let reports = decode(false, &[header.as_bytes(), b"x", br#"{"op":"done"}"#]);
+        assert!(reports.misuse.unwrap().contains("overflow"));
+        assert!(reports.files.is_empty() && reports.files_truncated && !reports.done);
+    }
+
+    #[test]
+    fn what_the_program_may_forge_is_refused() {
+        // A result in script mode, a second result, a result after the files.
+        for packets in [
+            &[&br#"{"op":"result","size":1}"#[..], b"1"][..],
+            &[
+                br#"{"op":"result","size":1}"#,
+                b"1",
+                br#"{"op":"result","size":1}"#,
+            ],
+        ] {
+            let function_mode = packets.len() > 2;
+            let reports = decode(function_mode, packets);
+            assert!(reports.misuse.is_some(), "{reports:?}");
+            assert_eq!(reports.result, None, "nothing after a misuse is believed");
+        }
+        let unsafe_path =
+            br#"{"op":"files","entries":[{"path":"../x","size":1}],"truncated":false,"size":1}"#;
+        assert!(decode(false, &[unsafe_path]).misuse.is_some());
+        assert!(decode(false, &[b"\xff garbage"]).misuse.is_some());
+        assert!(decode(false, &[br#"{"op":"done","exit_code":0}"#])
+            .misuse
+            .is_some());
+        assert!(decode(false, &[br#"{"op":"ready"}"#]).misuse.is_some());
+        // A payload packet longer than what remains.
+        assert!(decode(true, &[br#"{"op":"result","size":1}"#, b"12"])
+            .misuse
+            .is_some());
+    }
+
+    #[test]
+    fn descriptors_end_the_reading() {
+        let mut decoder = ReportDecoder::new(CAPS, false);
+        assert_eq!(decoder.feed(br#"{"op":"done"}"#, 1), Next::Stop);
+        let reports = decoder.finish();
+        assert!(reports.misuse.unwrap().contains("descriptor"));
+        assert!(!reports.done);
+    }
+
+    #[test]
+    fn a_result_over_the_cap_is_refused_unread() {
+        let reports = decode(true, &[br#"{"op":"result","size":65}"#, b"never read"]);
+        assert!(matches!(reports.result, Some(Err(_))));
+        assert_eq!(reports.packets, 1);
+        assert_eq!(reports.misuse, None);
+    }
+
+    #[test]
+    fn a_flood_is_cut_off_at_the_budget() {
+        let mut decoder = ReportDecoder::new(CAPS, true);
+        let huge = CAPS.result_bytes; // stays within the result cap: only the count is at fault
+        let header = format!(r#"{{"op":"result","size":{huge}}}"#);
+        assert_eq!(decoder.feed(header.as_bytes(), 0), Next::Read);
+        let mut fed = 1;
+        while decoder.feed(b"x", 0) == Next::Read {
+            fed += 1;
+            assert!(fed <= CAPS.max_packets(), "the budget must stop a flood");
+        }
+        // 64 one-byte packets fit the budget: the blob completed, then "x" is no header.
+        let reports = decoder.finish();
+        assert!(reports.packets <= CAPS.max_packets() + 1);
+        let big = ReportCaps {
+            result_bytes: 1 << 20,
+            file_count: 100,
+            file_bytes: 1 << 20,
+        };
+        let mut decoder = ReportDecoder::new(big, true);
+        assert_eq!(
+            decoder.feed(br#"{"op":"result","size":1048576}"#, 0),
+            Next::Read
+        );
+        let mut packets = 1u64;
+        while decoder.feed(b"y", 0) == Next::Read {
+            packets += 1;
+        }
+        let reports = decoder.finish();
+        assert!(reports.misuse.unwrap().contains("packets"));
+        assert_eq!(packets, big.max_packets());
+    }
+
+    fn header() -> impl Strategy<Value = Vec<u8>> {
+        let size = prop_oneof![0u64..200, Just(u64::MAX), any::<u64>()];
+        let path = prop_oneof![
+            Just("a".to_string()),
+            Just("../x".to_string()),
+            "[a-z/.]{0,12}",
+        ];
+        prop_oneof![
+            size.clone()
+                .prop_map(|size| format!(r#"{{"op":"result","size":{size}}}"#).into_bytes()),
+            (
+                proptest::collection::vec((path, size.clone()), 0..5),
+                any::<bool>(),
+                size
+            )
+                .prop_map(|(entries, truncated, size)| {
+                    let entries: Vec<String> = entries
+                        .iter()
+                        .map(|(p, s)| format!(r#"{{"path":{p:?},"size":{s}}}"#))
+                        .collect();
+                    format!(
+                        r#"{{"op":"files","entries":[{}],"truncated":{truncated},"size":{size}}}"#,
+                        entries.join(",")
+                    )
+                    .into_bytes()
+                }),
+            Just(br#"{"op":"done"}"#.to_vec()),
+        ]
+    }
+
+    fn packet() -> impl Strategy<Value = (Vec<u8>, usize)> {
+        let bytes = prop_oneof![header(), proptest::collection::vec(any::<u8>(), 0..300),];
+        (bytes, prop_oneof![8 => Just(0usize), 1 => 1usize..4])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Random and adversarial packet sequences: no panic, nothing kept beyond the caps, the
+        /// budget holds, and nothing is believed after a misuse.
+        #[test]
+        fn no_sequence_breaks_the_decoder(
+            function_mode in any::<bool>(),
+            packets in proptest::collection::vec(packet(), 0..40),
+        ) {
+            let mut decoder = ReportDecoder::new(CAPS, function_mode);
+            let mut fed = 0u64;
+            for (data, fds) in &packets {
+                fed += 1;
+                if decoder.feed(data, *fds) == Next::Stop {
+                    break;
+                }
+            }
+            let reports = decoder.finish();
+            prop_assert!(reports.packets <= fed);
+            prop_assert!(reports.packets <= CAPS.max_packets() + 1);
+            let kept: usize = reports.files.iter().map(|f| f.content.len()).sum();
+            prop_assert!(kept as u64 <= CAPS.file_bytes);
+            prop_assert!(reports.files.len() as u64 <= CAPS.file_count);
+            if let Some(Ok(result)) = &reports.result {
+                prop_assert!(function_mode);
+                prop_assert!(result.len() as u64 <= CAPS.result_bytes);
+            }
+            if reports.misuse.is_some() {
+                prop_assert!(reports.result.is_none() && reports.files.is_empty());
+            }
+            for file in &reports.files {
+                prop_assert!(check_relative_path(&file.path).is_ok());
+            }
+        }
+    }
+}
