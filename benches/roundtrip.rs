@@ -14,7 +14,6 @@
 //!
 //! After criterion's own output, a last line gives the ratio of the two medians.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -73,11 +72,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        // SAFETY: set_parent_death_signal is one prctl, async-signal-safe. The daemon dies with
-        // this process if the bench panics.
-        unsafe {
-            command.pre_exec(|| sandfork::sys::set_parent_death_signal(libc::SIGTERM));
-        }
+        sandfork::sys::die_with_parent(&mut command, libc::SIGTERM);
         let child = command.spawn().expect("spawn sandforkd");
         let daemon = Daemon { child, dir };
         daemon.wait_ready();

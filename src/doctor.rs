@@ -2,11 +2,11 @@
 //! each one (`sandfork doctor`, and the summary the daemon logs at start-up).
 //!
 //! Every kernel feature is probed by using it, never by version numbers alone: namespaces are
-//! unshared and a seccomp filter is installed in a forked throwaway child (never in the caller,
-//! which may be the multi-threaded daemon: the child makes raw syscalls only, then `_exit`s);
-//! landlock is asked for its ABI; the new mount API calls are made with arguments the kernel
-//! rejects before doing anything; cgroups are detected without creating anything; each
-//! profile's interpreter is run once.
+//! unshared, a seccomp filter is installed and the new mount API calls are made (with arguments
+//! the kernel rejects before doing anything) in `zygote-init probe …`, an exec'd single-threaded
+//! helper — never in the caller, which may be the multi-threaded daemon, and never in a fork of
+//! it; landlock is asked for its ABI; cgroups are detected without creating anything; each
+//! profile's interpreter is run once. This module has no `unsafe`.
 //!
 //! [`check`] is synchronous and takes up to a few hundred milliseconds (one interpreter start
 //! per profile): call it from a blocking context.
@@ -122,13 +122,14 @@ pub fn summary_lines(report: &Report) -> Vec<String> {
 
 /// Checks every layer on this host for `config` (its uid range and profiles).
 pub fn check(config: &Config) -> Report {
+    let probe = Probe::find();
     let mut checks = vec![
         root(),
-        user_namespaces(),
-        namespaces(),
-        seccomp(),
+        user_namespaces(&probe),
+        namespaces(&probe),
+        seccomp(&probe),
         landlock(),
-        mount_api(),
+        mount_api(&probe),
     ];
     if nix::unistd::geteuid().is_root() {
         checks.push(cgroups(Path::new(cgroup::DEFAULT_FS_ROOT)));
@@ -227,7 +228,7 @@ fn read_sysctl(path: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-fn user_namespaces() -> Check {
+fn user_namespaces(probe: &Probe) -> Check {
     let mut notes = Vec::new();
     let max = read_sysctl("/proc/sys/user/max_user_namespaces");
     if let Some(max) = &max {
@@ -249,8 +250,8 @@ fn user_namespaces() -> Check {
             ));
         }
     }
-    let (available, what) = match probe::in_child(|| probe::unshare(libc::CLONE_NEWUSER)) {
-        Ok(probe::End::Exited(0)) => (max.as_deref() != Some("0"), "unshare(CLONE_NEWUSER) works"),
+    let (available, what) = match probe.unshare(libc::CLONE_NEWUSER) {
+        Ok(End::Exited(0)) => (max.as_deref() != Some("0"), "unshare(CLONE_NEWUSER) works"),
         Ok(end) => {
             notes.insert(
                 0,
@@ -259,7 +260,7 @@ fn user_namespaces() -> Check {
             (false, "")
         }
         Err(err) => {
-            notes.insert(0, format!("cannot fork a probe: {err}"));
+            notes.insert(0, err);
             (false, "")
         }
     };
@@ -278,7 +279,7 @@ fn user_namespaces() -> Check {
     )
 }
 
-fn namespaces() -> Check {
+fn namespaces(probe: &Probe) -> Check {
     let kinds = [
         ("pid", libc::CLONE_NEWPID),
         ("mount", libc::CLONE_NEWNS),
@@ -296,20 +297,20 @@ fn namespaces() -> Check {
         &[]
     };
     for &(name, flag) in alone {
-        match probe::in_child(move || probe::unshare(flag)) {
-            Ok(probe::End::Exited(0)) => {}
+        match probe.unshare(flag) {
+            Ok(End::Exited(0)) => {}
             Ok(end) => failed.push(format!("{name}: {}", end.describe())),
-            Err(err) => failed.push(format!("{name}: cannot fork a probe: {err}")),
+            Err(err) => failed.push(format!("{name}: {err}")),
         }
     }
     // All at once, with a user namespace, as zygote-init does.
     let all = kinds
         .iter()
         .fold(libc::CLONE_NEWUSER, |acc, (_, f)| acc | f);
-    match probe::in_child(move || probe::unshare(all)) {
-        Ok(probe::End::Exited(0)) => {}
+    match probe.unshare(all) {
+        Ok(End::Exited(0)) => {}
         Ok(end) => failed.push(format!("all together with user: {}", end.describe())),
-        Err(err) => failed.push(format!("cannot fork a probe: {err}")),
+        Err(err) => failed.push(err),
     }
     let names = kinds.map(|(n, _)| n).join(", ");
     let detail = if failed.is_empty() && alone.is_empty() {
@@ -327,26 +328,35 @@ fn namespaces() -> Check {
     )
 }
 
-fn seccomp() -> Check {
+fn seccomp(probe: &Probe) -> Check {
     let mut problems = Vec::new();
     let mut facts = Vec::new();
-    match probe::seccomp_mode() {
-        Ok(0) => facts.push("PR_GET_SECCOMP 0".to_string()),
-        Ok(mode) => facts.push(format!(
-            "PR_GET_SECCOMP {mode} (this process is already filtered)"
-        )),
-        Err(errno) => problems.push(format!("PR_GET_SECCOMP: {}", errno_name(errno))),
+    // The helper inherits this process's filter, so its mode is ours.
+    match probe.run(&["seccomp-mode"]) {
+        Ok((End::Exited(0), out)) => match value(&out, "mode").as_deref() {
+            Some("0") => facts.push("PR_GET_SECCOMP 0".to_string()),
+            Some(mode) => facts.push(format!(
+                "PR_GET_SECCOMP {mode} (this process is already filtered)"
+            )),
+            None => problems.push(format!("PR_GET_SECCOMP: unreadable answer {out:?}")),
+        },
+        Ok((end, _)) => problems.push(format!("PR_GET_SECCOMP: {}", end.describe())),
+        Err(err) => problems.push(err),
     }
-    match probe::in_child(probe::install_allow_filter) {
-        Ok(probe::End::Exited(0)) => facts.push("a filter installs in a forked child".into()),
-        Ok(end) => problems.push(format!("installing a filter: {}", end.describe())),
-        Err(err) => problems.push(format!("cannot fork a probe: {err}")),
+    match probe.run(&["seccomp-filter"]) {
+        Ok((End::Exited(0), _)) => facts.push("a filter installs in a probe process".into()),
+        Ok((end, _)) => problems.push(format!("installing a filter: {}", end.describe())),
+        Err(err) => problems.push(err),
     }
     for (name, action) in [
         ("KILL_PROCESS", libc::SECCOMP_RET_KILL_PROCESS),
         ("ERRNO", libc::SECCOMP_RET_ERRNO),
     ] {
-        if !probe::seccomp_action_available(action) {
+        let available = matches!(
+            probe.run(&["seccomp-action", &action.to_string()]),
+            Ok((End::Exited(0), _))
+        );
+        if !available {
             problems.push(format!("action {name} unavailable"));
         }
     }
@@ -435,16 +445,16 @@ fn landlock() -> Check {
     }
 }
 
-fn mount_api() -> Check {
-    let missing: Vec<&str> = [
-        ("open_tree", probe::open_tree_exists()),
-        ("move_mount", probe::move_mount_exists()),
-        ("mount_setattr", probe::mount_setattr_exists()),
-    ]
-    .into_iter()
-    .filter(|(_, exists)| !exists)
-    .map(|(name, _)| name)
-    .collect();
+fn mount_api(probe: &Probe) -> Check {
+    let answer = match probe.run(&["mount-api"]) {
+        Ok((End::Exited(0), out)) => out,
+        Ok((end, _)) => format!("probe: {}", end.describe()),
+        Err(err) => err,
+    };
+    let missing: Vec<&str> = ["open_tree", "move_mount", "mount_setattr"]
+        .into_iter()
+        .filter(|name| value(&answer, name).as_deref() != Some("1"))
+        .collect();
     let release = read_sysctl("/proc/sys/kernel/osrelease").unwrap_or_else(|| "?".into());
     let detail = if missing.is_empty() {
         format!("open_tree, move_mount, mount_setattr (Linux {release})")
@@ -641,186 +651,69 @@ fn first_closed_ancestor(path: &Path) -> Option<PathBuf> {
         })
 }
 
-/// The raw probes. The forked child runs only async-signal-safe code (raw syscalls and
-/// `_exit`), because the caller may be the multi-threaded daemon.
-mod probe {
-    use std::io;
+/// How a probe helper ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Exit status: 0 for success, otherwise the errno of the failed call.
+    Exited(i32),
+    Signaled(i32),
+}
 
-    use nix::sys::wait::{waitpid, WaitStatus};
-    use nix::unistd::{fork, ForkResult};
-
-    /// How a probe child ended.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum End {
-        /// Exit status: 0 for success, otherwise the errno of the failed call.
-        Exited(i32),
-        Signaled(i32),
+impl End {
+    fn describe(&self) -> String {
+        match *self {
+            End::Exited(code) => errno_name(code),
+            End::Signaled(signal) => format!("killed by signal {signal}"),
+        }
     }
+}
 
-    impl End {
-        pub fn describe(&self) -> String {
-            match *self {
-                End::Exited(code) => super::errno_name(code),
-                End::Signaled(signal) => format!("killed by signal {signal}"),
-            }
+/// Runs `zygote-init probe …`: each kernel probe in a fresh, exec'd, single-threaded process.
+struct Probe {
+    /// The helper, or why it could not be found.
+    helper: Result<PathBuf, String>,
+}
+
+impl Probe {
+    fn find() -> Probe {
+        Probe {
+            helper: crate::supervisor::find_helper(crate::supervisor::ZYGOTE_INIT)
+                .map_err(|err| format!("no probe helper: {err}")),
         }
     }
 
-    /// Runs `f` in a forked child; its return value is the child's exit status.
-    pub fn in_child<F: FnOnce() -> i32>(f: F) -> io::Result<End> {
-        // SAFETY: the child runs only `f`, which makes raw syscalls without allocating or
-        // taking locks, and then `_exit`s: async-signal-safe even if the parent has threads.
-        match unsafe { fork() }.map_err(io::Error::from)? {
-            ForkResult::Child => {
-                let code = f();
-                // SAFETY: _exit ends the child at once, running no destructors or atexit
-                // handlers that could touch state copied from other threads.
-                unsafe { libc::_exit(code) }
-            }
-            ForkResult::Parent { child } => loop {
-                match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => return Ok(End::Exited(code)),
-                    Ok(WaitStatus::Signaled(_, signal, _)) => {
-                        return Ok(End::Signaled(signal as i32))
-                    }
-                    Ok(_) => continue,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(err) => return Err(err.into()),
-                }
-            },
-        }
-    }
-
-    /// In a probe child: `unshare(flags)`; 0 or the errno.
-    pub fn unshare(flags: i32) -> i32 {
-        match nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(flags)) {
-            Ok(()) => 0,
-            Err(errno) => errno as i32,
-        }
-    }
-
-    /// In a probe child: NO_NEW_PRIVS and a one-instruction "allow everything" filter, then
-    /// PR_GET_SECCOMP must say filter mode (2). 0 or the errno (255: wrong mode).
-    pub fn install_allow_filter() -> i32 {
-        let mut program = [libc::sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: libc::SECCOMP_RET_ALLOW,
-        }];
-        let fprog = libc::sock_fprog {
-            len: program.len() as u16,
-            filter: program.as_mut_ptr(),
+    /// Runs one probe; its end and its stdout.
+    fn run(&self, args: &[&str]) -> Result<(End, String), String> {
+        use std::os::unix::process::ExitStatusExt;
+        let helper = self.helper.as_ref().map_err(Clone::clone)?;
+        let output = Command::new(helper)
+            .arg("probe")
+            .args(args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map_err(|err| format!("cannot run {}: {err}", helper.display()))?;
+        let end = match (output.status.code(), output.status.signal()) {
+            (Some(code), _) => End::Exited(code),
+            (None, Some(signal)) => End::Signaled(signal),
+            (None, None) => End::Exited(255),
         };
-        // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return errno();
-        }
-        // SAFETY: `fprog` points at `program`, both alive on this stack for the call; the
-        // kernel copies the program.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                0,
-                &fprog as *const libc::sock_fprog,
-            )
-        };
-        if rc != 0 {
-            return errno();
-        }
-        // SAFETY: prctl with integer arguments.
-        match unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) } {
-            2 => 0,
-            _ => 255,
-        }
+        Ok((end, String::from_utf8_lossy(&output.stdout).into_owned()))
     }
 
-    fn errno() -> i32 {
-        // async-signal-safe: reads the thread's errno.
-        io::Error::last_os_error().raw_os_error().unwrap_or(255)
+    fn unshare(&self, flags: i32) -> Result<End, String> {
+        self.run(&["unshare", &flags.to_string()])
+            .map(|(end, _)| end)
     }
+}
 
-    /// PR_GET_SECCOMP of the caller: 0 (none), 2 (filtered), or the errno (EINVAL: no seccomp).
-    pub fn seccomp_mode() -> Result<i32, i32> {
-        // SAFETY: prctl with integer arguments; reading the mode changes nothing.
-        let rc = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
-        if rc < 0 {
-            Err(errno())
-        } else {
-            Ok(rc)
-        }
-    }
-
-    /// seccomp(SECCOMP_GET_ACTION_AVAIL): whether the kernel knows a filter return action.
-    pub fn seccomp_action_available(action: u32) -> bool {
-        // SAFETY: the kernel reads one u32 from the pointer, which points at a live local.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_GET_ACTION_AVAIL,
-                0,
-                &action as *const u32,
-            )
-        };
-        rc == 0
-    }
-
-    /// True unless the syscall returned ENOSYS.
-    fn exists(rc: libc::c_long) -> bool {
-        rc >= 0 || errno() != libc::ENOSYS
-    }
-
-    /// `open_tree(AT_FDCWD, "/", OPEN_TREE_CLOEXEC)`: an O_PATH descriptor of "/", no copy.
-    pub fn open_tree_exists() -> bool {
-        // SAFETY: the path is a NUL-terminated literal; the flags ask for no clone.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_open_tree,
-                libc::AT_FDCWD,
-                c"/".as_ptr(),
-                libc::O_CLOEXEC as libc::c_uint,
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: a descriptor the kernel just gave us and nobody else holds.
-            unsafe { libc::close(fd as i32) };
-        }
-        exists(fd)
-    }
-
-    /// `move_mount(-1, "", -1, "", 0)`: fails on the bad descriptors unless the call is absent.
-    pub fn move_mount_exists() -> bool {
-        // SAFETY: empty NUL-terminated literals; with invalid descriptors nothing is moved.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                -1,
-                c"".as_ptr(),
-                -1,
-                c"".as_ptr(),
-                0 as libc::c_uint,
-            )
-        };
-        exists(rc)
-    }
-
-    /// `mount_setattr(-1, "", 0, NULL, 0)`: EINVAL (size 0) unless the call is absent.
-    pub fn mount_setattr_exists() -> bool {
-        // SAFETY: an empty literal path, a null attribute pointer with size 0: the kernel
-        // rejects the size before reading anything.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                -1,
-                c"".as_ptr(),
-                0 as libc::c_uint,
-                std::ptr::null::<u8>(),
-                0usize,
-            )
-        };
-        exists(rc)
-    }
+/// The value of `name=value` in a probe's output.
+fn value(output: &str, name: &str) -> Option<String> {
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+        .map(|v| v.trim().to_string())
 }
 
 #[cfg(test)]

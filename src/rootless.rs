@@ -18,9 +18,8 @@
 //! namespaces do not work, and each of [`rootless_losses`] is logged as a warning; `sandfork
 //! doctor` prints the same list.
 
-use std::ffi::CStr;
+use std::ffi::CString;
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use nix::unistd::{getegid, geteuid, getgroups};
@@ -152,35 +151,27 @@ pub fn check_user_namespaces() -> Result<(), RootlessError> {
 
 /// Runs `program` in a new user namespace (and, with `map`, with our ids mapped to 0).
 fn probe(program: &str, step: &'static str, map: bool) -> Result<(), RootlessError> {
-    let maps: [(&CStr, Vec<u8>); 3] = [
-        (c"/proc/self/setgroups", b"deny".to_vec()),
-        (
-            c"/proc/self/uid_map",
-            format!("0 {} 1", geteuid()).into_bytes(),
-        ),
-        (
-            c"/proc/self/gid_map",
-            format!("0 {} 1", getegid()).into_bytes(),
-        ),
-    ];
+    let maps: Vec<(CString, Vec<u8>)> = if map {
+        vec![
+            (c"/proc/self/setgroups".into(), b"deny".to_vec()),
+            (
+                c"/proc/self/uid_map".into(),
+                format!("0 {} 1", geteuid()).into_bytes(),
+            ),
+            (
+                c"/proc/self/gid_map".into(),
+                format!("0 {} 1", getegid()).into_bytes(),
+            ),
+        ]
+    } else {
+        Vec::new()
+    };
     let mut command = Command::new(program);
     command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: the closure runs between fork and exec and calls only the async-signal-safe
-    // helpers of `sys` (unshare, open, write, close) on memory prepared before the fork.
-    unsafe {
-        command.pre_exec(move || {
-            sys::unshare_user_namespace()?;
-            if map {
-                for (path, text) in &maps {
-                    sys::write_file_once(path, text)?;
-                }
-            }
-            Ok(())
-        });
-    }
+    sys::enter_user_namespace(&mut command, maps);
     match command.status() {
         Ok(status) if status.success() => Ok(()),
         Ok(status) => Err(RootlessError::ProbeFailed {

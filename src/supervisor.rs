@@ -71,46 +71,48 @@ pub struct Paths {
     pub instance: String,
 }
 
+/// Finds a helper (`zygote-init`, the lockdown library): `$SANDFORK_LIBEXEC_DIR`, else next to
+/// the running executable (and its `deps/` subdirectory, where cargo puts a dependency's cdylib).
+pub fn find_helper(name: &str) -> Result<PathBuf, StartError> {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dirs = Vec::new();
+    let explicit = std::env::var_os("SANDFORK_LIBEXEC_DIR");
+    if let Some(dir) = &explicit {
+        dirs.push(PathBuf::from(dir));
+    }
+    if let Some(dir) = exe.parent() {
+        dirs.push(dir.to_owned());
+        dirs.push(dir.join("deps"));
+        if let Some(parent) = dir.parent() {
+            // tests run from target/<profile>/deps
+            dirs.push(parent.to_owned());
+        }
+    }
+    let mut found = dirs.iter().map(|d| d.join(name)).filter(|p| p.is_file());
+    // An explicit directory wins; otherwise the newest copy, because `cargo test` refreshes a
+    // cdylib only under deps/ and may leave an older one beside the exe.
+    let chosen = if explicit.is_some() {
+        found.next()
+    } else {
+        found.max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    };
+    chosen.ok_or_else(|| StartError::Missing {
+        name: name.to_string(),
+        exe: exe.clone(),
+        looked: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
 impl Paths {
-    /// Finds the helpers: `$SANDFORK_LIBEXEC_DIR`, else next to the running executable (and its
-    /// `deps/` subdirectory, where cargo puts a dependency's cdylib).
+    /// Finds the helpers ([`find_helper`]).
     pub fn discover(runtime_dir: PathBuf) -> Result<Paths, StartError> {
-        let exe = std::env::current_exe().unwrap_or_default();
-        let mut dirs = Vec::new();
-        if let Some(dir) = std::env::var_os("SANDFORK_LIBEXEC_DIR") {
-            dirs.push(PathBuf::from(dir));
-        }
-        if let Some(dir) = exe.parent() {
-            dirs.push(dir.to_owned());
-            dirs.push(dir.join("deps"));
-            if let Some(parent) = dir.parent() {
-                // tests run from target/<profile>/deps
-                dirs.push(parent.to_owned());
-            }
-        }
-        let explicit = std::env::var_os("SANDFORK_LIBEXEC_DIR").is_some();
-        let find = |name: &str| -> Result<PathBuf, StartError> {
-            let mut found = dirs.iter().map(|d| d.join(name)).filter(|p| p.is_file());
-            // An explicit directory wins; otherwise the newest copy, because `cargo test`
-            // refreshes a cdylib only under deps/ and may leave an older one beside the exe.
-            let chosen = if explicit {
-                found.next()
-            } else {
-                found.max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-            };
-            chosen.ok_or_else(|| StartError::Missing {
-                name: name.to_string(),
-                exe: exe.clone(),
-                looked: dirs
-                    .iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
-        };
         Ok(Paths {
-            zygote_init: find(ZYGOTE_INIT)?,
-            lockdown_lib: find(LOCKDOWN_LIB)?,
+            zygote_init: find_helper(ZYGOTE_INIT)?,
+            lockdown_lib: find_helper(LOCKDOWN_LIB)?,
             runtime_dir,
             rootless: crate::rootless::is_rootless(),
             instance: "default".into(),

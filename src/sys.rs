@@ -321,6 +321,50 @@ pub fn shutdown_signal() -> io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// Makes every process `command` spawns die with `signal` when the spawning thread exits
+/// (PR_SET_PDEATHSIG in the child, between fork and exec).
+pub fn die_with_parent(command: &mut std::process::Command, signal: i32) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and makes one prctl: async-signal-safe.
+    unsafe {
+        command.pre_exec(move || set_parent_death_signal(signal));
+    }
+}
+
+/// As [`die_with_parent`] (SIGKILL), and hands `fd` to the spawned process as its fd `target`
+/// (inherited across exec): how a zygote-init gets its control socket as fd 3.
+pub fn die_with_parent_holding_fd(command: &mut std::process::Command, fd: RawFd, target: RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
+    // (prctl, dup2/fcntl) on plain integers.
+    unsafe {
+        command.pre_exec(move || {
+            set_parent_death_signal(libc::SIGKILL)?;
+            install_fd(fd, target)
+        });
+    }
+}
+
+/// Makes `command`'s process enter a new user namespace before exec, and write `maps` (path,
+/// contents: its uid_map, setgroups, gid_map) in that order: the rootless-mode probe.
+pub fn enter_user_namespace(
+    command: &mut std::process::Command,
+    maps: Vec<(std::ffi::CString, Vec<u8>)>,
+) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and calls only unshare, open, write and
+    // close on memory prepared before the fork (nothing is allocated).
+    unsafe {
+        command.pre_exec(move || {
+            unshare_user_namespace()?;
+            for (path, text) in &maps {
+                write_file_once(path, text)?;
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Sets PR_SET_PDEATHSIG for the calling thread's future children; used in `pre_exec`.
 /// Async-signal-safe: one prctl.
 pub fn set_parent_death_signal(signal: i32) -> io::Result<()> {

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -140,14 +139,7 @@ impl Zygote {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let theirs_raw: RawFd = theirs.as_raw_fd();
-        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-        // (prctl, dup2/fcntl) on plain integers.
-        unsafe {
-            command.pre_exec(move || {
-                sys::set_parent_death_signal(libc::SIGKILL)?;
-                sys::install_fd(theirs_raw, 3)
-            });
-        }
+        sys::die_with_parent_holding_fd(&mut command, theirs_raw, 3);
         let mut child = spawner
             .spawn(command)
             .await

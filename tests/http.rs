@@ -166,10 +166,7 @@ fn start_shim(config: &Path, extra: &[&str], log: &Path) -> String {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
-        // SAFETY: set_parent_death_signal is one prctl, async-signal-safe.
-        unsafe {
-            command.pre_exec(|| sandfork::sys::set_parent_death_signal(libc::SIGTERM));
-        }
+        sandfork::sys::die_with_parent(&mut command, libc::SIGTERM);
         command.spawn().expect("spawn sandfork-http")
     });
     let deadline = Instant::now() + Duration::from_secs(30);

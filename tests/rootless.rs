@@ -108,11 +108,7 @@ fn start_daemon(dir: &Path, config: &Path, log: &Path) -> Child {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
-    // SAFETY: set_parent_death_signal is one prctl, async-signal-safe; std runs it after the
-    // uid change, which would otherwise clear the signal.
-    unsafe {
-        command.pre_exec(|| sandfork::sys::set_parent_death_signal(libc::SIGTERM));
-    }
+    sandfork::sys::die_with_parent(&mut command, libc::SIGTERM);
     command.spawn().expect("spawn sandforkd")
 }
 

@@ -13,7 +13,6 @@
 mod skip;
 
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -110,10 +109,7 @@ pub fn start_daemon_process(config: &Path, log: &Path) -> Child {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
-    // SAFETY: set_parent_death_signal is one prctl, async-signal-safe.
-    unsafe {
-        command.pre_exec(|| sandfork::sys::set_parent_death_signal(libc::SIGTERM));
-    }
+    sandfork::sys::die_with_parent(&mut command, libc::SIGTERM);
     command.spawn().expect("spawn sandforkd")
 }
 

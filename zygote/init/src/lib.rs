@@ -28,11 +28,16 @@
 //! namespaces, because cloning mounts needs CAP_SYS_ADMIN over the caller's mount namespace
 //! (still 102). Bind sources are then reached with the daemon user's own permissions.
 //!
+//! `zygote-init probe <what>` ([`probe`]) is a second, tiny mode: the host checks of `sandfork
+//! doctor` that make raw system calls or change the calling process, run in this exec'd helper
+//! rather than in a fork of the daemon.
+//!
 //! Unsafe code lives only in the private `sys` module.
 
 pub mod error;
 pub mod exec;
 pub mod pidns;
+pub mod probe;
 pub mod rootfs;
 pub mod sanitize;
 pub mod seccomp;

@@ -1,3 +1,6 @@
+//! `zygote-init probe <what> [arg]`: one host check for `sandfork doctor` (see the library's
+//! `probe` module), and nothing else.
+//!
 //! `zygote-init <spec-json>`: builds one zygote's jail, then execs the Python zygote as PID 1 of
 //! a new pid namespace. Single-threaded, linear, fail-fast.
 //!
@@ -28,6 +31,10 @@ use zygote_init::sanitize::{self, Sanitized};
 use zygote_init::{rootfs, seccomp, sources, userns, uts, StepError};
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("probe") {
+        std::process::exit(zygote_init::probe::run(&args[2..]));
+    }
     let code = match build_jail() {
         Ok(pid1_status) => pid1_status,
         Err(err) => {

@@ -137,3 +137,101 @@ pub fn exit_immediately(code: i32) -> ! {
     // SAFETY: _exit takes an integer, never returns and touches no memory of ours.
     unsafe { libc::_exit(code) }
 }
+
+/// NO_NEW_PRIVS, then a one-instruction "allow everything" seccomp filter: whether filters
+/// install here at all (`zygote-init probe seccomp-filter`).
+pub fn install_allow_all_filter() -> nix::Result<()> {
+    nix::sys::prctl::set_no_new_privs()?;
+    let mut program = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: libc::SECCOMP_RET_ALLOW,
+    }];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `program`, both alive on this stack for the call; the kernel
+    // copies the program.
+    let res = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    Errno::result(res).map(drop)
+}
+
+/// `PR_GET_SECCOMP`: 0 (no filter) or 2 (filtered) for this process.
+pub fn seccomp_mode() -> nix::Result<i32> {
+    // SAFETY: prctl with integer arguments; reading the mode changes nothing.
+    let res = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+    Errno::result(res)
+}
+
+/// `seccomp(SECCOMP_GET_ACTION_AVAIL)`: whether the kernel knows a filter return action.
+pub fn seccomp_action_available(action: u32) -> bool {
+    // SAFETY: the kernel reads one u32 from the pointer, which points at a live local.
+    let res = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_GET_ACTION_AVAIL,
+            0,
+            &action as *const u32,
+        )
+    };
+    res == 0
+}
+
+/// Whether the kernel has `open_tree`, `move_mount` and `mount_setattr`: each is called so that
+/// it fails harmlessly (no clone, bad descriptors, a zero-sized attribute) unless it is absent
+/// (ENOSYS).
+pub fn mount_api_calls() -> [(&'static str, bool); 3] {
+    let exists = |res: libc::c_long| res >= 0 || Errno::last() != Errno::ENOSYS;
+    // SAFETY: the path is a NUL-terminated literal; the flags ask for no clone.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c"/".as_ptr(),
+            libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    let open_tree = exists(tree);
+    if tree >= 0 {
+        // SAFETY: a descriptor the kernel just gave us and nothing else holds.
+        drop(unsafe { OwnedFd::from_raw_fd(tree as RawFd) });
+    }
+    // SAFETY: empty NUL-terminated literals; with invalid descriptors nothing is moved.
+    let moved = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            -1,
+            c"".as_ptr(),
+            -1,
+            c"".as_ptr(),
+            0 as libc::c_uint,
+        )
+    };
+    let move_mount = exists(moved);
+    // SAFETY: an empty literal path, a null attribute pointer with size 0: the kernel rejects
+    // the size before reading anything.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            c"".as_ptr(),
+            0 as libc::c_uint,
+            std::ptr::null::<u8>(),
+            0usize,
+        )
+    };
+    [
+        ("open_tree", open_tree),
+        ("move_mount", move_mount),
+        ("mount_setattr", exists(set)),
+    ]
+}

@@ -26,7 +26,7 @@
 //! ever reparented to the zygote, PID 1 of their namespace.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -34,6 +34,8 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, Ms
 use sandfork_ipc::zygote::{
     ExitReport, FromZygote, SpawnRequest, ToZygote, MAX_ZYGOTE_PACKET as MAX_PACKET, SPAWN_FDS,
 };
+
+use crate::sys;
 
 /// How [`serve`] ended.
 #[derive(Debug)]
@@ -140,13 +142,7 @@ fn receive(ctrl: BorrowedFd<'_>, packet: &mut [u8]) -> io::Result<Option<(usize,
     let mut fds = Vec::new();
     for cmsg in msg.cmsgs().map_err(|e| io::Error::other(e.to_string()))? {
         if let ControlMessageOwned::ScmRights(received) = cmsg {
-            // SAFETY: SCM_RIGHTS just installed these descriptors in this process; nothing
-            // else owns them.
-            fds.extend(
-                received
-                    .into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
+            fds.extend(sys::received_fds(received));
         }
     }
     let (len, truncated) = (msg.bytes, msg.flags.contains(MsgFlags::MSG_TRUNC));
@@ -171,12 +167,10 @@ fn spawn(
         Ok(fds) => fds,
         Err(fds) => return failed(format!("expected {SPAWN_FDS} fds, got {}", fds.len())),
     };
-    // SAFETY: the zygote is single-threaded (zygote.py checks before it serves), so the child
-    // may run anything; it returns to Python, which runs PyOS_AfterFork_Child first.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return failed(io::Error::last_os_error().to_string());
-    }
+    let pid = match sys::fork_zygote() {
+        Ok(pid) => pid,
+        Err(errno) => return failed(io::Error::from(errno).to_string()),
+    };
     if pid == 0 {
         // The siblings' pidfds close with `children`, in the caller's unwinding.
         return Ok(Some(Served::Child(
@@ -185,8 +179,8 @@ fn spawn(
         )));
     }
     drop(fds);
-    let pidfd = pidfd_open(pid)?;
-    let rss_kb = u64::try_from(max_rss_kb(libc::RUSAGE_SELF)).unwrap_or(0);
+    let pidfd = sys::pidfd_open(pid)?;
+    let rss_kb = sys::max_rss_kb();
     let spawned = FromZygote::Spawned { id, pid, rss_kb };
     send(ctrl, &spawned, &[pidfd.as_raw_fd()])?;
     children.push(Child { pid, id, pidfd });
@@ -195,18 +189,22 @@ fn spawn(
 
 /// Collects an exited child and reports its status and resource use.
 fn reap(ctrl: BorrowedFd<'_>, child: Child) -> io::Result<()> {
-    let mut status = 0;
-    // SAFETY: all-zero is a valid rusage.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers to locals; the pid is our own child (its pidfd said it exited).
-    let reaped = unsafe { libc::wait4(child.pid, &mut status, libc::WNOHANG, &mut usage) };
-    if reaped != child.pid {
-        return Err(io::Error::other(format!(
-            "wait4({}) after its pidfd said it exited: {}",
-            child.pid,
-            io::Error::last_os_error()
-        )));
-    }
+    // The pid is our own child, and its pidfd said it exited.
+    let (status, usage) = match sys::reap_child(child.pid) {
+        Ok(Some(reaped)) => reaped,
+        Ok(None) => {
+            return Err(io::Error::other(format!(
+                "wait4({}) after its pidfd said it exited: not exited",
+                child.pid
+            )))
+        }
+        Err(errno) => {
+            return Err(io::Error::other(format!(
+                "wait4({}) after its pidfd said it exited: {errno}",
+                child.pid
+            )))
+        }
+    };
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     let exit = FromZygote::Exit(ExitReport {
         id: child.id,
@@ -228,22 +226,4 @@ fn send(ctrl: BorrowedFd<'_>, message: &FromZygote, fds: &[RawFd]) -> io::Result
     sendmsg::<()>(ctrl.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
         .map(drop)
         .map_err(|err| io::Error::other(format!("sendmsg: {err}")))
-}
-
-fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-fn max_rss_kb(who: libc::c_int) -> i64 {
-    // SAFETY: all-zero is a valid rusage; getrusage fills it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to a local.
-    unsafe { libc::getrusage(who, &mut usage) };
-    usage.ru_maxrss
 }

@@ -166,3 +166,55 @@ impl Drop for AtomicOwnedFd {
         drop(self.take());
     }
 }
+
+/// Takes ownership of descriptors SCM_RIGHTS just installed in this process.
+pub fn received_fds(raw: Vec<RawFd>) -> Vec<OwnedFd> {
+    raw.into_iter()
+        // SAFETY: the kernel just installed these descriptors for us; nothing else owns them.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect()
+}
+
+/// `fork()` in the zygote's serving loop.
+///
+/// # Caller's promise
+/// The process is single-threaded (zygote.py checks before it serves), so the child may run
+/// anything; it returns to Python, which runs `PyOS_AfterFork_Child` first.
+pub fn fork_zygote() -> Result<libc::pid_t, Errno> {
+    // SAFETY: single-threaded by the caller's promise above; no Python lock can be held (the
+    // loop runs no Python).
+    let pid = unsafe { libc::fork() };
+    Errno::result(pid)
+}
+
+/// `pidfd_open(pid, 0)`.
+pub fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    Errno::result(fd)?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `wait4(pid, WNOHANG)`: the wait status and resource usage of an exited child, or None if it
+/// has not exited.
+pub fn reap_child(pid: libc::pid_t) -> Result<Option<(libc::c_int, libc::rusage)>, Errno> {
+    let mut status = 0;
+    // SAFETY: all-zero is a valid rusage.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to locals for the call.
+    let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+    match Errno::result(reaped)? {
+        0 => Ok(None),
+        _ => Ok(Some((status, usage))),
+    }
+}
+
+/// This process's peak RSS in KiB (getrusage(RUSAGE_SELF)).
+pub fn max_rss_kb() -> u64 {
+    // SAFETY: all-zero is a valid rusage; getrusage fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a local.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    u64::try_from(usage.ru_maxrss).unwrap_or(0)
+}
