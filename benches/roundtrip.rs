@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime};
 use criterion::{Criterion, SamplingMode};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sandfork::bench::{baseline_command, resolve_python, DEFAULT_PYTHON};
-use sandfork::client::Client;
+use sandfork::cli::bench::{baseline_command, resolve_python, DEFAULT_PYTHON};
+use sandfork_protocol::client::Client;
 use sandfork_protocol::{RunSpec, Status};
 
 /// What every measured request runs.
@@ -72,7 +72,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        sandfork::sys::die_with_parent(&mut command, libc::SIGTERM);
+        sandfork::daemon::sys::die_with_parent(&mut command, libc::SIGTERM);
         let child = command.spawn().expect("spawn sandforkd");
         let daemon = Daemon { child, dir };
         daemon.wait_ready();
@@ -221,7 +221,7 @@ fn main() {
              ratio {:.3}",
             sandfork / 1e6,
             python.display(),
-            sandfork::bench::BASELINE_FLAGS.join(" "),
+            sandfork::cli::bench::BASELINE_FLAGS.join(" "),
             baseline / 1e6,
             baseline / sandfork,
         );

@@ -1,54 +1,29 @@
 //! sandfork: run untrusted Python fast, from pre-initialized zygotes, one locked-down child per
 //! request.
 //!
-//! Map of the crate (the path of one request, top to bottom):
-//! - [`server`]: the Unix-socket server; frames (from the `sandfork-protocol` crate) become
-//!   requests; Hello, then Run / Cancel / Ping, several in flight per connection.
-//! - [`supervisor`]: owns the profiles' pools and the slots; `execute` runs one request.
-//! - [`run`]: one run: limits, run permit, a warm child or a cold fork.
-//! - [`child`]: a child from fork to exit: lockdown handshake, "go" with the code memfd, output
-//!   capture, deadline, the child's reports (claims, bounded), the kernel's exit status,
-//!   classification into exactly one status.
-//! - [`warm`]: per profile, children forked and locked down before requests arrive.
-//! - [`pool`]: a profile (probed interpreter + jail spec) and the keeper tasks that hold its
-//!   zygotes up, restarting them with backoff.
-//! - [`zygote`]: one zygote process (zygote-init → Python) and its control channel.
-//! - [`slots`]: concurrent-run slots, one uid each.
-//! - [`jail`]: the interpreter probe and the minimal read-only root derived from it.
-//! - [`rootless`]: the mode of a daemon that is not root: one uid, no cgroups, what is lost.
-//! - [`sys`]: SEQPACKET + SCM_RIGHTS, pidfds, sealed memfds, pipes (all `unsafe` is here).
-//! - [`metrics`]: Prometheus counters, histograms and gauges, rendered on request.
-//! - [`tenants`]: who a caller is (SO_PEERCRED uid, or an API key via the shim) and its policy.
-//! - [`admission`]: per-tenant rate and concurrency, bounded per-profile queues, fair run slots.
-//! - [`config`]: the TOML configuration and its defaults; [`logs`]: the binaries' log set-up.
-//! - [`client`]: the client side, for the CLI, tests and benchmarks.
-//! - [`http`]: `sandfork-http`, the HTTP shim: API keys → tenants, runs forwarded as a proxy.
-//! - [`bench`]: `sandfork bench`, a bounded load generator with a fresh-interpreter baseline.
+//! The crate is cut along its three processes; each binary uses its own part and the shared
+//! pieces below:
+//! - [`daemon`]: `sandforkd`, the privileged supervisor (the socket server, policy, the run
+//!   engine, zygotes, children, cgroups, and all its `unsafe` in [`daemon::sys`]);
+//! - [`http`]: `sandfork-http`, the unprivileged HTTP shim, a client of the daemon's socket;
+//! - [`cli`]: `sandfork`, the command line (run, ping, keygen, bench, doctor).
 //!
-//! Outside this crate: `protocol/` (the wire format for clients), `zygote/ipc` (the one
-//! definition of everything that crosses into the jail: jail spec, lockdown parameters, the
-//! zygote's and the child's messages, and the decoder that reads a child's reports as claims),
+//! Shared by them: [`config`] (the one TOML file all three read), [`tenants`] (who a caller is:
+//! names, uids, API key hashes, policies), [`output`] (the one JSON shape of a run's result, for
+//! `sandfork run --json` and every HTTP endpoint), [`service`] (logging, request ids and the stop
+//! signal of the two long-running services).
+//!
+//! Outside this crate: `protocol/` (the wire format for clients, and the Rust client), `zygote/ipc`
+//! (the one definition of everything that crosses into the jail: jail spec, lockdown parameters,
+//! the zygote's and the child's messages, and the decoder that reads a child's reports as claims),
 //! `zygote/zygote.py` (the Python zygote and child), `zygote/lockdown` (the child's lockdown,
-//! loaded by the zygote through a C ABI), `zygote/init` (the single-threaded jail builder).
+//! loaded by the zygote through a C ABI), `zygote/init` (the single-threaded jail builder, and the
+//! doctor's probe helper).
 
-pub mod admission;
-pub mod bench;
-pub mod cgroup;
-pub mod child;
-pub mod client;
+pub mod cli;
 pub mod config;
-pub mod doctor;
+pub mod daemon;
 pub mod http;
-pub mod jail;
-pub mod logs;
-pub mod metrics;
-pub mod pool;
-pub mod rootless;
-pub mod run;
-pub mod server;
-pub mod slots;
-pub mod supervisor;
-pub mod sys;
+pub mod output;
+pub mod service;
 pub mod tenants;
-pub mod warm;
-pub mod zygote;

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{descendants, err, ok_stdout, out, privileged, spec, test_config, Daemon};
-use sandfork::client::Client;
+use sandfork_protocol::client::Client;
 use sandfork_protocol::{RunResult, RunSpec, Status};
 
 fn daemon() -> &'static Daemon {

@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 
 use common::{err, out, privileged, read_log, start_private_daemon, test_config, Daemon};
-use sandfork::client::Client;
+use sandfork_protocol::client::Client;
 use sandfork_protocol::{Mode, RunResult, RunSpec, Status};
 use tokio::sync::Mutex;
 

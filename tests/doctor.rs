@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use sandfork::doctor::LAYERS;
+use sandfork::daemon::doctor::LAYERS;
 
 fn doctor(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sandfork"))

@@ -166,7 +166,7 @@ fn start_shim(config: &Path, extra: &[&str], log: &Path) -> String {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
-        sandfork::sys::die_with_parent(&mut command, libc::SIGTERM);
+        sandfork::daemon::sys::die_with_parent(&mut command, libc::SIGTERM);
         command.spawn().expect("spawn sandfork-http")
     });
     let deadline = Instant::now() + Duration::from_secs(30);

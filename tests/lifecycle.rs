@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{
     descendants, ok_stdout, privileged, spec, start_daemon_process, test_config, wait_ready,
 };
-use sandfork::client::Client;
+use sandfork_protocol::client::Client;
 use sandfork_protocol::{Request, Response, Status};
 
 struct OwnDaemon {
@@ -380,7 +380,10 @@ fn sandfork_cgroups() -> Vec<std::path::PathBuf> {
 
 /// The cgroup trees of the daemon listening (or that listened) on `socket`.
 fn instance_cgroups(socket: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let instance = format!("sandfork-{}", sandfork::supervisor::instance_name(socket));
+    let instance = format!(
+        "sandfork-{}",
+        sandfork::daemon::supervisor::instance_name(socket)
+    );
     sandfork_cgroups()
         .into_iter()
         .filter(|p| p.ends_with(&instance))

@@ -108,7 +108,7 @@ fn start_daemon(dir: &Path, config: &Path, log: &Path) -> Child {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
-    sandfork::sys::die_with_parent(&mut command, libc::SIGTERM);
+    sandfork::daemon::sys::die_with_parent(&mut command, libc::SIGTERM);
     command.spawn().expect("spawn sandforkd")
 }
 

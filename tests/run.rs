@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{daemon, err, ok_stdout, out, privileged, run, run_spec, spec};
-use sandfork::client::Client;
+use sandfork_protocol::client::Client;
 use sandfork_protocol::{LimitsRequest, Request, Response, Status};
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use common::{ok_stdout, privileged, spec, test_config};
-use sandfork::client::Client;
+use sandfork_protocol::client::Client;
 use sandfork_protocol::{RunResult, RunSpec};
 
 /// The venv interpreter, or None after printing SKIPPED (a failure under CI).

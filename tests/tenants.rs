@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{ok_stdout, privileged, spec, test_config, Daemon};
-use sandfork::client::{Client, ClientError};
+use sandfork_protocol::client::{Client, ClientError};
 use sandfork_protocol::{ErrorKind, RejectKind, RunResult, RunSpec, Status};
 
 /// uid of tenant "acme" (a listed, non-proxy peer).

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{ok_stdout, privileged, spec, test_config};
-use sandfork::client::Client;
+use sandfork_protocol::client::Client;
 use sandfork_protocol::{RunResult, RunSpec};
 
 const IDLE_MS: u64 = 400;

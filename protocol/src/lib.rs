@@ -9,6 +9,7 @@
 //!   followed by a bincode payload; the length is checked against a cap before anything is read or
 //!   allocated. The only module that names bincode.
 //! - [`messages`]: what is said — [`Request`] (client → server) and [`Response`] (server → client).
+//! - [`client`]: a Rust client of the daemon's socket ([`client::Client`]).
 //!
 //! The path of one run, as the supervisor sees it: `FrameReader::read::<Request>()` waits until a
 //! whole frame is buffered ([`codec::parse_frame`] checks the 4-byte header against the cap first),
@@ -17,6 +18,7 @@
 //!
 //! `docs/PROTOCOL.md` describes the bytes on the wire for clients written in other languages.
 
+pub mod client;
 pub mod codec;
 pub mod io;
 pub mod messages;

@@ -54,7 +54,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = Config::load_or_default(args.config.as_deref())?;
-    sandfork::logs::init(config.log_format);
+    sandfork::service::init(config.log_format);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,7 +85,7 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     // The daemon acts only for proxies: the uids in proxy_uids, and its own uid.
     let uid = nix::unistd::getuid().as_raw();
     if !config.proxy_uids.contains(&uid) {
-        match shim.daemon.uid().await {
+        match shim.upstream.uid().await {
             Ok(daemon_uid) if daemon_uid == uid => {}
             Ok(daemon_uid) => bail!(
                 "uid {uid} is not a proxy of sandforkd (which runs as uid {daemon_uid}) and would be refused every run: add `proxy_uids = [{uid}]` at the top of the config (before any [table]) and restart the daemon"
@@ -120,7 +120,7 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         "listening"
     );
 
-    let shutdown = sandfork::sys::shutdown_signal()?;
+    let shutdown = sandfork::daemon::sys::shutdown_signal()?;
     http::serve::run(listener, Arc::new(shim), shutdown).await;
     info!("stopped");
     Ok(())

@@ -11,8 +11,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use sandfork::client::{result_json, Client};
 use sandfork::config::default_socket_path;
+use sandfork::output::RunOutput;
+use sandfork_protocol::client::Client;
 use sandfork_protocol::{LimitsRequest, RunResult, RunSpec, Status};
 
 /// Exit code when sandfork itself could not run the program.
@@ -112,10 +113,10 @@ struct BenchArgs {
     #[arg(long, value_name = "P")]
     profile: Option<String>,
     /// Python source every request runs
-    #[arg(long, value_name = "CODE", default_value = sandfork::bench::DEFAULT_CODE)]
+    #[arg(long, value_name = "CODE", default_value = sandfork::cli::bench::DEFAULT_CODE)]
     code: String,
     /// Runs to send in total
-    #[arg(long, value_name = "N", default_value_t = sandfork::bench::DEFAULT_REQUESTS,
+    #[arg(long, value_name = "N", default_value_t = sandfork::cli::bench::DEFAULT_REQUESTS,
           value_parser = clap::value_parser!(u64).range(1..))]
     requests: u64,
     /// Runs in flight at once, one connection each
@@ -135,7 +136,7 @@ struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     python: Option<PathBuf>,
     /// Hard limit on the whole benchmark, in seconds; runs without a result by then are errors
-    #[arg(long, value_name = "S", default_value_t = sandfork::bench::DEFAULT_DEADLINE.as_secs())]
+    #[arg(long, value_name = "S", default_value_t = sandfork::cli::bench::DEFAULT_DEADLINE.as_secs())]
     deadline_s: u64,
 }
 
@@ -150,8 +151,8 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 }
 
 impl BenchArgs {
-    fn config(self) -> sandfork::bench::BenchConfig {
-        sandfork::bench::BenchConfig {
+    fn config(self) -> sandfork::cli::bench::BenchConfig {
+        sandfork::cli::bench::BenchConfig {
             socket: self.socket.path(),
             profile: self.profile,
             code: self.code,
@@ -197,7 +198,7 @@ fn main() -> ExitCode {
             Command::Ping(args) => ping(args).await,
             Command::Bench(args) => {
                 let config = args.config();
-                match sandfork::bench::run(&config).await {
+                match sandfork::cli::bench::run(&config).await {
                     Ok(report) => {
                         report
                             .describe(&config)
@@ -216,7 +217,9 @@ fn main() -> ExitCode {
                 }
             }
             Command::Keygen(args) => keygen(args),
-            Command::Doctor(args) => ExitCode::from(sandfork::doctor::cli(args.config.as_deref())),
+            Command::Doctor(args) => {
+                ExitCode::from(sandfork::daemon::doctor::cli(args.config.as_deref()))
+            }
         }
     })
 }
@@ -266,7 +269,8 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
     if args.json {
-        println!("{}", result_json(&result));
+        let output = RunOutput::new(result.clone(), false);
+        println!("{}", serde_json::to_string(&output).unwrap_or_default());
     } else {
         let _ = std::io::stdout().write_all(&result.stdout);
         let _ = std::io::stderr().write_all(&result.stderr);

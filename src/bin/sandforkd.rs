@@ -12,9 +12,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use sandfork::config::{default_socket_path, Config};
-use sandfork::rootless;
-use sandfork::server;
-use sandfork::supervisor::{Paths, StartError, Supervisor};
+use sandfork::daemon::rootless;
+use sandfork::daemon::server;
+use sandfork::daemon::supervisor::{Paths, StartError, Supervisor};
 use tokio::net::UnixListener;
 use tracing::{info, warn};
 
@@ -32,11 +32,11 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    sandfork::sys::pin_malloc_mmap_threshold();
+    sandfork::daemon::sys::pin_malloc_mmap_threshold();
     let args = Args::parse();
     let config = Config::load_or_default(args.config.as_deref())?;
-    sandfork::logs::init(config.log_format);
-    match sandfork::sys::raise_nofile_limit() {
+    sandfork::service::init(config.log_format);
+    match sandfork::daemon::sys::raise_nofile_limit() {
         Ok(nofile) => info!(nofile, "open files limit"),
         Err(err) => warn!(cause = %err, "could not raise the open files limit"),
     }
@@ -69,7 +69,7 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(Paths::default_runtime_dir);
     let mut paths = Paths::discover(runtime_dir)?;
-    paths.instance = sandfork::supervisor::instance_name(&socket);
+    paths.instance = sandfork::daemon::supervisor::instance_name(&socket);
     let interpreters_hint = || {
         format!(
             "rootless mode runs every profile's interpreter as uid {}: it, its libraries and \
@@ -87,19 +87,19 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     );
     // Signals are handled from here on: a SIGTERM during start-up (a slow probe, zygotes that
     // do not come up) must still stop the daemon cleanly, not kill it with its cgroups behind.
-    let shutdown = sandfork::sys::shutdown_signal()?;
+    let shutdown = sandfork::daemon::sys::shutdown_signal()?;
     tokio::pin!(shutdown);
     let listener = bind(&socket).await?;
     // The same per-layer summary `sandfork doctor` prints.
     let doctor_config = config.clone();
     if let Ok(report) =
-        tokio::task::spawn_blocking(move || sandfork::doctor::check(&doctor_config)).await
+        tokio::task::spawn_blocking(move || sandfork::daemon::doctor::check(&doctor_config)).await
     {
-        for line in sandfork::doctor::summary_lines(&report) {
+        for line in sandfork::daemon::doctor::summary_lines(&report) {
             if report.full_isolation {
-                info!(target: "sandfork::doctor", "{line}");
+                info!(target: "sandfork::daemon::doctor", "{line}");
             } else {
-                warn!(target: "sandfork::doctor", "{line}");
+                warn!(target: "sandfork::daemon::doctor", "{line}");
             }
         }
     }

@@ -19,6 +19,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use sandfork_protocol::{FileData, Mode, RunResult, RunSpec, Status};
 
 use super::api::{
@@ -26,9 +28,10 @@ use super::api::{
     ScriptResponse,
 };
 use super::error::ApiError;
-use super::execute::{checked_code, decode_file, encode_b64, raw_json, run};
+use super::execute::{checked_code, decode_file, run};
 use super::observe::RequestId;
 use super::{auth, body, Shim};
+use crate::output::raw_json;
 
 /// SIGKILL, the signal snekbox reports (as 128 + 9) for a run its jail killed at a limit.
 const SIGKILL: i32 = 9;
@@ -142,7 +145,7 @@ pub fn eval_response(result: RunResult) -> EvalResponse {
         .filter(|f| !f.path.rsplit('/').next().unwrap_or("").starts_with('_'))
         .map(|f| EvalOutputFile {
             size: f.content.len() as u64,
-            content: encode_b64(&f.content),
+            content: STANDARD.encode(&f.content),
             path: f.path,
         })
         .collect();

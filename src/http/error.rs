@@ -14,7 +14,7 @@ use axum::Json;
 use sandfork_protocol::{CodecError, ErrorFrame, ErrorKind, RejectKind, Rejection};
 
 use super::api::{ErrorBody, ErrorDetail};
-use crate::client::ClientError;
+use sandfork_protocol::client::ClientError;
 
 /// Retry hint when the daemon gives none (unreachable, shutting down, a queue timeout).
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);

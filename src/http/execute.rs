@@ -12,18 +12,16 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use sandfork_protocol::{FileData, LimitsRequest, Mode, RunResult, RunSpec, Status};
-use serde_json::value::RawValue;
 
-use super::api::{
-    ErrorBody, ExecuteRequest, OutputFile, RunMode, RunOutput, TimingsJson, UsageJson,
-};
+use super::api::{ErrorBody, ExecuteRequest, RunMode};
 use super::error::ApiError;
 use super::observe::RequestId;
 use super::{auth, body, Shim};
+use crate::output::RunOutput;
 
 /// Standard base64, padding optional (clients differ; both forms are unambiguous).
 const BASE64_IN: GeneralPurpose = GeneralPurpose::new(
@@ -81,7 +79,10 @@ pub async fn execute(
         ..RunSpec::default()
     };
     let result = run(&shim, spec, tenant, &request_id, peer).await?;
-    Ok(Json(run_output(result, request.mode)))
+    Ok(Json(RunOutput::new(
+        result,
+        request.mode == RunMode::Function,
+    )))
 }
 
 /// Sends `spec` on behalf of `tenant` and returns the result of a run that happened; a run the
@@ -99,7 +100,7 @@ pub async fn run(
         client_addr: Some(peer.to_string()),
         ..spec
     };
-    let result = shim.daemon.run(spec).await?;
+    let result = shim.upstream.run(spec).await?;
     match (&result.status, &result.rejection) {
         (Status::Rejected, Some(rejection)) => {
             Err(ApiError::rejected(rejection, result.message.as_deref()))
@@ -140,115 +141,9 @@ pub fn decode_file(path: &str, content_b64: &str) -> Result<FileData, ApiError> 
     })
 }
 
-/// Base64 of output files.
-pub fn encode_b64(bytes: &[u8]) -> String {
-    STANDARD.encode(bytes)
-}
-
-/// `main()`'s JSON text, verbatim (so integers beyond 64 bits stay exact); text that is somehow
-/// not JSON is passed on as a JSON string rather than lost.
-pub fn raw_json(text: String) -> Box<RawValue> {
-    match RawValue::from_string(text) {
-        Ok(raw) => raw,
-        Err(err) => {
-            let quoted = serde_json::to_string(&format!("(not JSON: {err})"))
-                .unwrap_or_else(|_| "null".into());
-            RawValue::from_string(quoted).unwrap_or_default()
-        }
-    }
-}
-
-/// The response of a run: `crate::client::result_json`'s fields plus the HTTP extras.
-pub fn run_output(result: RunResult, mode: RunMode) -> RunOutput {
-    let value = match mode {
-        RunMode::Script => None,
-        RunMode::Function => Some(result.result.map_or_else(Box::default, raw_json)),
-    };
-    RunOutput {
-        status: result.status.as_str().to_string(),
-        exit_code: result.exit_code,
-        signal: result.signal,
-        stdout: String::from_utf8_lossy(&result.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&result.stderr).into_owned(),
-        stdout_truncated: result.stdout_truncated,
-        stderr_truncated: result.stderr_truncated,
-        usage: UsageJson {
-            wall_ms: result.usage.wall_ms,
-            cpu_ms: result.usage.cpu_ms,
-            max_rss_kb: result.usage.max_rss_kb,
-        },
-        timings: TimingsJson {
-            queue_ms: result.timings.queue_ms,
-            spawn_ms: result.timings.spawn_ms,
-            run_ms: result.timings.run_ms,
-            total_ms: result.timings.total_ms,
-        },
-        message: result.message,
-        request_id: result.request_id,
-        result: value,
-        files: result
-            .files
-            .into_iter()
-            .map(|f| OutputFile {
-                size: f.content.len() as u64,
-                content_b64: encode_b64(&f.content),
-                path: f.path,
-            })
-            .collect(),
-        files_truncated: result.files_truncated,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use sandfork_protocol::Status;
-
     use super::*;
-    use crate::client::result_json;
-
-    fn sample() -> RunResult {
-        let mut result = RunResult::new(Status::Ok);
-        result.exit_code = Some(0);
-        result.stdout = b"hi\n".to_vec();
-        result.stderr = b"\xffwarn".to_vec();
-        result.usage.wall_ms = 1.5;
-        result.timings.total_ms = 2.0;
-        result.request_id = "h-1".into();
-        result.result = Some("123456789012345678901234567890".into());
-        result.files = vec![FileData {
-            path: "out.txt".into(),
-            content: b"done".to_vec(),
-        }];
-        result
-    }
-
-    #[test]
-    fn the_cli_fields_are_all_there_with_the_same_values() {
-        let result = sample();
-        let cli = result_json(&result);
-        let http = serde_json::to_value(run_output(result, RunMode::Script)).unwrap();
-        for (key, value) in cli.as_object().unwrap() {
-            assert_eq!(http.get(key), Some(value), "{key}");
-        }
-        assert_eq!(http["request_id"], "h-1");
-        assert!(http.get("result").is_none(), "no result in script mode");
-        assert_eq!(http["files"][0]["content_b64"], "ZG9uZQ==");
-        assert_eq!(http["files"][0]["size"], 4);
-        assert_eq!(http["files_truncated"], false);
-    }
-
-    #[test]
-    fn function_results_stay_exact_json() {
-        let text = serde_json::to_string(&run_output(sample(), RunMode::Function)).unwrap();
-        assert!(
-            text.contains("\"result\":123456789012345678901234567890"),
-            "{text}"
-        );
-        let mut failed = sample();
-        failed.result = None;
-        let value = serde_json::to_value(run_output(failed, RunMode::Function)).unwrap();
-        assert!(value["result"].is_null());
-    }
 
     #[test]
     fn code_and_base64_checks() {

@@ -19,7 +19,8 @@
 //! - [`execute`] (`/v1/execute`), [`compat`] (`/eval` as snekbox, `/execute` as the
 //!   python-sandbox-api style), [`probes`] (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`):
 //!   the handlers; each builds a `RunSpec` and shapes the `RunResult`.
-//! - [`daemon`]: one socket connection per request (connect, Hello, Run) and its errors.
+//! - [`upstream`]: the shim's side of the daemon's socket: one connection per request (connect,
+//!   Hello, Run) and its errors.
 //! - [`error`]: every failure as `{"error": {"kind", "message"}}` with its status code, and
 //!   how daemon rejections and error frames map to codes.
 //! - [`api`]: the request and response types, which also generate the OpenAPI document.
@@ -29,13 +30,13 @@ pub mod api;
 pub mod auth;
 pub mod body;
 pub mod compat;
-pub mod daemon;
 pub mod error;
 pub mod execute;
 pub mod metrics;
 pub mod observe;
 pub mod probes;
 pub mod serve;
+pub mod upstream;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -133,7 +134,7 @@ pub struct Shim {
     /// Key → tenant, from the same config the daemon reads.
     pub tenants: Tenants,
     /// Where runs go.
-    pub daemon: daemon::Daemon,
+    pub upstream: upstream::Upstream,
     /// The shim's own request counters.
     pub metrics: metrics::HttpMetrics,
     /// `/openapi.json`, rendered once.
@@ -149,7 +150,7 @@ impl Shim {
             .to_pretty_json()
             .unwrap_or_else(|e| format!("{{\"error\": \"cannot render the document: {e}\"}}"));
         Ok(Shim {
-            daemon: daemon::Daemon::new(settings.socket.clone()),
+            upstream: upstream::Upstream::new(settings.socket.clone()),
             settings,
             tenants,
             metrics: metrics::HttpMetrics::new(),

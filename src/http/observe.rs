@@ -41,7 +41,7 @@ impl RequestId {
 
     /// A fresh id: `h-` and 16 random hex digits (`h` for HTTP; the daemon's own are `r-…`).
     pub fn generate() -> RequestId {
-        RequestId(crate::logs::new_request_id("h"))
+        RequestId(crate::service::new_request_id("h"))
     }
 }
 

@@ -40,7 +40,7 @@ pub async fn healthz() -> Json<Health> {
     )
 )]
 pub async fn readyz(State(shim): State<Arc<Shim>>) -> Result<Json<Readiness>, ApiError> {
-    let status = shim.daemon.ping().await?;
+    let status = shim.upstream.ping().await?;
     let warm = status.profiles.iter().all(|p| p.zygotes_ready > 0);
     if !status.ready || !warm {
         let waiting: Vec<String> = status
@@ -99,7 +99,7 @@ pub async fn metrics(
             "/metrics is served to loopback peers only (start with --public-metrics to change it)",
         ));
     }
-    let daemon = match shim.daemon.metrics().await {
+    let daemon = match shim.upstream.metrics().await {
         Ok(text) => Some(text),
         Err(err) => {
             warn!(kind = %err.kind, cause = %err.message, "the daemon's metrics are unavailable");

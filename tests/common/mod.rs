@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use sandfork::client::Client;
+use sandfork_protocol::client::Client;
 use sandfork_protocol::{RunResult, RunSpec, Status};
 
 /// A daemon started for tests.
@@ -109,7 +109,7 @@ pub fn start_daemon_process(config: &Path, log: &Path) -> Child {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
-    sandfork::sys::die_with_parent(&mut command, libc::SIGTERM);
+    sandfork::daemon::sys::die_with_parent(&mut command, libc::SIGTERM);
     command.spawn().expect("spawn sandforkd")
 }
 

@@ -168,6 +168,11 @@ impl ReportDecoder {
         }
     }
 
+    /// The child said `done` (the reading is over).
+    pub fn is_done(&self) -> bool {
+        self.reports.done
+    }
+
     /// The channel itself failed the caller's checks (a packet over [`MAX_CHILD_PACKET`], too
     /// many descriptors): a misuse like any other.
     pub fn refuse(&mut self, why: String) {

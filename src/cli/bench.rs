@@ -1,0 +1,774 @@
+//! `sandfork bench`: a bounded load generator for a running daemon, and the baseline it is
+//! compared with (a fresh interpreter per request, as peers without a zygote do it).
+//!
+//! One invocation, top to bottom ([`run`]):
+//! 1. With a baseline: [`resolve_python`] finds the real interpreter behind `python3` (on these
+//!    machines a pyenv shim, ~200 ms per start, would flatter us), then [`baseline_command`] —
+//!    `python -I -B -X utf8 -c CODE`, the zygote's own flags — runs min(N, 100) times, one after
+//!    the other, each timed from spawn to exit. Its first successful stdout becomes the expected
+//!    output of every daemon run.
+//! 2. C connections are opened and greeted before the clock starts.
+//! 3. One worker per connection keeps exactly one run in flight, taking request numbers from a
+//!    shared counter until N are taken, so the daemon sees C concurrent runs, like a pool of C
+//!    synchronous callers (an app server's workers). Each run is timed from send to its result:
+//!    the client-observed round trip. (One connection per in-flight run rather than multiplexing:
+//!    the daemon serves both the same way, and this keeps the client's own head-of-line effects
+//!    out of the numbers.) With a rate R (open loop), run i is due at i/R seconds after the
+//!    start. A worker that picks it up early sleeps until then and times it from the send; one
+//!    that picks it up late (its connection was busy) times it from when it was due, so the
+//!    wait for a free connection counts (no coordinated omission).
+//! 4. The collector ([`Tally`]) checks each result as it arrives — status `ok` and the expected
+//!    stdout, which without a baseline is the first `ok` result's — records its round trip in a
+//!    histogram (µs, 3 significant digits) and sums the server's per-phase timings.
+//!
+//! Everything is bounded: N requests, and a hard deadline on the whole invocation after which
+//! every request without a correct result counts as an error. The last line of the output is a
+//! [`Summary`] (see its `Display`), which scripts and tests parse.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use sandfork_protocol::{RunResult, RunSpec, Status};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use sandfork_protocol::client::{Client, ClientError};
+
+/// What every request runs unless `--code` says otherwise.
+pub const DEFAULT_CODE: &str = "print(1)";
+/// Requests per invocation unless `--requests` says otherwise.
+pub const DEFAULT_REQUESTS: u64 = 200;
+/// The hard bound on one invocation (baseline, connections and load together).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
+/// The baseline runs min(N, this) interpreters: enough for a stable median, and bounded because
+/// each costs a whole interpreter start.
+pub const MAX_BASELINE_RUNS: u64 = 100;
+/// The flags the zygote runs the interpreter with (see `pool.rs`); the baseline uses the same, so
+/// it pays for the same start-up and no more.
+pub const BASELINE_FLAGS: [&str; 4] = ["-I", "-B", "-X", "utf8"];
+/// The interpreter the baseline resolves when none is given, as the default profile names it.
+pub const DEFAULT_PYTHON: &str = "python3";
+/// Largest round trip the histograms hold, in µs (an hour); longer ones are clamped to it.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+/// Histogram precision: 3 significant digits (1 µs exact below 2 ms, 0.1 % above).
+const SIGNIFICANT_DIGITS: u8 = 3;
+/// How many failures are described on stderr; the rest are only counted.
+const MAX_ERROR_EXAMPLES: usize = 5;
+/// How much of an unexpected stdout an error description quotes.
+const QUOTE_BYTES: usize = 60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("requests and concurrency must be at least 1")]
+    Invalid,
+    #[error("{0}")]
+    Connect(#[source] ClientError),
+    #[error("the deadline of {0:?} passed before the load could start")]
+    Deadline(Duration),
+    #[error("cannot start {python}: {source}")]
+    PythonSpawn {
+        python: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{python} did not report sys.executable: {detail}")]
+    PythonProbe { python: PathBuf, detail: String },
+}
+
+/// One invocation's parameters (the CLI's flags).
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// The daemon's socket.
+    pub socket: PathBuf,
+    /// Profile every run asks for; `None` is the daemon's default profile.
+    pub profile: Option<String>,
+    /// The Python source every request runs.
+    pub code: String,
+    /// How many runs to send in total.
+    pub requests: u64,
+    /// Runs in flight at once (one connection each).
+    pub concurrency: u64,
+    /// Also time a fresh interpreter per request, and take the expected stdout from it.
+    pub baseline: bool,
+    /// Open loop: runs started per second in all. `None`: closed loop.
+    pub rate: Option<f64>,
+    /// The baseline's interpreter (resolved to its `sys.executable`); default `python3`.
+    pub python: Option<PathBuf>,
+    /// Hard bound on the whole invocation.
+    pub deadline: Duration,
+}
+
+impl BenchConfig {
+    /// The defaults of `sandfork bench` against `socket`.
+    pub fn new(socket: PathBuf) -> Self {
+        BenchConfig {
+            socket,
+            profile: None,
+            code: DEFAULT_CODE.to_string(),
+            requests: DEFAULT_REQUESTS,
+            concurrency: 1,
+            baseline: false,
+            rate: None,
+            python: None,
+            deadline: DEFAULT_DEADLINE,
+        }
+    }
+}
+
+/// The line scripts parse: `p50_ms=… p90_ms=… p99_ms=… rps=… errors=…`, then, with a baseline,
+/// ` baseline_p50_ms=… ratio=…`. Floats have 3 decimals.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    /// Results per second of the load phase.
+    pub rps: f64,
+    pub errors: u64,
+    pub baseline_p50_ms: Option<f64>,
+}
+
+impl Summary {
+    /// The summary of `results` round trips recorded in `latency` (µs) over `elapsed`.
+    pub fn new(
+        latency: &Histogram<u64>,
+        results: u64,
+        elapsed: Duration,
+        errors: u64,
+        baseline: Option<&Histogram<u64>>,
+    ) -> Self {
+        let seconds = elapsed.as_secs_f64();
+        Summary {
+            p50_ms: percentile_ms(latency, 0.50),
+            p90_ms: percentile_ms(latency, 0.90),
+            p99_ms: percentile_ms(latency, 0.99),
+            rps: if seconds > 0.0 {
+                results as f64 / seconds
+            } else {
+                0.0
+            },
+            errors,
+            baseline_p50_ms: baseline.map(|b| percentile_ms(b, 0.50)),
+        }
+    }
+
+    /// Baseline p50 over sandfork's p50: how many times faster a run through the daemon is than
+    /// starting an interpreter. 0 when there is no sandfork p50 to divide by.
+    pub fn ratio(&self) -> Option<f64> {
+        let baseline = self.baseline_p50_ms?;
+        Some(if self.p50_ms > 0.0 {
+            baseline / self.p50_ms
+        } else {
+            0.0
+        })
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} rps={:.3} errors={}",
+            self.p50_ms, self.p90_ms, self.p99_ms, self.rps, self.errors
+        )?;
+        if let (Some(baseline), Some(ratio)) = (self.baseline_p50_ms, self.ratio()) {
+            write!(f, " baseline_p50_ms={baseline:.3} ratio={ratio:.3}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The `q` quantile of a µs histogram, in ms; 0 when nothing was recorded.
+pub fn percentile_ms(histogram: &Histogram<u64>, q: f64) -> f64 {
+    if histogram.is_empty() {
+        0.0
+    } else {
+        histogram.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// "p50" of a histogram in ms with 3 decimals, or "-" when it is empty.
+fn p50_or_none(histogram: &Histogram<u64>) -> String {
+    if histogram.is_empty() {
+        "-".to_string()
+    } else {
+        format!("{:.3}", percentile_ms(histogram, 0.5))
+    }
+}
+
+/// An empty round-trip histogram: µs from 1 to an hour, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    // The bounds are constants that satisfy the crate's rules (low ≥ 1, high ≥ 2 × low, digits ≤ 5).
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, SIGNIFICANT_DIGITS)
+        .unwrap_or_else(|err| unreachable!("constant histogram bounds rejected: {err}"))
+}
+
+fn record(histogram: &mut Histogram<u64>, latency: Duration) {
+    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    histogram.saturating_record(micros.max(1));
+}
+
+/// Means of the server's per-phase timings (`RunResult::timings`), in ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PhaseMeans {
+    pub queue_ms: f64,
+    pub spawn_ms: f64,
+    pub run_ms: f64,
+    pub total_ms: f64,
+}
+
+/// Means of what the programs themselves used (`RunResult::usage`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UsageMeans {
+    /// The program's wall time from "go" to exit, ms.
+    pub wall_ms: f64,
+    /// The child's CPU time (user + system, including its exit), ms: compared with `run_ms` it
+    /// tells computing from waiting.
+    pub cpu_ms: f64,
+    /// The child's peak RSS, KiB.
+    pub max_rss_kb: f64,
+}
+
+/// The baseline: a fresh interpreter per request.
+#[derive(Debug, Clone)]
+pub struct Baseline {
+    /// The interpreter actually started (after resolving shims).
+    pub python: PathBuf,
+    /// Runs attempted.
+    pub runs: u64,
+    /// Runs that exited non-zero, printed something else than the first successful run, could
+    /// not start, or did not finish before the deadline.
+    pub failures: u64,
+    /// Spawn-to-exit times, µs.
+    pub latency: Histogram<u64>,
+    /// The first successful run's stdout: what every daemon run must print.
+    pub stdout: Option<Vec<u8>>,
+    /// Descriptions of the first few failures.
+    pub error_examples: Vec<String>,
+}
+
+/// Everything one invocation measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Requests asked for.
+    pub requests: u64,
+    /// Connections used (each with one run in flight).
+    pub connections: u64,
+    /// Wall time of the load phase, from the first send to the last result.
+    pub elapsed: Duration,
+    /// Client-observed round trips of every run that got a result (of any status), µs.
+    pub latency: Histogram<u64>,
+    /// Runs that got a result (of any status).
+    pub results: u64,
+    /// Runs whose result was `ok` with the expected stdout.
+    pub good: u64,
+    /// Server-side phase means over every result.
+    pub phases: PhaseMeans,
+    /// Means of the children's resource usage over every result.
+    pub usage: UsageMeans,
+    /// Results served by a pre-forked (warm) child.
+    pub warm: u64,
+    /// Round trips of the results served by a warm child, µs …
+    pub warm_latency: Histogram<u64>,
+    /// … and of those whose child was forked for the request.
+    pub cold_latency: Histogram<u64>,
+    /// Descriptions of the first few failed requests.
+    pub error_examples: Vec<String>,
+    /// True if the deadline stopped the load before every request had its answer.
+    pub deadline_hit: bool,
+    pub baseline: Option<Baseline>,
+}
+
+impl Report {
+    /// Failed requests (no result, a status other than `ok`, or another stdout), plus failed
+    /// baseline runs.
+    pub fn errors(&self) -> u64 {
+        self.requests.saturating_sub(self.good) + self.baseline.as_ref().map_or(0, |b| b.failures)
+    }
+
+    pub fn summary(&self) -> Summary {
+        Summary::new(
+            &self.latency,
+            self.results,
+            self.elapsed,
+            self.errors(),
+            self.baseline.as_ref().map(|b| &b.latency),
+        )
+    }
+
+    /// The human-readable lines printed before the summary line.
+    pub fn describe(&self, config: &BenchConfig) -> Vec<String> {
+        let ms = |q| percentile_ms(&self.latency, q);
+        let mut lines = vec![
+            format!(
+                "sandfork bench: {} × {} ({} profile), concurrency {} ({} connection{}, one run \
+                 in flight each)",
+                self.requests,
+                quote(config.code.as_bytes()),
+                config.profile.as_deref().unwrap_or("default"),
+                config.concurrency,
+                self.connections,
+                if self.connections == 1 { "" } else { "s" },
+            ),
+            format!(
+                "results: {} of {} ok, {} failed, in {:.3} s{}",
+                self.good,
+                self.requests,
+                self.requests - self.good,
+                self.elapsed.as_secs_f64(),
+                if self.deadline_hit {
+                    " (stopped by the deadline)"
+                } else {
+                    ""
+                },
+            ),
+        ];
+        if !self.latency.is_empty() {
+            let mean_ms = self.latency.mean() / 1000.0;
+            lines.push(format!(
+                "round trip ms: min {:.3} mean {:.3} p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
+                self.latency.min() as f64 / 1000.0,
+                mean_ms,
+                ms(0.5),
+                ms(0.9),
+                ms(0.99),
+                self.latency.max() as f64 / 1000.0,
+            ));
+            let p = self.phases;
+            lines.push(format!(
+                "server phases, mean ms: queue {:.3} spawn {:.3} run {:.3} total {:.3}; \
+                 client + socket {:.3}",
+                p.queue_ms,
+                p.spawn_ms,
+                p.run_ms,
+                p.total_ms,
+                mean_ms - p.total_ms,
+            ));
+            let u = self.usage;
+            lines.push(format!(
+                "child usage, mean: wall {:.3} ms, cpu {:.3} ms, max rss {:.1} MiB",
+                u.wall_ms,
+                u.cpu_ms,
+                u.max_rss_kb / 1024.0,
+            ));
+            lines.push(format!(
+                "warm children: {} of {} results ({:.1} %); round trip p50 ms: warm {}, forked \
+                 for the request {}",
+                self.warm,
+                self.results,
+                100.0 * self.warm as f64 / self.results as f64,
+                p50_or_none(&self.warm_latency),
+                p50_or_none(&self.cold_latency),
+            ));
+        }
+        if let Some(b) = &self.baseline {
+            lines.push(format!(
+                "baseline: {} {} -c CODE, {} runs one after the other, {} failed: ms p50 {:.3} \
+                 p90 {:.3} p99 {:.3}",
+                b.python.display(),
+                BASELINE_FLAGS.join(" "),
+                b.runs,
+                b.failures,
+                percentile_ms(&b.latency, 0.5),
+                percentile_ms(&b.latency, 0.9),
+                percentile_ms(&b.latency, 0.99),
+            ));
+        }
+        lines
+    }
+
+    /// Descriptions of the first few failures, daemon runs and baseline runs.
+    pub fn error_examples(&self) -> impl Iterator<Item = &String> {
+        let baseline = self.baseline.iter().flat_map(|b| b.error_examples.iter());
+        baseline.chain(self.error_examples.iter())
+    }
+}
+
+/// Runs one bounded benchmark against the daemon at `config.socket`.
+pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
+    if config.requests == 0 || config.concurrency == 0 {
+        return Err(BenchError::Invalid);
+    }
+    let deadline = Instant::now() + config.deadline;
+    let baseline = if config.baseline {
+        let python = config
+            .python
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PYTHON));
+        let python = resolve_python(&python)?;
+        let runs = config.requests.min(MAX_BASELINE_RUNS);
+        Some(run_baseline(&python, &config.code, runs, deadline).await)
+    } else {
+        None
+    };
+
+    let connections = config.concurrency.min(config.requests);
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        let client = tokio::time::timeout_at(deadline, Client::connect(&config.socket))
+            .await
+            .map_err(|_| BenchError::Deadline(config.deadline))?
+            .map_err(BenchError::Connect)?;
+        clients.push(client);
+    }
+
+    let spec = RunSpec {
+        profile: config.profile.clone(),
+        code: config.code.clone().into_bytes(),
+        ..Default::default()
+    };
+    let mut tally = Tally::new(baseline.as_ref().and_then(|b| b.stdout.clone()));
+    let taken = Arc::new(AtomicU64::new(0));
+    let (samples, mut incoming) = mpsc::unbounded_channel();
+    let mut workers = JoinSet::new();
+    let started = Instant::now();
+    let schedule = config.rate.map(|rate| Schedule {
+        start: started,
+        rate,
+    });
+    for client in clients {
+        workers.spawn(drive(
+            client,
+            spec.clone(),
+            taken.clone(),
+            config.requests,
+            schedule,
+            samples.clone(),
+        ));
+    }
+    drop(samples);
+    let mut deadline_hit = false;
+    loop {
+        match tokio::time::timeout_at(deadline, incoming.recv()).await {
+            Ok(Some(sample)) => tally.add(sample),
+            Ok(None) => break,
+            Err(_) => {
+                deadline_hit = true;
+                break;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    workers.abort_all();
+
+    Ok(tally.into_report(
+        config.requests,
+        connections,
+        elapsed,
+        deadline_hit,
+        baseline,
+    ))
+}
+
+/// One run's round trip and what came back.
+#[derive(Debug)]
+struct Sample {
+    latency: Duration,
+    outcome: Result<RunResult, ClientError>,
+}
+
+/// Open-loop arrivals: run `i` is due `i / rate` seconds after `start`.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    rate: f64,
+}
+
+impl Schedule {
+    fn due(&self, run: u64) -> Instant {
+        self.start + Duration::from_secs_f64(run as f64 / self.rate)
+    }
+}
+
+/// One connection's loop: one run in flight until `requests` runs have been taken by all workers
+/// together; with a schedule, each run waits until it is due and is timed from then. Stops early
+/// when the connection breaks (the run it was on counts as failed).
+async fn drive(
+    mut client: Client,
+    spec: RunSpec,
+    taken: Arc<AtomicU64>,
+    requests: u64,
+    schedule: Option<Schedule>,
+    samples: mpsc::UnboundedSender<Sample>,
+) {
+    loop {
+        let run = taken.fetch_add(1, Ordering::Relaxed);
+        if run >= requests {
+            return;
+        }
+        let spec = spec.clone();
+        let sent = match schedule {
+            // Late already (this connection was busy): the run has been waiting since it was
+            // due, and that wait counts. Otherwise sleep until it is due and time it from the
+            // moment it is sent, so the timer's own slack (up to a millisecond in tokio) does
+            // not count against the daemon.
+            Some(schedule) => {
+                let due = schedule.due(run);
+                if Instant::now() >= due {
+                    due
+                } else {
+                    tokio::time::sleep_until(due).await;
+                    Instant::now()
+                }
+            }
+            None => Instant::now(),
+        };
+        let outcome = client.run(spec).await;
+        let latency = sent.elapsed();
+        // A protocol error answering the run leaves the connection usable; anything else not.
+        let broken = matches!(&outcome, Err(err) if !matches!(err, ClientError::Server(_)));
+        if samples.send(Sample { latency, outcome }).is_err() || broken {
+            return;
+        }
+    }
+}
+
+/// Checks results as they arrive and accumulates the numbers.
+#[derive(Debug)]
+struct Tally {
+    /// The stdout every run must print: the baseline's, else the first `ok` result's.
+    expected: Option<Vec<u8>>,
+    latency: Histogram<u64>,
+    results: u64,
+    good: u64,
+    phase_sums: PhaseMeans,
+    usage_sums: UsageMeans,
+    warm: u64,
+    warm_latency: Histogram<u64>,
+    cold_latency: Histogram<u64>,
+    error_examples: Vec<String>,
+}
+
+impl Tally {
+    fn new(expected: Option<Vec<u8>>) -> Self {
+        Tally {
+            expected,
+            latency: latency_histogram(),
+            results: 0,
+            good: 0,
+            phase_sums: PhaseMeans::default(),
+            usage_sums: UsageMeans::default(),
+            warm: 0,
+            warm_latency: latency_histogram(),
+            cold_latency: latency_histogram(),
+            error_examples: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, sample: Sample) {
+        let result = match sample.outcome {
+            Ok(result) => result,
+            Err(err) => {
+                self.note_error(format!("request failed: {err}"));
+                return;
+            }
+        };
+        record(&mut self.latency, sample.latency);
+        self.results += 1;
+        let t = &result.timings;
+        self.phase_sums.queue_ms += t.queue_ms;
+        self.phase_sums.spawn_ms += t.spawn_ms;
+        self.phase_sums.run_ms += t.run_ms;
+        self.phase_sums.total_ms += t.total_ms;
+        self.usage_sums.wall_ms += result.usage.wall_ms;
+        self.usage_sums.cpu_ms += result.usage.cpu_ms;
+        self.usage_sums.max_rss_kb += result.usage.max_rss_kb as f64;
+        self.warm += u64::from(result.warm);
+        let by_kind = if result.warm {
+            &mut self.warm_latency
+        } else {
+            &mut self.cold_latency
+        };
+        record(by_kind, sample.latency);
+        if result.status != Status::Ok {
+            self.note_error(format!(
+                "status {}: {}{}",
+                result.status,
+                result.message.as_deref().unwrap_or(""),
+                if result.stderr.is_empty() {
+                    String::new()
+                } else {
+                    format!(" stderr {}", quote(&result.stderr))
+                },
+            ));
+            return;
+        }
+        match &self.expected {
+            None => self.expected = Some(result.stdout),
+            Some(expected) if *expected == result.stdout => {}
+            Some(expected) => {
+                let message = format!(
+                    "stdout differs: expected {}, got {}",
+                    quote(expected),
+                    quote(&result.stdout)
+                );
+                self.note_error(message);
+                return;
+            }
+        }
+        self.good += 1;
+    }
+
+    fn note_error(&mut self, message: String) {
+        if self.error_examples.len() < MAX_ERROR_EXAMPLES {
+            self.error_examples.push(message);
+        }
+    }
+
+    fn into_report(
+        self,
+        requests: u64,
+        connections: u64,
+        elapsed: Duration,
+        deadline_hit: bool,
+        baseline: Option<Baseline>,
+    ) -> Report {
+        let n = self.results.max(1) as f64;
+        let (s, u) = (self.phase_sums, self.usage_sums);
+        let mut error_examples = self.error_examples;
+        if deadline_hit && error_examples.len() < MAX_ERROR_EXAMPLES {
+            error_examples.push(format!(
+                "deadline: {} of {requests} requests had no result",
+                requests - self.results
+            ));
+        }
+        Report {
+            requests,
+            connections,
+            elapsed,
+            latency: self.latency,
+            results: self.results,
+            good: self.good,
+            phases: PhaseMeans {
+                queue_ms: s.queue_ms / n,
+                spawn_ms: s.spawn_ms / n,
+                run_ms: s.run_ms / n,
+                total_ms: s.total_ms / n,
+            },
+            usage: UsageMeans {
+                wall_ms: u.wall_ms / n,
+                cpu_ms: u.cpu_ms / n,
+                max_rss_kb: u.max_rss_kb / n,
+            },
+            warm: self.warm,
+            warm_latency: self.warm_latency,
+            cold_latency: self.cold_latency,
+            error_examples,
+            deadline_hit,
+            baseline,
+        }
+    }
+}
+
+/// The real executable behind `python` (a command on PATH, a shim or a path), as the interpreter
+/// itself reports it in isolated mode — the same resolution the daemon's probe does, so the
+/// baseline starts the interpreter the profile runs.
+pub fn resolve_python(python: &Path) -> Result<PathBuf, BenchError> {
+    let output = std::process::Command::new(python)
+        .args(["-I", "-c", "import sys; print(sys.executable)"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| BenchError::PythonSpawn {
+            python: python.to_owned(),
+            source,
+        })?;
+    let executable = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    if !output.status.success() || executable.is_empty() {
+        return Err(BenchError::PythonProbe {
+            python: python.to_owned(),
+            detail: format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
+    }
+    Ok(PathBuf::from(executable))
+}
+
+/// `python -I -B -X utf8 -c CODE`: one baseline run, with the zygote's flags, stdin empty, both
+/// outputs captured.
+pub fn baseline_command(python: &Path, code: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(python);
+    command
+        .args(BASELINE_FLAGS)
+        .arg("-c")
+        .arg(code)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Runs the baseline `runs` times, one after the other, until done or `deadline`.
+async fn run_baseline(python: &Path, code: &str, runs: u64, deadline: Instant) -> Baseline {
+    let mut baseline = Baseline {
+        python: python.to_owned(),
+        runs,
+        failures: 0,
+        latency: latency_histogram(),
+        stdout: None,
+        error_examples: Vec::new(),
+    };
+    fn fail(baseline: &mut Baseline, message: String) {
+        baseline.failures += 1;
+        if baseline.error_examples.len() < MAX_ERROR_EXAMPLES {
+            baseline.error_examples.push(format!("baseline: {message}"));
+        }
+    }
+    for done in 0..runs {
+        let mut command = tokio::process::Command::from(baseline_command(python, code));
+        command.kill_on_drop(true);
+        let started = Instant::now();
+        let output = match tokio::time::timeout_at(deadline, command.output()).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(err)) => {
+                fail(&mut baseline, format!("cannot start: {err}"));
+                continue;
+            }
+            Err(_) => {
+                let left = runs - done;
+                baseline.failures += left - 1;
+                fail(
+                    &mut baseline,
+                    format!("deadline: {left} runs did not finish"),
+                );
+                break;
+            }
+        };
+        record(&mut baseline.latency, started.elapsed());
+        if !output.status.success() {
+            let message = format!("{}: stderr {}", output.status, quote(&output.stderr));
+            fail(&mut baseline, message);
+            continue;
+        }
+        match &baseline.stdout {
+            None => baseline.stdout = Some(output.stdout),
+            Some(expected) if *expected == output.stdout => {}
+            Some(expected) => {
+                let message = format!(
+                    "stdout differs: expected {}, got {}",
+                    quote(expected),
+                    quote(&output.stdout)
+                );
+                fail(&mut baseline, message);
+            }
+        }
+    }
+    baseline
+}
+
+/// Bytes as a short, escaped, quoted string for messages.
+fn quote(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(QUOTE_BYTES)]);
+    let ellipsis = if bytes.len() > QUOTE_BYTES { "…" } else { "" };
+    format!("{text:?}{ellipsis}")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,157 @@
+//! Unit tests of `src/cli/bench.rs`.
+
+use super::*;
+
+/// A histogram holding `values` (µs).
+fn histogram(values: impl IntoIterator<Item = u64>) -> Histogram<u64> {
+    let mut h = latency_histogram();
+    for v in values {
+        h.record(v).unwrap();
+    }
+    h
+}
+
+fn ok(stdout: &[u8]) -> RunResult {
+    let mut result = RunResult::new(Status::Ok);
+    result.exit_code = Some(0);
+    result.stdout = stdout.to_vec();
+    result
+}
+
+fn sample(outcome: Result<RunResult, ClientError>) -> Sample {
+    Sample {
+        latency: Duration::from_micros(1500),
+        outcome,
+    }
+}
+
+#[test]
+fn summary_line_has_the_exact_format() {
+    let summary = Summary {
+        p50_ms: 2.0,
+        p90_ms: 3.25,
+        p99_ms: 10.0,
+        rps: 123.4567,
+        errors: 0,
+        baseline_p50_ms: None,
+    };
+    assert_eq!(
+        summary.to_string(),
+        "p50_ms=2.000 p90_ms=3.250 p99_ms=10.000 rps=123.457 errors=0"
+    );
+    assert_eq!(summary.ratio(), None);
+    let with_baseline = Summary {
+        baseline_p50_ms: Some(17.0),
+        errors: 3,
+        ..summary
+    };
+    assert_eq!(with_baseline.ratio(), Some(8.5));
+    assert_eq!(
+        with_baseline.to_string(),
+        "p50_ms=2.000 p90_ms=3.250 p99_ms=10.000 rps=123.457 errors=3 \
+         baseline_p50_ms=17.000 ratio=8.500"
+    );
+}
+
+#[test]
+fn percentiles_rps_and_ratio_from_histograms() {
+    // 1000 round trips of 1..=1000 µs in 2 s; the baseline's interpreters take 2 ms. (A
+    // 3-digit histogram holds every µs exactly below 2048 µs; above, it reports the highest
+    // value of a 0.1 % bucket.)
+    let latency = histogram(1..=1000);
+    let baseline = histogram([2000; 10]);
+    let summary = Summary::new(&latency, 1000, Duration::from_secs(2), 0, Some(&baseline));
+    assert_eq!(summary.p50_ms, 0.5);
+    assert_eq!(summary.p90_ms, 0.9);
+    assert_eq!(summary.p99_ms, 0.99);
+    assert_eq!(summary.rps, 500.0);
+    assert_eq!(summary.baseline_p50_ms, Some(2.0));
+    assert_eq!(summary.ratio(), Some(4.0));
+    assert_eq!(
+        summary.to_string(),
+        "p50_ms=0.500 p90_ms=0.900 p99_ms=0.990 rps=500.000 errors=0 \
+         baseline_p50_ms=2.000 ratio=4.000"
+    );
+}
+
+#[test]
+fn large_latencies_keep_three_significant_digits() {
+    // 40 ms … 60 ms: above 2 ms the histogram's buckets are 0.1 % wide.
+    let latency = histogram((40_000..=60_000).step_by(100));
+    let p50 = percentile_ms(&latency, 0.5);
+    assert!((p50 - 50.0).abs() / 50.0 < 0.001, "p50 {p50}");
+}
+
+#[test]
+fn nothing_recorded_gives_zeros_not_nan() {
+    let empty = latency_histogram();
+    let summary = Summary::new(&empty, 0, Duration::ZERO, 7, Some(&histogram([1900])));
+    assert_eq!(
+        summary.to_string(),
+        "p50_ms=0.000 p90_ms=0.000 p99_ms=0.000 rps=0.000 errors=7 \
+         baseline_p50_ms=1.900 ratio=0.000"
+    );
+}
+
+#[test]
+fn clamps_instead_of_failing() {
+    let mut h = latency_histogram();
+    record(&mut h, Duration::ZERO);
+    record(&mut h, Duration::from_secs(7200));
+    assert_eq!(h.len(), 2);
+    assert_eq!(h.min(), 1);
+}
+
+#[test]
+fn first_ok_result_sets_the_expected_stdout() {
+    let mut tally = Tally::new(None);
+    tally.add(sample(Ok(ok(b"1\n"))));
+    tally.add(sample(Ok(ok(b"1\n"))));
+    tally.add(sample(Ok(ok(b"2\n"))));
+    let mut failed = RunResult::new(Status::Timeout).with_message("wall clock");
+    failed.timings.spawn_ms = 4.0;
+    tally.add(sample(Ok(failed)));
+    tally.add(sample(Err(ClientError::Closed)));
+    let report = tally.into_report(6, 2, Duration::from_secs(1), false, None);
+    assert_eq!(report.results, 4);
+    assert_eq!(report.good, 2);
+    // 4 bad (differing stdout, timeout, closed connection, one never answered).
+    assert_eq!(report.errors(), 4);
+    assert_eq!(report.latency.len(), 4);
+    assert_eq!(report.phases.spawn_ms, 1.0);
+    assert_eq!(report.error_examples.len(), 3);
+    assert!(report.error_examples[0].contains("stdout differs"));
+    assert!(report.error_examples[1].contains("status timeout: wall clock"));
+    assert_eq!(report.summary().errors, 4);
+}
+
+#[test]
+fn the_baseline_stdout_wins_and_its_failures_count() {
+    let mut tally = Tally::new(Some(b"1\n".to_vec()));
+    tally.add(sample(Ok(ok(b"one\n"))));
+    tally.add(sample(Ok(ok(b"1\n"))));
+    let baseline = Baseline {
+        python: PathBuf::from("/usr/bin/python3"),
+        runs: 2,
+        failures: 1,
+        latency: histogram([1_200]),
+        stdout: Some(b"1\n".to_vec()),
+        error_examples: vec!["baseline: exit status: 1".into()],
+    };
+    let report = tally.into_report(2, 1, Duration::from_secs(1), false, Some(baseline));
+    assert_eq!(report.good, 1);
+    assert_eq!(report.errors(), 2);
+    assert_eq!(report.error_examples().count(), 2);
+    let line = report.summary().to_string();
+    // Both daemon runs took 1.5 ms.
+    assert!(
+        line.ends_with("errors=2 baseline_p50_ms=1.200 ratio=0.800"),
+        "{line}"
+    );
+}
+
+#[test]
+fn quote_escapes_and_shortens() {
+    assert_eq!(quote(b"1\n"), "\"1\\n\"");
+    assert!(quote(&[b'x'; 100]).ends_with("\"…"));
+}

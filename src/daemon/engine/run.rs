@@ -1,0 +1,268 @@
+//! One run, from a validated request to exactly one `RunResult`.
+//!
+//! Path: the tenant's and the profile's limits (a request may only lower them) → admission
+//! (rate, tenant concurrency, the fair per-profile queue, a run slot) → take a warm child, or fork one now (cold: a free slot, a live zygote, fork, lockdown) →
+//! `ReadyChild::run` (go, capture, deadline, classify). A warm child that turns out to be dead
+//! when its code is sent is replaced by a cold one; the request does not fail for it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sandfork_protocol::{RejectKind, RunResult, RunSpec, Status};
+
+use crate::config::Limits;
+use crate::daemon::child::{ChildError, ReadyChild};
+use crate::daemon::engine::pool::Pool;
+use crate::daemon::engine::slots::Slots;
+use crate::daemon::engine::warm::{WarmPool, REFILL_AFTER};
+use crate::daemon::policy::admission::{Admission, Refusal};
+use crate::tenants::{PolicyError, Tenant};
+
+/// How long a run that found no warm child waits for the one being prepared before it forks its
+/// own (a preparation takes a few ms; far longer means the machine is saturated).
+const WARM_PATIENCE: Duration = Duration::from_millis(50);
+
+/// How long a run may wait for a zygote to be available.
+const ZYGOTE_WAIT: Duration = Duration::from_secs(10);
+
+/// A result that never ran.
+pub fn rejected(kind: RejectKind, message: impl Into<String>) -> RunResult {
+    RunResult::rejected(kind, message)
+}
+
+pub use sandfork_ipc::path::check_relative_path;
+
+/// Checks a request's input files against the limits.
+fn check_files(spec: &RunSpec, limits: &Limits) -> Result<(), (RejectKind, String)> {
+    if spec.files.len() as u64 > limits.max_files {
+        return Err((
+            RejectKind::InvalidFiles,
+            format!(
+                "{} files; the limit is {}",
+                spec.files.len(),
+                limits.max_files
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    for file in &spec.files {
+        check_relative_path(&file.path).map_err(|e| (RejectKind::InvalidFiles, e))?;
+        if !seen.insert(file.path.as_str()) {
+            return Err((
+                RejectKind::InvalidFiles,
+                format!("file {:?} is given twice", file.path),
+            ));
+        }
+        // A file may not also be a directory of another one ("a" and "a/b").
+        total += file.content.len() as u64;
+    }
+    for file in &spec.files {
+        let mut prefix = String::new();
+        for part in file
+            .path
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map_or(&[][..], |(_, dirs)| dirs)
+        {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            if seen.contains(prefix.as_str()) {
+                return Err((
+                    RejectKind::InvalidFiles,
+                    format!("{prefix:?} is both a file and a directory"),
+                ));
+            }
+        }
+    }
+    if total > limits.files_bytes {
+        return Err((
+            RejectKind::TooLarge,
+            format!(
+                "input files are {total} bytes; the limit is {}",
+                limits.files_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn internal_error(message: impl Into<String>) -> RunResult {
+    let mut result = RunResult::new(Status::InternalError);
+    result.message = Some(message.into());
+    result
+}
+
+/// What a run needs from the supervisor.
+pub struct RunContext<'a> {
+    /// Who asked: their policy caps the limits and their share of the queue.
+    pub tenant: &'a Tenant,
+    pub pool: &'a std::sync::Arc<Pool>,
+    pub warm: &'a WarmPool,
+    pub slots: &'a Slots,
+    pub admission: &'a Admission,
+    pub child_ids: &'a AtomicU64,
+}
+
+/// Runs `spec`. `received` is when the request arrived (for queue timing).
+pub async fn execute(ctx: RunContext<'_>, spec: RunSpec, received: Instant) -> RunResult {
+    let profile = &ctx.pool.profile.name;
+    let limits = match ctx
+        .tenant
+        .effective_limits(profile, &ctx.pool.profile.limits, &spec.limits)
+    {
+        Ok(limits) => limits,
+        Err(err) => {
+            let kind = match err {
+                PolicyError::ProfileNotAllowed { .. } => RejectKind::ProfileNotAllowed,
+                PolicyError::NotPositive { .. } => RejectKind::InvalidLimits,
+                _ => RejectKind::LimitAboveCeiling,
+            };
+            return rejected(kind, err.to_string());
+        }
+    };
+    if spec.code.len() as u64 > limits.code_bytes {
+        return rejected(
+            RejectKind::TooLarge,
+            format!(
+                "code is {} bytes; the limit is {}",
+                spec.code.len(),
+                limits.code_bytes
+            ),
+        );
+    }
+    if spec.stdin.len() as u64 > limits.stdin_bytes {
+        return rejected(
+            RejectKind::TooLarge,
+            format!(
+                "stdin is {} bytes; the limit is {}",
+                spec.stdin.len(),
+                limits.stdin_bytes
+            ),
+        );
+    }
+    if let Err((kind, message)) = check_files(&spec, &limits) {
+        return rejected(kind, message);
+    }
+    let permit = match ctx.admission.admit(ctx.tenant, profile).await {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            let kind = match refusal {
+                Refusal::RateLimited { .. } => RejectKind::RateLimited,
+                Refusal::Busy { .. } => RejectKind::Busy,
+                Refusal::QueueTimeout { .. } => RejectKind::QueueTimeout,
+            };
+            let mut result = rejected(kind, refusal.to_string());
+            if let Some(rejection) = result.rejection.as_mut() {
+                rejection.retry_after_ms = refusal.retry_after_ms();
+            }
+            result.timings.queue_ms = ms(received.elapsed());
+            return result;
+        }
+    };
+    let queued = permit.waited();
+    let mut result = match run_with_child(&ctx, &spec, &limits).await {
+        Ok(result) => result,
+        Err(message) => internal_error(message),
+    };
+    result.timings.queue_ms = ms(queued);
+    result.timings.total_ms = ms(received.elapsed());
+    result
+}
+
+async fn run_with_child(
+    ctx: &RunContext<'_>,
+    spec: &RunSpec,
+    limits: &Limits,
+) -> Result<RunResult, String> {
+    let started = Instant::now();
+    if let Some(child) = ctx.warm.take_or_wait(WARM_PATIENCE).await {
+        let spawn_time = started.elapsed();
+        let run = child.run(spec, limits);
+        tokio::pin!(run);
+        // The replacement is asked for once: when the run ends, or REFILL_AFTER into it.
+        let outcome = tokio::select! {
+            biased;
+            outcome = &mut run => {
+                ctx.warm.refill();
+                outcome
+            }
+            _ = tokio::time::sleep(REFILL_AFTER) => {
+                ctx.warm.refill();
+                run.await
+            }
+        };
+        match outcome {
+            Ok(mut result) => {
+                result.timings.spawn_ms = ms(spawn_time);
+                result.warm = true;
+                return Ok(result);
+            }
+            Err(ChildError::Lost(reason)) => {
+                tracing::debug!(cause = %reason, "warm child lost; forking a cold one");
+            }
+            Err(ChildError::Sandbox(reason)) => return Err(reason),
+        }
+    }
+    let cold_started = Instant::now();
+    let child = fork_cold(ctx).await?;
+    let spawn_time = cold_started.elapsed();
+    match child.run(spec, limits).await {
+        Ok(mut result) => {
+            result.timings.spawn_ms = ms(spawn_time);
+            Ok(result)
+        }
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+async fn fork_cold(ctx: &RunContext<'_>) -> Result<ReadyChild, String> {
+    let slot = ctx.slots.acquire().await;
+    let zygote = ctx
+        .pool
+        .pick(ZYGOTE_WAIT)
+        .await
+        .ok_or_else(|| format!("no zygote of profile {} is ready", ctx.pool.profile.name))?;
+    let id = ctx.child_ids.fetch_add(1, Ordering::Relaxed);
+    ReadyChild::fork(zygote, slot, id, &ctx.pool.profile.limits)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_sets_are_checked() {
+        use sandfork_protocol::FileData;
+        let limits = Limits::default();
+        let file = |path: &str, n: usize| FileData {
+            path: path.into(),
+            content: vec![b'x'; n],
+        };
+        let spec = |files: Vec<FileData>| RunSpec {
+            files,
+            ..RunSpec::default()
+        };
+        assert!(check_files(&spec(vec![file("a", 1), file("d/b", 2)]), &limits).is_ok());
+        let dup = check_files(&spec(vec![file("a", 1), file("a", 1)]), &limits);
+        assert_eq!(dup.unwrap_err().0, RejectKind::InvalidFiles);
+        let clash = check_files(&spec(vec![file("a", 1), file("a/b", 1)]), &limits);
+        assert_eq!(clash.unwrap_err().0, RejectKind::InvalidFiles);
+        let many: Vec<_> = (0..101).map(|i| file(&format!("f{i}"), 0)).collect();
+        assert_eq!(
+            check_files(&spec(many), &limits).unwrap_err().0,
+            RejectKind::InvalidFiles
+        );
+        let big = check_files(&spec(vec![file("big", 8 * 1024 * 1024 + 1)]), &limits);
+        assert_eq!(big.unwrap_err().0, RejectKind::TooLarge);
+    }
+}

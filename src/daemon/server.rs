@@ -1,0 +1,415 @@
+//! The Unix-socket server: bytes → frames (protocol crate) → requests → supervisor.
+//!
+//! `run(listener, supervisor, shutdown)` accepts connections until `shutdown` resolves, then
+//! stops accepting, lets in-flight runs finish within the grace period and drops the rest (which
+//! kills their children). Each connection: Hello first, then any number of Run/Cancel/Ping
+//! frames; runs execute concurrently and their results are written as they finish, in any order.
+//! A vanished client's runs are dropped, killing their children.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sandfork_protocol::{
+    CodecError, ErrorFrame, ErrorKind, FrameReader, FrameWriter, HelloReply, Request, Response,
+    RunResult, RunSpec, Status, PROTOCOL_VERSION,
+};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::daemon::supervisor::Supervisor;
+use crate::tenants::IdentityError;
+
+/// How long a new connection may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Protocol errors logged per connection before the rest are only counted.
+const LOGGED_ERRORS_PER_CONNECTION: u32 = 5;
+
+/// Serves `listener` until `shutdown` resolves; returns once every connection has finished or
+/// the grace period has passed.
+pub async fn run(
+    listener: UnixListener,
+    supervisor: Arc<Supervisor>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let conn = Connection::new(&stream, Arc::clone(&supervisor), stop_rx.clone());
+                    connections.spawn(conn.serve(stream));
+                }
+                Err(err) => {
+                    warn!(cause = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    info!(
+        connections = connections.len(),
+        grace_ms = supervisor.shutdown_grace.as_millis() as u64,
+        "shutting down: no new connections; waiting for in-flight runs"
+    );
+    stop_tx.send_replace(true);
+    let drained = tokio::time::timeout(supervisor.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            connections = connections.len(),
+            "grace period over; killing the remaining runs"
+        );
+        connections.shutdown().await;
+    }
+}
+
+/// Who is on the other end, for logs.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    pid: i32,
+    uid: u32,
+}
+
+struct Connection {
+    supervisor: Arc<Supervisor>,
+    stop: watch::Receiver<bool>,
+    peer: Peer,
+    logged_errors: u32,
+}
+
+impl Connection {
+    fn new(stream: &UnixStream, supervisor: Arc<Supervisor>, stop: watch::Receiver<bool>) -> Self {
+        let peer = stream
+            .peer_cred()
+            .map(|c| Peer {
+                pid: c.pid().unwrap_or(0),
+                uid: c.uid(),
+            })
+            .unwrap_or(Peer {
+                pid: 0,
+                uid: u32::MAX,
+            });
+        Connection {
+            supervisor,
+            stop,
+            peer,
+            logged_errors: 0,
+        }
+    }
+
+    fn log_protocol_error(&mut self, kind: ErrorKind, detail: &str) {
+        self.logged_errors += 1;
+        if self.logged_errors <= LOGGED_ERRORS_PER_CONNECTION {
+            warn!(
+                peer_pid = self.peer.pid,
+                peer_uid = self.peer.uid,
+                kind = kind.as_str(),
+                detail,
+                "bad request"
+            );
+        } else if self.logged_errors == LOGGED_ERRORS_PER_CONNECTION + 1 {
+            warn!(
+                peer_pid = self.peer.pid,
+                "further bad requests on this connection are not logged"
+            );
+        }
+    }
+
+    async fn serve(mut self, stream: UnixStream) {
+        let max = self.supervisor.max_frame_len;
+        let (read_half, write_half) = stream.into_split();
+        let mut reader = FrameReader::new(read_half, max);
+        let (out_tx, mut out_rx) = mpsc::channel::<Response>(256);
+        let writer_task = tokio::spawn(async move {
+            let mut writer = FrameWriter::new(write_half, max);
+            while let Some(response) = out_rx.recv().await {
+                if let Err(err) = writer.write(&response).await {
+                    debug!(cause = %err, "client went away while we were writing");
+                    break;
+                }
+            }
+        });
+
+        if self.handshake(&mut reader, &out_tx).await {
+            self.serve_requests(&mut reader, &out_tx).await;
+        }
+        drop(out_tx);
+        let _ = writer_task.await;
+    }
+
+    /// Reads the Hello; answers it. False if the connection should close.
+    async fn handshake(
+        &mut self,
+        reader: &mut FrameReader<tokio::net::unix::OwnedReadHalf>,
+        out: &mpsc::Sender<Response>,
+    ) -> bool {
+        let first = match tokio::time::timeout(HELLO_TIMEOUT, reader.read::<Request>()).await {
+            Err(_) => {
+                self.log_protocol_error(ErrorKind::HelloRequired, "no hello in time");
+                return false;
+            }
+            Ok(Ok(None)) => return false,
+            Ok(Ok(Some(request))) => request,
+            Ok(Err(err)) => {
+                self.reply_codec_error(&err, out).await;
+                return false;
+            }
+        };
+        match first {
+            Request::Hello(hello) if hello.version == PROTOCOL_VERSION => {
+                debug!(peer_pid = self.peer.pid, client = %hello.client, "hello");
+                // A uid that is neither a tenant nor a proxy has nothing to do here.
+                if let Err(err @ IdentityError::UnknownUid { .. }) =
+                    self.supervisor.identify(self.peer.uid, None)
+                {
+                    let message = err.to_string();
+                    self.log_protocol_error(ErrorKind::PermissionDenied, &message);
+                    let _ = out
+                        .send(error(None, ErrorKind::PermissionDenied, message))
+                        .await;
+                    return false;
+                }
+                let reply = Response::Hello(HelloReply {
+                    version: PROTOCOL_VERSION,
+                    server: format!("sandforkd {}", env!("CARGO_PKG_VERSION")),
+                    max_frame_len: self.supervisor.max_frame_len,
+                });
+                out.send(reply).await.is_ok()
+            }
+            Request::Hello(hello) => {
+                let message = format!(
+                    "this server speaks protocol version {PROTOCOL_VERSION}; the client sent {}",
+                    hello.version
+                );
+                self.log_protocol_error(ErrorKind::UnsupportedVersion, &message);
+                let _ = out
+                    .send(error(None, ErrorKind::UnsupportedVersion, message))
+                    .await;
+                false
+            }
+            _ => {
+                let message = "the first frame must be Hello".to_string();
+                self.log_protocol_error(ErrorKind::HelloRequired, &message);
+                let _ = out
+                    .send(error(None, ErrorKind::HelloRequired, message))
+                    .await;
+                false
+            }
+        }
+    }
+
+    async fn serve_requests(
+        &mut self,
+        reader: &mut FrameReader<tokio::net::unix::OwnedReadHalf>,
+        out: &mpsc::Sender<Response>,
+    ) {
+        // Cancel handles of in-flight runs. Dropping one (connection gone) drops its run, which
+        // kills the child; sending on it cancels with a result.
+        let mut inflight: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
+        let mut tasks = JoinSet::new();
+        let mut stop = self.stop.clone();
+        loop {
+            if *stop.borrow() && inflight.is_empty() {
+                // Draining and nothing left in flight on this connection: close it.
+                return;
+            }
+            tokio::select! {
+                frame = reader.read::<Request>() => match frame {
+                    Ok(Some(Request::Run { id, .. })) if *stop.borrow() => {
+                        let message = "the server is shutting down; no new runs".to_string();
+                        let _ = out.send(error(Some(id), ErrorKind::ShuttingDown, message)).await;
+                    }
+                    Ok(Some(request)) => {
+                        self.dispatch(request, out, &mut inflight, &done_tx, &mut tasks).await;
+                    }
+                    Ok(None) => break,
+                    Err(err @ CodecError::Decode(_)) => {
+                        // The frame was consumed whole: answer and keep the connection.
+                        self.reply_codec_error(&err, out).await;
+                    }
+                    Err(err) => {
+                        self.reply_codec_error(&err, out).await;
+                        break;
+                    }
+                },
+                Some(id) = done_rx.recv() => {
+                    inflight.remove(&id);
+                }
+                _ = stop.changed(), if !*stop.borrow() => {}
+                _ = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        // The client is gone (or broke framing): abandon its runs.
+        drop(inflight);
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn dispatch(
+        &mut self,
+        request: Request,
+        out: &mpsc::Sender<Response>,
+        inflight: &mut HashMap<u64, oneshot::Sender<()>>,
+        done: &mpsc::UnboundedSender<u64>,
+        tasks: &mut JoinSet<()>,
+    ) {
+        match request {
+            Request::Hello(_) => {
+                let message = "hello was already received on this connection".to_string();
+                self.log_protocol_error(ErrorKind::InvalidRequest, &message);
+                let _ = out
+                    .send(error(None, ErrorKind::InvalidRequest, message))
+                    .await;
+            }
+            Request::Metrics { id } => {
+                // Tenant names and counts are not for strangers: tenants and proxies only.
+                if let Err(err) = self.supervisor.may_read_metrics(self.peer.uid) {
+                    let message = err.to_string();
+                    self.log_protocol_error(ErrorKind::PermissionDenied, &message);
+                    let _ = out
+                        .send(error(Some(id), ErrorKind::PermissionDenied, message))
+                        .await;
+                    return;
+                }
+                let text = self.supervisor.metrics_text();
+                let _ = out.send(Response::Metrics { id, text }).await;
+            }
+            Request::Ping { id } => {
+                let status = self.supervisor.status();
+                let _ = out.send(Response::Pong { id, status }).await;
+            }
+            Request::Cancel { id } => match inflight.remove(&id) {
+                Some(cancel) => {
+                    let _ = cancel.send(());
+                }
+                None => {
+                    let message = format!("no run with id {id} is in flight");
+                    let _ = out
+                        .send(error(Some(id), ErrorKind::UnknownId, message))
+                        .await;
+                }
+            },
+            Request::Run { id, spec } => {
+                if inflight.contains_key(&id) {
+                    let message = format!("a run with id {id} is already in flight");
+                    self.log_protocol_error(ErrorKind::DuplicateId, &message);
+                    let _ = out
+                        .send(error(Some(id), ErrorKind::DuplicateId, message))
+                        .await;
+                    return;
+                }
+                if let Err(message) = validate_code(&spec) {
+                    self.log_protocol_error(ErrorKind::InvalidRequest, &message);
+                    let _ = out
+                        .send(error(Some(id), ErrorKind::InvalidRequest, message))
+                        .await;
+                    return;
+                }
+                // Who is asking: the peer's own tenant, or the one a proxy peer names.
+                let tenant = match self
+                    .supervisor
+                    .identify(self.peer.uid, spec.tenant.as_deref())
+                {
+                    Ok(tenant) => tenant,
+                    Err(err) => {
+                        let message = err.to_string();
+                        self.log_protocol_error(ErrorKind::PermissionDenied, &message);
+                        let _ = out
+                            .send(error(Some(id), ErrorKind::PermissionDenied, message))
+                            .await;
+                        return;
+                    }
+                };
+                let (cancel_tx, cancel_rx) = oneshot::channel();
+                inflight.insert(id, cancel_tx);
+                let supervisor = Arc::clone(&self.supervisor);
+                let out = out.clone();
+                let done = done.clone();
+                let received = Instant::now();
+                tasks.spawn(async move {
+                    tokio::select! {
+                        result = supervisor.execute(&tenant, spec, received) => {
+                            let _ = out.send(Response::Result { id, result }).await;
+                        }
+                        cancelled = cancel_rx => {
+                            if cancelled.is_ok() {
+                                let mut result = RunResult::new(Status::Killed);
+                                result.message = Some("cancelled by the client".into());
+                                let _ = out.send(Response::Result { id, result }).await;
+                            }
+                        }
+                    }
+                    let _ = done.send(id);
+                });
+            }
+        }
+    }
+
+    async fn reply_codec_error(&mut self, err: &CodecError, out: &mpsc::Sender<Response>) {
+        let kind = err.kind();
+        self.log_protocol_error(kind, &err.to_string());
+        if !matches!(err, CodecError::Io(_)) {
+            let _ = out.send(error(None, kind, err.to_string())).await;
+        }
+    }
+}
+
+/// Code must be non-empty UTF-8 without NUL bytes; anything else is a malformed request, not a
+/// program that fails.
+pub fn validate_code(spec: &RunSpec) -> Result<(), String> {
+    if spec.code.is_empty() {
+        return Err("code is empty".into());
+    }
+    if let Err(err) = std::str::from_utf8(&spec.code) {
+        return Err(format!(
+            "code is not valid UTF-8 (invalid byte at offset {})",
+            err.valid_up_to()
+        ));
+    }
+    if let Some(at) = spec.code.iter().position(|&b| b == 0) {
+        return Err(format!("code contains a NUL byte at offset {at}"));
+    }
+    Ok(())
+}
+
+fn error(id: Option<u64>, kind: ErrorKind, message: String) -> Response {
+    Response::Error {
+        id,
+        error: ErrorFrame { kind, message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(code: &[u8]) -> RunSpec {
+        RunSpec {
+            code: code.to_vec(),
+            ..RunSpec::default()
+        }
+    }
+
+    #[test]
+    fn code_validation() {
+        assert!(validate_code(&spec(b"print(1)")).is_ok());
+        assert!(validate_code(&spec(b"")).unwrap_err().contains("empty"));
+        assert!(validate_code(&spec(b"print(1)\xff"))
+            .unwrap_err()
+            .contains("UTF-8"));
+        assert!(validate_code(&spec(b"print(1)\0"))
+            .unwrap_err()
+            .contains("NUL"));
+    }
+}

@@ -1,0 +1,180 @@
+//! The one JSON shape of a run's result: what `sandfork run --json` prints and what every HTTP
+//! endpoint that returns a run (`/v1/execute`) answers. Built once, from the protocol's
+//! `RunResult`, by [`RunOutput::new`].
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use sandfork_protocol::RunResult;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+/// A run's result, as the CLI prints it and the HTTP API returns it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunOutput {
+    /// How the run ended: ok, error, timeout, cpu_limit, memory_limit, output_limit, killed,
+    /// internal_error (rejections are HTTP errors, never a 200).
+    pub status: String,
+    /// Exit code, if the program exited on its own.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the program, if one did.
+    pub signal: Option<i32>,
+    /// Standard output (UTF-8; invalid bytes become U+FFFD).
+    pub stdout: String,
+    /// Standard error (tracebacks).
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub usage: UsageJson,
+    pub timings: TimingsJson,
+    /// Why, for every status but ok.
+    pub message: Option<String>,
+    /// The run's id in the daemon's audit trail (also the `X-Request-Id` response header).
+    pub request_id: String,
+    /// Function mode: `main()`'s return value, as JSON (absent in script mode; null when the
+    /// run failed or `main()` returned None).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Box<RawValue>>,
+    /// Regular files the program created or changed in its working directory.
+    pub files: Vec<OutputFile>,
+    /// More files, or bytes, were there than the caps allow.
+    pub files_truncated: bool,
+}
+
+/// Resources a run used.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageJson {
+    pub wall_ms: f64,
+    pub cpu_ms: f64,
+    pub max_rss_kb: u64,
+}
+
+/// Where a run's time went, in milliseconds.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TimingsJson {
+    /// Waiting for admission and a free slot.
+    pub queue_ms: f64,
+    /// Getting a locked-down child ready.
+    pub spawn_ms: f64,
+    /// The program, from start to exit.
+    pub run_ms: f64,
+    /// The whole request inside the daemon.
+    pub total_ms: f64,
+}
+
+/// A file the program left.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutputFile {
+    pub path: String,
+    pub content_b64: String,
+    /// Bytes (before base64).
+    pub size: u64,
+}
+
+impl RunOutput {
+    /// The result of `result`; `function_mode` decides whether `result` (main()'s value) is
+    /// present at all. Output bytes are decoded as UTF-8 with replacement characters; files are
+    /// base64.
+    pub fn new(result: RunResult, function_mode: bool) -> RunOutput {
+        let value = function_mode.then(|| result.result.map_or_else(Box::default, raw_json));
+        RunOutput {
+            status: result.status.as_str().to_string(),
+            exit_code: result.exit_code,
+            signal: result.signal,
+            stdout: String::from_utf8_lossy(&result.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&result.stderr).into_owned(),
+            stdout_truncated: result.stdout_truncated,
+            stderr_truncated: result.stderr_truncated,
+            usage: UsageJson {
+                wall_ms: result.usage.wall_ms,
+                cpu_ms: result.usage.cpu_ms,
+                max_rss_kb: result.usage.max_rss_kb,
+            },
+            timings: TimingsJson {
+                queue_ms: result.timings.queue_ms,
+                spawn_ms: result.timings.spawn_ms,
+                run_ms: result.timings.run_ms,
+                total_ms: result.timings.total_ms,
+            },
+            message: result.message,
+            request_id: result.request_id,
+            result: value,
+            files: result
+                .files
+                .into_iter()
+                .map(|f| OutputFile {
+                    size: f.content.len() as u64,
+                    content_b64: STANDARD.encode(&f.content),
+                    path: f.path,
+                })
+                .collect(),
+            files_truncated: result.files_truncated,
+        }
+    }
+}
+
+/// `main()`'s JSON text, verbatim (so integers beyond 64 bits stay exact); text that is somehow
+/// not JSON is passed on as a JSON string rather than lost.
+pub fn raw_json(text: String) -> Box<RawValue> {
+    match RawValue::from_string(text) {
+        Ok(raw) => raw,
+        Err(err) => {
+            let quoted = serde_json::to_string(&format!("(not JSON: {err})"))
+                .unwrap_or_else(|_| "null".into());
+            RawValue::from_string(quoted).unwrap_or_default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sandfork_protocol::{FileData, Status};
+
+    use super::*;
+
+    fn sample() -> RunResult {
+        let mut result = RunResult::new(Status::Ok);
+        result.exit_code = Some(0);
+        result.stdout = b"hi\n".to_vec();
+        result.stderr = b"\xffwarn".to_vec();
+        result.usage.wall_ms = 1.5;
+        result.timings.total_ms = 2.0;
+        result.request_id = "h-1".into();
+        result.result = Some("123456789012345678901234567890".into());
+        result.files = vec![FileData {
+            path: "out.txt".into(),
+            content: b"done".to_vec(),
+        }];
+        result
+    }
+
+    #[test]
+    fn every_field_is_there() {
+        let json = serde_json::to_value(RunOutput::new(sample(), false)).unwrap();
+        assert_eq!(json["status"], "ok");
+        assert_eq!(json["exit_code"], 0);
+        assert_eq!(json["stdout"], "hi\n");
+        assert_eq!(json["stderr"], "\u{fffd}warn");
+        assert_eq!(json["usage"]["wall_ms"], 1.5);
+        assert_eq!(json["timings"]["total_ms"], 2.0);
+        assert_eq!(json["request_id"], "h-1");
+        assert!(json.get("result").is_none(), "no result in script mode");
+        assert_eq!(json["files"][0]["content_b64"], "ZG9uZQ==");
+        assert_eq!(json["files"][0]["size"], 4);
+        assert_eq!(json["files_truncated"], false);
+    }
+
+    #[test]
+    fn function_results_stay_exact_json() {
+        let text = serde_json::to_string(&RunOutput::new(sample(), true)).unwrap();
+        assert!(
+            text.contains("\"result\":123456789012345678901234567890"),
+            "{text}"
+        );
+        let mut failed = sample();
+        failed.result = None;
+        let value = serde_json::to_value(RunOutput::new(failed, true)).unwrap();
+        assert!(value["result"].is_null());
+    }
+}
