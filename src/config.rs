@@ -430,7 +430,7 @@ impl Config {
         })
     }
 
-    /// Slots (uids) needed: one per concurrent run plus one per warm child of every profile.
+    /// Identities (uids) needed: one per concurrent run plus one per warm child of every profile.
     pub fn identity_count(&self) -> u32 {
         self.slot_count() + self.profiles.values().map(|p| p.warm_children).sum::<u32>()
     }

@@ -10,7 +10,8 @@
 //!
 //! Shared by them: [`config`] (the one TOML file all three read), [`tenants`] (who a caller is:
 //! names, uids, API key hashes, policies), [`output`] (the one JSON shape of a run's result, for
-//! `sandfork run --json` and every HTTP endpoint), [`service`] (logging, request ids and the stop
+//! `sandfork run --json` and every HTTP endpoint), [`validate`] (the request rules every door
+//! applies), [`service`] (logging, request ids and the stop
 //! signal of the two long-running services).
 //!
 //! Outside this crate: `protocol/` (the wire format for clients, and the Rust client), `zygote/ipc`
@@ -27,3 +28,4 @@ pub mod http;
 pub mod output;
 pub mod service;
 pub mod tenants;
+pub mod validate;

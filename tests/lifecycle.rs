@@ -1,6 +1,9 @@
 //! The daemon's own life: a zygote killed from outside is replaced, SIGTERM drains in-flight
 //! runs and removes the socket, and nothing is left running afterwards. Each test starts its own
 //! daemon, since these tests kill things.
+//!
+//! Longer than the ~500 lines we aim for, on purpose: the daemon's whole life (start-up,
+//! stale state, zygote deaths, shutdown) is one story, each test starting its own daemon.
 
 mod common;
 

@@ -3,6 +3,9 @@
 //! These types are the protocol. Their field order and variant order *are* the wire format (see
 //! `docs/PROTOCOL.md`): append new variants at the end, never reorder or insert, and bump
 //! [`PROTOCOL_VERSION`] for any change an old peer would misread.
+//!
+//! Longer than the ~500 lines we aim for, on purpose: every message of the wire format, with the
+//! documentation docs/PROTOCOL.md follows, in one file to read against that document.
 
 use std::fmt;
 

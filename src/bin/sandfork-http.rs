@@ -121,7 +121,7 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     );
 
     let shutdown = sandfork::daemon::sys::shutdown_signal()?;
-    http::serve::run(listener, Arc::new(shim), shutdown).await;
+    http::listener::run(listener, Arc::new(shim), shutdown).await;
     info!("stopped");
     Ok(())
 }

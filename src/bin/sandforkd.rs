@@ -12,9 +12,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use sandfork::config::{default_socket_path, Config};
+use sandfork::daemon::paths::Paths;
 use sandfork::daemon::rootless;
 use sandfork::daemon::server;
-use sandfork::daemon::supervisor::{Paths, StartError, Supervisor};
+use sandfork::daemon::supervisor::{StartError, Supervisor};
 use tokio::net::UnixListener;
 use tracing::{info, warn};
 

@@ -92,7 +92,7 @@ impl Metrics {
         let slots_busy = Gauge::default();
         registry.register(
             "slots_busy",
-            "Slots running a program now",
+            "Identities running a program now",
             slots_busy.clone(),
         );
         let queued = Family::<ProfileLabels, Gauge>::default();

@@ -18,6 +18,7 @@
 //! - [`rootless`]: the mode of a daemon that is not root: one uid, no cgroups, what is lost.
 //! - [`doctor`]: which isolation layers this host offers (start-up summary, `sandfork doctor`).
 //! - [`metrics`]: Prometheus counters, histograms and gauges, rendered on request.
+//! - [`paths`]: the helpers the daemon execs or installs, and its runtime dir.
 //! - [`sys`]: SEQPACKET + SCM_RIGHTS, pidfds, sealed memfds, pipes, spawning helpers: every
 //!   `unsafe` block of the daemon is here.
 
@@ -26,6 +27,7 @@ pub mod child;
 pub mod doctor;
 pub mod engine;
 pub mod metrics;
+pub mod paths;
 pub mod policy;
 pub mod rootless;
 pub mod server;

@@ -9,7 +9,7 @@
 //! - the children (`zygote.py` → the lockdown's `"rootless": true`): every child stays uid 0 of
 //!   its zygote's namespace and drops every capability instead of becoming its slot's uid
 //!   (locked securebits; empty bounding, ambient, effective, permitted and inheritable sets).
-//!   Slots still bound how many runs execute at once;
+//!   Identities still bound how many runs execute at once;
 //! - the limits: no cgroups (nothing may try them: `Supervisor::is_rootless`); memory is
 //!   RLIMIT_AS, processes and threads RLIMIT_NPROC, sized by [`nproc_limit`];
 //! - the paths: the runtime dir and the socket live under `$XDG_RUNTIME_DIR` (else /tmp).

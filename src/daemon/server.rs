@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use sandfork_protocol::{
     CodecError, ErrorFrame, ErrorKind, FrameReader, FrameWriter, HelloReply, Request, Response,
-    RunResult, RunSpec, Status, PROTOCOL_VERSION,
+    RunResult, Status, PROTOCOL_VERSION,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::daemon::supervisor::Supervisor;
 use crate::tenants::IdentityError;
+use crate::validate;
 
 /// How long a new connection may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -309,7 +310,7 @@ impl Connection {
                         .await;
                     return;
                 }
-                if let Err(message) = validate_code(&spec) {
+                if let Err(message) = validate::code(&spec.code) {
                     self.log_protocol_error(ErrorKind::InvalidRequest, &message);
                     let _ = out
                         .send(error(Some(id), ErrorKind::InvalidRequest, message))
@@ -365,51 +366,9 @@ impl Connection {
     }
 }
 
-/// Code must be non-empty UTF-8 without NUL bytes; anything else is a malformed request, not a
-/// program that fails.
-pub fn validate_code(spec: &RunSpec) -> Result<(), String> {
-    if spec.code.is_empty() {
-        return Err("code is empty".into());
-    }
-    if let Err(err) = std::str::from_utf8(&spec.code) {
-        return Err(format!(
-            "code is not valid UTF-8 (invalid byte at offset {})",
-            err.valid_up_to()
-        ));
-    }
-    if let Some(at) = spec.code.iter().position(|&b| b == 0) {
-        return Err(format!("code contains a NUL byte at offset {at}"));
-    }
-    Ok(())
-}
-
 fn error(id: Option<u64>, kind: ErrorKind, message: String) -> Response {
     Response::Error {
         id,
         error: ErrorFrame { kind, message },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(code: &[u8]) -> RunSpec {
-        RunSpec {
-            code: code.to_vec(),
-            ..RunSpec::default()
-        }
-    }
-
-    #[test]
-    fn code_validation() {
-        assert!(validate_code(&spec(b"print(1)")).is_ok());
-        assert!(validate_code(&spec(b"")).unwrap_err().contains("empty"));
-        assert!(validate_code(&spec(b"print(1)\xff"))
-            .unwrap_err()
-            .contains("UTF-8"));
-        assert!(validate_code(&spec(b"print(1)\0"))
-            .unwrap_err()
-            .contains("NUL"));
     }
 }

@@ -3,7 +3,6 @@
 //! `Command` on the dedicated spawner thread, and never runs user code.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -15,21 +14,15 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::{Config, DEFAULT_PROFILE};
-use crate::daemon::engine::pool::{
-    JailLauncher, Pool, Profile, LOCKDOWN_LIB, PROBE_SCRIPT, ZYGOTE_SCRIPT,
-};
+use crate::daemon::engine::identities::Identities;
+use crate::daemon::engine::pool::{JailLauncher, Pool, Profile};
 use crate::daemon::engine::run::{self, RunContext};
-use crate::daemon::engine::slots::Slots;
 use crate::daemon::engine::warm::WarmPool;
 use crate::daemon::metrics::Metrics;
+use crate::daemon::paths::Paths;
 use crate::daemon::policy::admission::Admission;
 use crate::daemon::zygotes::handle::Spawner;
-use crate::tenants::{IdentityError, Tenants};
-
-const ZYGOTE_PY: &str = include_str!("../../zygote/zygote.py");
-const PROBE_PY: &str = include_str!("../../zygote/probe.py");
-/// The helper binary that builds a zygote's jail.
-pub const ZYGOTE_INIT: &str = "zygote-init";
+use crate::tenants::{IdentityError, Tenant, Tenants};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -57,113 +50,12 @@ pub enum StartError {
     Tenants(String),
 }
 
-/// Where the supervisor's helper files are.
-#[derive(Debug, Clone)]
-pub struct Paths {
-    /// zygote-init, exec'd for every zygote.
-    pub zygote_init: PathBuf,
-    /// The lockdown cdylib the Python zygote loads (copied into the runtime dir).
-    pub lockdown_lib: PathBuf,
-    /// Files bind-mounted read-only into every jail at /sandfork.
-    pub runtime_dir: PathBuf,
-    /// Not root: rootless mode (one uid, no cgroups; see `crate::daemon::rootless`). From the euid.
-    pub rootless: bool,
-    /// Names this daemon's cgroup tree (`sandfork-<instance>`): stable across restarts so a
-    /// crashed daemon's leftovers are found and removed, distinct between daemons.
-    pub instance: String,
-}
-
-/// Finds a helper (`zygote-init`, the lockdown library): `$SANDFORK_LIBEXEC_DIR`, else next to
-/// the running executable (and its `deps/` subdirectory, where cargo puts a dependency's cdylib).
-pub fn find_helper(name: &str) -> Result<PathBuf, StartError> {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let mut dirs = Vec::new();
-    let explicit = std::env::var_os("SANDFORK_LIBEXEC_DIR");
-    if let Some(dir) = &explicit {
-        dirs.push(PathBuf::from(dir));
-    }
-    if let Some(dir) = exe.parent() {
-        dirs.push(dir.to_owned());
-        dirs.push(dir.join("deps"));
-        if let Some(parent) = dir.parent() {
-            // tests run from target/<profile>/deps
-            dirs.push(parent.to_owned());
-        }
-    }
-    let mut found = dirs.iter().map(|d| d.join(name)).filter(|p| p.is_file());
-    // An explicit directory wins; otherwise the newest copy, because `cargo test` refreshes a
-    // cdylib only under deps/ and may leave an older one beside the exe.
-    let chosen = if explicit.is_some() {
-        found.next()
-    } else {
-        found.max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-    };
-    chosen.ok_or_else(|| StartError::Missing {
-        name: name.to_string(),
-        exe: exe.clone(),
-        looked: dirs
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-    })
-}
-
-impl Paths {
-    /// Finds the helpers ([`find_helper`]).
-    pub fn discover(runtime_dir: PathBuf) -> Result<Paths, StartError> {
-        Ok(Paths {
-            zygote_init: find_helper(ZYGOTE_INIT)?,
-            lockdown_lib: find_helper(LOCKDOWN_LIB)?,
-            runtime_dir,
-            rootless: crate::daemon::rootless::is_rootless(),
-            instance: "default".into(),
-        })
-    }
-
-    /// The default runtime dir: /run/sandfork/runtime as root, else under XDG_RUNTIME_DIR.
-    pub fn default_runtime_dir() -> PathBuf {
-        if nix::unistd::geteuid().is_root() {
-            PathBuf::from("/run/sandfork/runtime")
-        } else {
-            std::env::var_os("XDG_RUNTIME_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(std::env::temp_dir)
-                .join(format!("sandfork-runtime-{}", nix::unistd::getuid()))
-        }
-    }
-
-    /// Writes zygote.py, probe.py and the lockdown library into the runtime dir, world-readable
-    /// (the jail's uids are unprivileged host uids).
-    fn install_runtime(&self) -> Result<(), StartError> {
-        let dir = &self.runtime_dir;
-        let err = |source| StartError::Runtime {
-            path: dir.clone(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(err)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
-        write_atomic(&dir.join(ZYGOTE_SCRIPT), ZYGOTE_PY.as_bytes()).map_err(err)?;
-        write_atomic(&dir.join(PROBE_SCRIPT), PROBE_PY.as_bytes()).map_err(err)?;
-        let lib = std::fs::read(&self.lockdown_lib).map_err(err)?;
-        write_atomic(&dir.join(LOCKDOWN_LIB), &lib).map_err(err)?;
-        Ok(())
-    }
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, data)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
-    std::fs::rename(&tmp, path)
-}
-
 /// The running supervisor.
 #[derive(Debug)]
 pub struct Supervisor {
     profiles: BTreeMap<String, ProfileRuntime>,
     /// Identities (uids): one per concurrent run plus one per warm child.
-    slots: Arc<Slots>,
+    slots: Arc<Identities>,
     /// The slots' cgroups (None: rlimits only). Removed when the last reference goes, which
     /// `shutdown` makes sure happens only once they are empty.
     cgroups: Option<Arc<crate::daemon::cgroup::CgroupSlots>>,
@@ -212,7 +104,7 @@ impl Supervisor {
         } else {
             create_cgroups(&paths.instance, config.identity_count())
         };
-        let slots = Arc::new(Slots::with_cgroups(
+        let slots = Arc::new(Identities::with_cgroups(
             config.identity_count(),
             cgroups.clone(),
         ));
@@ -331,20 +223,18 @@ impl Supervisor {
     }
 
     /// The tenant a socket peer acts as: its own (by uid), or — for proxy peers only — the one
-    /// it names.
+    /// it names. Resolved once per request; the handle goes with the run.
     pub fn identify(
         &self,
         peer_uid: u32,
         on_behalf_of: Option<&str>,
-    ) -> Result<String, IdentityError> {
-        self.tenants
-            .identify(peer_uid, on_behalf_of)
-            .map(|t| t.name.clone())
+    ) -> Result<Arc<Tenant>, IdentityError> {
+        self.tenants.identify(peer_uid, on_behalf_of)
     }
 
     /// Runs one request of `tenant` (as returned by `identify`) to completion. Dropping the
     /// future kills the run's child.
-    pub async fn execute(&self, tenant: &str, spec: RunSpec, received: Instant) -> RunResult {
+    pub async fn execute(&self, tenant: &Tenant, spec: RunSpec, received: Instant) -> RunResult {
         let profile_name = spec
             .profile
             .clone()
@@ -353,7 +243,7 @@ impl Supervisor {
         // shutdown), by its Drop: every run leaves exactly one record.
         let mut audit = Audit {
             metrics: &self.metrics,
-            tenant: tenant.to_string(),
+            tenant: tenant.name.clone(),
             request_id: spec
                 .request_id
                 .clone()
@@ -366,17 +256,12 @@ impl Supervisor {
             client_addr: spec.client_addr.clone(),
             written: false,
         };
-        let mut result = match (
-            self.tenants.by_name(tenant),
-            self.profiles.get(&profile_name),
-        ) {
-            (None, _) => RunResult::new(sandfork_protocol::Status::InternalError)
-                .with_message(format!("tenant {tenant:?} vanished")),
-            (_, None) => run::rejected(
+        let mut result = match self.profiles.get(&profile_name) {
+            None => run::rejected(
                 RejectKind::UnknownProfile,
                 format!("unknown profile {profile_name:?}"),
             ),
-            (Some(tenant), Some(profile)) => {
+            Some(profile) => {
                 let ctx = RunContext {
                     tenant,
                     pool: &profile.pool,

@@ -115,15 +115,8 @@ pub async fn run(
 
 /// The code as the daemon takes it: non-empty, without NUL (JSON strings are always UTF-8).
 pub fn checked_code(code: String) -> Result<Vec<u8>, ApiError> {
-    if code.is_empty() {
-        return Err(ApiError::bad_request("invalid_code", "code is empty"));
-    }
-    if let Some(at) = code.find('\0') {
-        return Err(ApiError::bad_request(
-            "invalid_code",
-            format!("code contains a NUL character at byte {at}"),
-        ));
-    }
+    crate::validate::code(code.as_bytes())
+        .map_err(|message| ApiError::bad_request("invalid_code", message))?;
     Ok(code.into_bytes())
 }
 

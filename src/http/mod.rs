@@ -9,8 +9,8 @@
 //! codes. The shim holds no secret but the key hashes the daemon's config already holds.
 //!
 //! Map (the path of one `POST /v1/execute`, top to bottom):
-//! - [`serve`]: TCP accept loop; hyper HTTP/1.1 with a header read timeout, a connection cap,
-//!   the peer address as a request extension, graceful shutdown. [`serve::run`] is the entry
+//! - [`listener`]: TCP accept loop; hyper HTTP/1.1 with a header read timeout, a connection cap,
+//!   the peer address as a request extension, graceful shutdown. [`listener::run`] is the entry
 //!   point the binary and the tests drive.
 //! - [`observe`]: middleware around every route: request id (`X-Request-Id`), total request
 //!   timeout, request counters and latency.
@@ -32,10 +32,10 @@ pub mod body;
 pub mod compat;
 pub mod error;
 pub mod execute;
+pub mod listener;
 pub mod metrics;
 pub mod observe;
 pub mod probes;
-pub mod serve;
 pub mod upstream;
 
 use std::path::PathBuf;

@@ -1,12 +1,15 @@
-//! Unit tests of `src/tenants.rs`.
+//! Unit tests of `src/tenants/`.
 
 use std::cell::Cell;
 
+use sandfork_protocol::LimitsRequest;
+
 use super::*;
+use crate::config::Limits;
 
 thread_local! {
     /// Calls of `digests_equal` on this thread.
-    pub(super) static COMPARISONS: Cell<usize> = const { Cell::new(0) };
+    pub(crate) static COMPARISONS: Cell<usize> = const { Cell::new(0) };
 }
 
 const DAEMON: u32 = 0;

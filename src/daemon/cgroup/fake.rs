@@ -11,6 +11,9 @@
 //! - v1: `memory.limit_in_bytes` may not exceed `memory.memsw.limit_in_bytes` and vice versa;
 //! - writes to `memory.peak` change nothing visible (its reset is per descriptor);
 //! - any file name can be made to fail writes with an errno.
+//!
+//! Longer than the ~500 lines we aim for, on purpose: one fake cgroupfs for both hierarchies,
+//! whose v1 and v2 behaviours are easiest to check against each other side by side.
 
 use std::collections::HashMap;
 use std::io;

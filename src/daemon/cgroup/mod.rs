@@ -1,4 +1,4 @@
-//! Slot cgroups: one cgroup per concurrent-run slot, created once at start-up and reused, so a
+//! Identity cgroups: one cgroup per concurrent-run slot, created once at start-up and reused, so a
 //! run's memory (no swap), process count and CPU time are limited and measured by the kernel
 //! (DESIGN §3, "Supervisor-side limits").
 //!
@@ -18,9 +18,13 @@
 //! rlimits (RLIMIT_AS, RLIMIT_NPROC); [`detect`] tells `sandfork doctor` the same without
 //! creating anything.
 
+mod detect;
 pub mod fs;
 pub mod v1;
 pub mod v2;
+
+use detect::*;
+pub use detect::{detect, detect_on, DetectedHierarchy, Detection, Host};
 
 #[cfg(test)]
 mod fake;
@@ -104,130 +108,6 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Cgr
     }
 }
 
-/// Everything the cgroup code learns about the host, injected so tests can fake it.
-#[derive(Debug, Clone)]
-pub struct Host {
-    /// The cgroup file system (the real one, or the tests' fake).
-    pub fs: Arc<dyn CgroupFs>,
-    /// Where the hierarchies are mounted, normally [`DEFAULT_FS_ROOT`].
-    pub fs_root: PathBuf,
-    /// The content of `/proc/self/cgroup`: this process's cgroup in each hierarchy, under which
-    /// the slots are created so nothing else on the host is touched.
-    pub proc_self_cgroup: String,
-    /// This process's pid: on v2 the daemon may have to move itself into a leaf (see [`v2`]).
-    pub pid: u32,
-}
-
-impl Host {
-    /// The running process on the real cgroupfs mounted at `fs_root`.
-    pub fn current(fs_root: &Path) -> Result<Host, CgroupError> {
-        let proc_self_cgroup =
-            std::fs::read_to_string("/proc/self/cgroup").map_err(CgroupError::ProcSelf)?;
-        Ok(Host {
-            fs: Arc::new(HostFs),
-            fs_root: fs_root.to_owned(),
-            proc_self_cgroup,
-            pid: std::process::id(),
-        })
-    }
-}
-
-/// One line of `/proc/self/cgroup`: `hierarchy-id:controller,list:/path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Membership {
-    id: u32,
-    controllers: Vec<String>,
-    path: String,
-}
-
-fn parse_proc_self_cgroup(text: &str) -> Vec<Membership> {
-    text.lines()
-        .filter_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let id = parts.next()?.parse().ok()?;
-            let controllers = parts
-                .next()?
-                .split(',')
-                .filter(|c| !c.is_empty())
-                .map(str::to_string)
-                .collect();
-            let path = parts.next()?.to_string();
-            Some(Membership {
-                id,
-                controllers,
-                path,
-            })
-        })
-        .collect()
-}
-
-/// `root` joined with a cgroup path as `/proc/self/cgroup` prints it (absolute, `/` = root).
-fn under(root: &Path, cgroup_path: &str) -> PathBuf {
-    let relative = cgroup_path.trim_start_matches('/');
-    if relative.is_empty() {
-        root.to_owned()
-    } else {
-        root.join(relative)
-    }
-}
-
-/// What a host offers, found without creating anything (for `sandfork doctor` and `create`).
-#[derive(Debug, Clone)]
-pub struct Detection {
-    pub version: CgroupVersion,
-    /// Where the slot tree would go: this process's own cgroup in each hierarchy used, with
-    /// the controllers used there.
-    pub hierarchies: Vec<DetectedHierarchy>,
-    /// Each needed controller that is not usable, with the reason.
-    pub missing: Vec<(&'static str, String)>,
-    /// Facts worth reporting (swap accounting, peak reset, delegation).
-    pub notes: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DetectedHierarchy {
-    /// Controllers the slots use in this hierarchy (v1: `memory`, `pids`, `cpuacct`).
-    pub controllers: Vec<&'static str>,
-    /// This process's cgroup in the hierarchy: the instance directory is created inside.
-    pub base: PathBuf,
-}
-
-impl Detection {
-    /// Memory, pids and CPU accounting are all there.
-    pub fn usable(&self) -> bool {
-        self.missing.is_empty()
-    }
-
-    /// One line: version, where, and what is missing.
-    pub fn summary(&self) -> String {
-        let places = self
-            .hierarchies
-            .iter()
-            .map(|h| format!("{} at {}", h.controllers.join("+"), h.base.display()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut line = format!("{}: {places}", self.version);
-        for (controller, reason) in &self.missing {
-            line.push_str(&format!("; {controller} missing: {reason}"));
-        }
-        line
-    }
-}
-
-/// Finds the cgroup version and controllers of the running process, creating nothing.
-pub fn detect(fs_root: &Path) -> Result<Detection, CgroupError> {
-    detect_on(&Host::current(fs_root)?)
-}
-
-/// [`detect`] on an injected host.
-pub fn detect_on(host: &Host) -> Result<Detection, CgroupError> {
-    if host.fs.exists(&host.fs_root.join("cgroup.controllers")) {
-        v2::detect(host)
-    } else {
-        v1::detect(host)
-    }
-}
-
 /// Peak memory, CPU time and OOM verdict of one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SlotUsage {
@@ -268,8 +148,8 @@ pub struct SlotCgroup {
 
 #[derive(Debug)]
 enum SlotInner {
-    V1(v1::Slot),
-    V2(v2::Slot),
+    V1(v1::Identity),
+    V2(v2::Identity),
 }
 
 impl CgroupSlots {
@@ -338,8 +218,8 @@ impl CgroupSlots {
         self.slots.is_empty()
     }
 
-    /// Slot `index`'s cgroup. Panics if `index >= len()` (slot indexes come from
-    /// [`crate::daemon::engine::slots::Slots`], created with the same count).
+    /// Identity `index`'s cgroup. Panics if `index >= len()` (slot indexes come from
+    /// [`crate::daemon::engine::identities::Identities`], created with the same count).
     pub fn slot(&self, index: u32) -> &SlotCgroup {
         &self.slots[index as usize]
     }
@@ -601,49 +481,4 @@ fn kernel_at_least(major: u32, minor: u32) -> Option<bool> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_proc_self_cgroup_of_v1_hybrid_and_v2() {
-        let lines = parse_proc_self_cgroup(
-            "9:name=systemd:/\n4:memory:/process_api/abc\n2:cpu,cpuacct:/x:y\n0::/\n",
-        );
-        assert_eq!(lines.len(), 4);
-        assert_eq!(lines[1].controllers, vec!["memory"]);
-        assert_eq!(lines[1].path, "/process_api/abc");
-        assert_eq!(lines[2].controllers, vec!["cpu", "cpuacct"]);
-        assert_eq!(lines[2].path, "/x:y", "a colon in the path survives");
-        assert_eq!(lines[3].id, 0);
-        assert!(lines[3].controllers.is_empty());
-    }
-
-    #[test]
-    fn joins_cgroup_paths_under_a_root() {
-        let root = Path::new("/sys/fs/cgroup/memory");
-        assert_eq!(under(root, "/"), root);
-        assert_eq!(under(root, "/a/b"), root.join("a/b"));
-    }
-
-    #[test]
-    fn flat_keys_and_numbers_parse() {
-        let path = Path::new("memory.events");
-        let text = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n";
-        assert_eq!(flat_key(path, text, "oom_kill").unwrap(), 1);
-        assert_eq!(flat_key(path, text, "oom").unwrap(), 2);
-        assert!(flat_key(path, text, "missing").is_err());
-        assert_eq!(parse_u64(path, "max\n").unwrap(), u64::MAX);
-        assert_eq!(parse_u64(path, "4096\n").unwrap(), 4096);
-        assert!(parse_u64(path, "lots").is_err());
-    }
-
-    #[test]
-    fn instance_names_are_one_safe_component() {
-        for good in ["default", "a-b_c.1", "x"] {
-            assert!(check_instance(good).is_ok(), "{good}");
-        }
-        for bad in ["", ".", "..", "a/b", ".hidden", "sp ace", &"x".repeat(65)] {
-            assert!(check_instance(bad).is_err(), "{bad}");
-        }
-    }
-}
+mod tests;

@@ -128,9 +128,9 @@ pub(super) struct Tree {
 
 /// A slot's cgroups.
 #[derive(Debug)]
-pub(super) struct Slot {
+pub(super) struct Identity {
     fs: Arc<dyn CgroupFs>,
-    /// Slot directory in each hierarchy (same order as the detection's hierarchies).
+    /// Identity directory in each hierarchy (same order as the detection's hierarchies).
     dirs: Vec<PathBuf>,
     memory: PathBuf,
     /// `cgroup.procs` of each hierarchy, opened at creation: attaching is one write per
@@ -197,7 +197,7 @@ pub(super) fn create(
     detection: &Detection,
     dir_name: &str,
     count: u32,
-) -> Result<(Tree, Vec<Slot>), CgroupError> {
+) -> Result<(Tree, Vec<Identity>), CgroupError> {
     let fs = &host.fs;
     let instance_dirs: Vec<PathBuf> = detection
         .hierarchies
@@ -251,7 +251,7 @@ pub(super) fn create(
             &dir_of("pids").join(&name),
             &dir_of("cpuacct").join(&name),
         )?;
-        slots.push(Slot {
+        slots.push(Identity {
             fs: Arc::clone(fs),
             dirs: instance_dirs.iter().map(|d| d.join(&name)).collect(),
             memory,
@@ -277,7 +277,10 @@ impl Tree {
 
     /// Removes the slots, then the instance directories; reports the first failure after
     /// trying everything.
-    pub(super) fn remove(&mut self, slots: impl Iterator<Item = Slot>) -> Result<(), CgroupError> {
+    pub(super) fn remove(
+        &mut self,
+        slots: impl Iterator<Item = Identity>,
+    ) -> Result<(), CgroupError> {
         let fs = self.fs.as_ref();
         let mut first_error = None;
         for slot in slots {
@@ -316,7 +319,7 @@ fn remove_dir(fs: &dyn CgroupFs, dir: &Path) -> Result<(), CgroupError> {
     }
 }
 
-impl Slot {
+impl Identity {
     pub(super) fn prepare(&self, memory_bytes: u64, pids: u64) -> Result<(), CgroupError> {
         let files = &self.files;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -131,7 +131,7 @@ pub(super) struct Tree {
 
 /// One slot's cgroup.
 #[derive(Debug)]
-pub(super) struct Slot {
+pub(super) struct Identity {
     fs: Arc<dyn CgroupFs>,
     dir: PathBuf,
     /// `cgroup.procs`, opened at creation.
@@ -180,7 +180,7 @@ pub(super) fn create(
     detection: &Detection,
     dir_name: &str,
     count: u32,
-) -> Result<(Tree, Vec<Slot>), CgroupError> {
+) -> Result<(Tree, Vec<Identity>), CgroupError> {
     let fs = &host.fs;
     let base = detection.hierarchies[0].base.clone();
     let instance = base.join(dir_name);
@@ -225,7 +225,7 @@ pub(super) fn create(
             tree.peak_resettable = peak.is_some();
         }
         let files = Files::open(fs.as_ref(), &dir)?;
-        slots.push(Slot {
+        slots.push(Identity {
             fs: Arc::clone(fs),
             dir,
             procs,
@@ -334,7 +334,10 @@ impl Tree {
     /// Removes the slots, moves the daemon back where it was, restores `base`'s
     /// subtree_control, removes the instance directory; reports the first failure after trying
     /// everything.
-    pub(super) fn remove(&mut self, slots: impl Iterator<Item = Slot>) -> Result<(), CgroupError> {
+    pub(super) fn remove(
+        &mut self,
+        slots: impl Iterator<Item = Identity>,
+    ) -> Result<(), CgroupError> {
         let fs = Arc::clone(&self.fs);
         let fs = fs.as_ref();
         let mut first_error = None;
@@ -401,7 +404,7 @@ fn remove_dir(fs: &dyn CgroupFs, dir: &Path) -> Result<(), CgroupError> {
     }
 }
 
-impl Slot {
+impl Identity {
     pub(super) fn prepare(&self, memory_bytes: u64, pids: u64) -> Result<(), CgroupError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.memory_limit != Some(memory_bytes) {

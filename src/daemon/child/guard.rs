@@ -4,7 +4,7 @@ use tracing::warn;
 
 use super::REAP_TIMEOUT;
 use crate::daemon::cgroup::SlotCgroup;
-use crate::daemon::engine::slots::Slot;
+use crate::daemon::engine::identities::Identity;
 use crate::daemon::sys::PidFd;
 
 /// Owns a live child: kills it when dropped unless it has exited, and holds the slot until the
@@ -12,11 +12,11 @@ use crate::daemon::sys::PidFd;
 #[derive(Debug)]
 pub(super) struct ChildGuard {
     pidfd: Option<PidFd>,
-    slot: Option<Slot>,
+    slot: Option<Identity>,
 }
 
 impl ChildGuard {
-    pub(super) fn new(pidfd: PidFd, slot: Slot) -> Self {
+    pub(super) fn new(pidfd: PidFd, slot: Identity) -> Self {
         ChildGuard {
             pidfd: Some(pidfd),
             slot: Some(slot),

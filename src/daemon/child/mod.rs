@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::config::Limits;
-use crate::daemon::engine::slots::Slot;
+use crate::daemon::engine::identities::Identity;
 use crate::daemon::sys::{self, SeqChannel};
 use crate::daemon::zygotes::handle::{ChildEvent, ExitReport, Zygote};
 
@@ -82,7 +82,7 @@ impl ReadyChild {
     /// until it is locked down.
     pub async fn fork(
         zygote: Arc<Zygote>,
-        slot: Slot,
+        slot: Identity,
         child_id: u64,
         ceiling: &Limits,
     ) -> Result<ReadyChild, ChildError> {

@@ -4,10 +4,11 @@
 //! - [`warm`]: per profile, children forked and locked down before requests arrive.
 //! - [`pool`]: a profile (probed interpreter + jail spec) and the keeper tasks that hold its
 //!   zygotes up, restarting them with backoff.
-//! - [`slots`]: the identities live children hold (a uid each, and as root a cgroup). Not to be
-//!   confused with admission's run slots, which bound how many runs execute at once.
+//! - [`identities`]: the identities live children hold (a uid each, and as root a cgroup: the
+//!   "slot cgroups" of [`crate::daemon::cgroup`]). Not to be confused with admission's run
+//!   slots, which bound how many runs execute at once.
 
+pub mod identities;
 pub mod pool;
 pub mod run;
-pub mod slots;
 pub mod warm;

@@ -12,11 +12,12 @@ use sandfork_protocol::{RejectKind, RunResult, RunSpec, Status};
 
 use crate::config::Limits;
 use crate::daemon::child::{ChildError, ReadyChild};
+use crate::daemon::engine::identities::Identities;
 use crate::daemon::engine::pool::Pool;
-use crate::daemon::engine::slots::Slots;
 use crate::daemon::engine::warm::{WarmPool, REFILL_AFTER};
 use crate::daemon::policy::admission::{Admission, Refusal};
 use crate::tenants::{PolicyError, Tenant};
+use crate::validate;
 
 /// How long a run that found no warm child waits for the one being prepared before it forks its
 /// own (a preparation takes a few ms; far longer means the machine is saturated).
@@ -28,66 +29,6 @@ const ZYGOTE_WAIT: Duration = Duration::from_secs(10);
 /// A result that never ran.
 pub fn rejected(kind: RejectKind, message: impl Into<String>) -> RunResult {
     RunResult::rejected(kind, message)
-}
-
-pub use sandfork_ipc::path::check_relative_path;
-
-/// Checks a request's input files against the limits.
-fn check_files(spec: &RunSpec, limits: &Limits) -> Result<(), (RejectKind, String)> {
-    if spec.files.len() as u64 > limits.max_files {
-        return Err((
-            RejectKind::InvalidFiles,
-            format!(
-                "{} files; the limit is {}",
-                spec.files.len(),
-                limits.max_files
-            ),
-        ));
-    }
-    let mut seen = std::collections::HashSet::new();
-    let mut total = 0u64;
-    for file in &spec.files {
-        check_relative_path(&file.path).map_err(|e| (RejectKind::InvalidFiles, e))?;
-        if !seen.insert(file.path.as_str()) {
-            return Err((
-                RejectKind::InvalidFiles,
-                format!("file {:?} is given twice", file.path),
-            ));
-        }
-        // A file may not also be a directory of another one ("a" and "a/b").
-        total += file.content.len() as u64;
-    }
-    for file in &spec.files {
-        let mut prefix = String::new();
-        for part in file
-            .path
-            .split('/')
-            .collect::<Vec<_>>()
-            .split_last()
-            .map_or(&[][..], |(_, dirs)| dirs)
-        {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(part);
-            if seen.contains(prefix.as_str()) {
-                return Err((
-                    RejectKind::InvalidFiles,
-                    format!("{prefix:?} is both a file and a directory"),
-                ));
-            }
-        }
-    }
-    if total > limits.files_bytes {
-        return Err((
-            RejectKind::TooLarge,
-            format!(
-                "input files are {total} bytes; the limit is {}",
-                limits.files_bytes
-            ),
-        ));
-    }
-    Ok(())
 }
 
 fn internal_error(message: impl Into<String>) -> RunResult {
@@ -102,7 +43,7 @@ pub struct RunContext<'a> {
     pub tenant: &'a Tenant,
     pub pool: &'a std::sync::Arc<Pool>,
     pub warm: &'a WarmPool,
-    pub slots: &'a Slots,
+    pub slots: &'a Identities,
     pub admission: &'a Admission,
     pub child_ids: &'a AtomicU64,
 }
@@ -144,7 +85,7 @@ pub async fn execute(ctx: RunContext<'_>, spec: RunSpec, received: Instant) -> R
             ),
         );
     }
-    if let Err((kind, message)) = check_files(&spec, &limits) {
+    if let Err((kind, message)) = validate::files(&spec.files, &limits) {
         return rejected(kind, message);
     }
     let permit = match ctx.admission.admit(ctx.tenant, profile).await {
@@ -234,35 +175,4 @@ async fn fork_cold(ctx: &RunContext<'_>) -> Result<ReadyChild, String> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_sets_are_checked() {
-        use sandfork_protocol::FileData;
-        let limits = Limits::default();
-        let file = |path: &str, n: usize| FileData {
-            path: path.into(),
-            content: vec![b'x'; n],
-        };
-        let spec = |files: Vec<FileData>| RunSpec {
-            files,
-            ..RunSpec::default()
-        };
-        assert!(check_files(&spec(vec![file("a", 1), file("d/b", 2)]), &limits).is_ok());
-        let dup = check_files(&spec(vec![file("a", 1), file("a", 1)]), &limits);
-        assert_eq!(dup.unwrap_err().0, RejectKind::InvalidFiles);
-        let clash = check_files(&spec(vec![file("a", 1), file("a/b", 1)]), &limits);
-        assert_eq!(clash.unwrap_err().0, RejectKind::InvalidFiles);
-        let many: Vec<_> = (0..101).map(|i| file(&format!("f{i}"), 0)).collect();
-        assert_eq!(
-            check_files(&spec(many), &limits).unwrap_err().0,
-            RejectKind::InvalidFiles
-        );
-        let big = check_files(&spec(vec![file("big", 8 * 1024 * 1024 + 1)]), &limits);
-        assert_eq!(big.unwrap_err().0, RejectKind::TooLarge);
-    }
 }

@@ -23,8 +23,8 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::daemon::child::ReadyChild;
+use crate::daemon::engine::identities::Identities;
 use crate::daemon::engine::pool::Pool;
-use crate::daemon::engine::slots::Slots;
 
 /// A run that took a warm child asks for its replacement at the latest this long after it
 /// started (short runs ask when they finish).
@@ -245,7 +245,7 @@ impl WarmPool<ReadyChild> {
     pub async fn keep_filled(
         self: Arc<Self>,
         pool: Arc<Pool>,
-        slots: Arc<Slots>,
+        slots: Arc<Identities>,
         child_ids: Arc<AtomicU64>,
         mut stop: watch::Receiver<bool>,
     ) {

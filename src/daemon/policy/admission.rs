@@ -14,7 +14,7 @@
 //! **Run slots.** Admission *owns* the daemon's concurrent-run semaphore (the `slots` count of
 //! the config): a run runs only while it holds a [`Permit`], and nothing else may hand out run
 //! slots, or the fairness below would be bypassed. The uids children run as
-//! ([`crate::daemon::engine::slots::Slots`], which also cover warm children) are a separate matter, taken by the
+//! ([`crate::daemon::engine::identities::Identities`], which also cover warm children) are a separate matter, taken by the
 //! run as before.
 //!
 //! **Fairness.** The order in which waiters get run slots is decided here, not by the
@@ -34,6 +34,9 @@
 //! profiles (run slots are shared by all profiles).
 //!
 //! Clock: `tokio::time`, so tests drive rates and deadlines with `tokio::time::pause`.
+//!
+//! Longer than the ~500 lines we aim for, on purpose: the turn, the queues and the permits are
+//! one state machine under one lock, and its invariants read best in one place.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -44,7 +47,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::tenants::{PolicyConfig, Tenant};
+use super::rate::TokenBucket;
+use crate::tenants::Tenant;
 
 /// Run length assumed for a profile before any of its runs has finished (for retry hints).
 const INITIAL_RUN_ESTIMATE: Duration = Duration::from_millis(100);
@@ -54,9 +58,6 @@ const RUN_AVERAGE_WEIGHT: f64 = 0.125;
 pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(3600);
 /// Queue places per slot when the capacity is not set explicitly.
 const QUEUE_PLACES_PER_SLOT: u32 = 4;
-/// Tokens are compared with this tolerance, so float rounding never turns "exactly one token
-/// after the advertised wait" into a refusal.
-const TOKEN_EPSILON: f64 = 1e-9;
 
 /// Why a run is not admitted. Reported to the caller at once (or at the queue deadline), as a
 /// `rejected` result whose kind is [`Refusal::kind`].
@@ -163,35 +164,6 @@ struct Waiter {
     profile: String,
     /// Woken when this waiter takes the turn.
     wake: Arc<Notify>,
-}
-
-/// A token bucket: `burst` tokens, refilled at `rate_per_sec`; a request takes one.
-#[derive(Debug)]
-struct TokenBucket {
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl TokenBucket {
-    fn full(policy: &PolicyConfig, now: Instant) -> TokenBucket {
-        TokenBucket {
-            tokens: f64::from(policy.burst),
-            refilled: now,
-        }
-    }
-
-    /// Takes a token, or says in how many milliseconds one will be there.
-    fn take(&mut self, policy: &PolicyConfig, now: Instant) -> Result<(), u64> {
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * policy.rate_per_sec).min(f64::from(policy.burst));
-        self.refilled = now;
-        if self.tokens + TOKEN_EPSILON >= 1.0 {
-            self.tokens = (self.tokens - 1.0).max(0.0);
-            return Ok(());
-        }
-        let wait_ms = (1.0 - self.tokens) / policy.rate_per_sec * 1000.0;
-        Err(((wait_ms - TOKEN_EPSILON).ceil() as u64).max(1))
-    }
 }
 
 /// An admitted run: holds one of the daemon's run slots and one unit of its tenant's

@@ -2,3 +2,4 @@
 //! bounded fair per-profile queue, the run slots).
 
 pub mod admission;
+mod rate;

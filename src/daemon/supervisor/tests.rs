@@ -1,6 +1,7 @@
 //! Unit tests of `src/daemon/supervisor.rs`.
 
 use super::*;
+use crate::daemon::paths::{PROBE_PY, ZYGOTE_PY};
 
 /// The Python files the daemon ships must parse; a slip would otherwise show up only as
 /// zygotes that never become ready.

@@ -1,8 +1,10 @@
-//! Slots: the identities children run as. Each slot owns one uid inside every zygote's user
-//! namespace (mapped to one host uid), so no two live children ever share a uid: a child cannot
-//! signal, ptrace or read /proc of another run's process even if every other layer failed.
-//! Every live child holds one — running, or waiting warm — so there are `slots` (concurrent
-//! runs) plus the warm children of every profile; concurrency itself is a separate semaphore.
+//! Identities: what a live child runs as. Each identity owns one uid inside every zygote's user
+//! namespace (mapped to one host uid), and as root one cgroup (the cgroup code calls them slot
+//! cgroups), so no two live children ever share a uid: a child cannot signal, ptrace or read
+//! /proc of another run's process even if every other layer failed. Every live child holds one —
+//! running, or waiting warm — so there are `slots` (the config's concurrent runs) plus the warm
+//! children of every profile; how many runs execute at once is admission's run-slot semaphore,
+//! a separate matter.
 
 use std::sync::{Arc, Mutex};
 
@@ -10,9 +12,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::daemon::cgroup::{CgroupSlots, SlotCgroup};
 
-/// The pool of slots.
+/// The pool of identities.
 #[derive(Debug)]
-pub struct Slots {
+pub struct Identities {
     /// One cgroup per slot (memory, pids, CPU accounting), when the host has usable cgroups.
     cgroups: Option<Arc<CgroupSlots>>,
     permits: Arc<Semaphore>,
@@ -23,21 +25,21 @@ pub struct Slots {
 
 /// A held slot; the slot returns to the pool when this is dropped.
 #[derive(Debug)]
-pub struct Slot {
+pub struct Identity {
     index: u32,
     cgroups: Option<Arc<CgroupSlots>>,
     free: Arc<Mutex<Vec<u32>>>,
     _permit: OwnedSemaphorePermit,
 }
 
-impl Slots {
-    pub fn new(count: u32) -> Slots {
-        Slots::with_cgroups(count, None)
+impl Identities {
+    pub fn new(count: u32) -> Identities {
+        Identities::with_cgroups(count, None)
     }
 
-    /// Slots whose cgroups are `cgroups.slot(index)` (which must have at least `count`).
-    pub fn with_cgroups(count: u32, cgroups: Option<Arc<CgroupSlots>>) -> Slots {
-        Slots {
+    /// Identities whose cgroups are `cgroups.slot(index)` (which must have at least `count`).
+    pub fn with_cgroups(count: u32, cgroups: Option<Arc<CgroupSlots>>) -> Identities {
+        Identities {
             cgroups,
             permits: Arc::new(Semaphore::new(count as usize)),
             free: Arc::new(Mutex::new((0..count).rev().collect())),
@@ -49,13 +51,13 @@ impl Slots {
         self.count
     }
 
-    /// Slots in use right now.
+    /// Identities in use right now.
     pub fn busy(&self) -> u32 {
         self.count - self.permits.available_permits() as u32
     }
 
     /// A free slot now, or None.
-    pub fn try_acquire(&self) -> Option<Slot> {
+    pub fn try_acquire(&self) -> Option<Identity> {
         let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
         let index = self
             .free
@@ -63,7 +65,7 @@ impl Slots {
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .expect("a permit guarantees a free slot");
-        Some(Slot {
+        Some(Identity {
             index,
             cgroups: self.cgroups.clone(),
             free: Arc::clone(&self.free),
@@ -72,7 +74,7 @@ impl Slots {
     }
 
     /// Waits for a free slot.
-    pub async fn acquire(&self) -> Slot {
+    pub async fn acquire(&self) -> Identity {
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
@@ -83,7 +85,7 @@ impl Slots {
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .expect("a permit guarantees a free slot");
-        Slot {
+        Identity {
             index,
             cgroups: self.cgroups.clone(),
             free: Arc::clone(&self.free),
@@ -92,7 +94,7 @@ impl Slots {
     }
 }
 
-impl Slot {
+impl Identity {
     /// The slot's uid (and gid) inside a zygote's user namespace: 1..=count (0 is the zygote).
     pub fn inner_uid(&self) -> u32 {
         self.index + 1
@@ -104,7 +106,7 @@ impl Slot {
     }
 }
 
-impl Drop for Slot {
+impl Drop for Identity {
     fn drop(&mut self) {
         // Runs before the permit is released (fields drop after this), so the index is back
         // before anyone else can acquire.
@@ -121,7 +123,7 @@ mod tests {
 
     #[tokio::test]
     async fn slots_are_unique_while_held_and_reused_after() {
-        let slots = Slots::new(3);
+        let slots = Identities::new(3);
         let a = slots.acquire().await;
         let b = slots.acquire().await;
         let c = slots.acquire().await;

@@ -15,18 +15,22 @@
 //! `sandfork keygen` prints a fresh key ([`generate_key`]) and the TOML fragment declaring its
 //! tenant ([`keygen_fragment`]).
 
+mod keys;
+mod policy;
+
+use keys::{decode_digest, digest_key, digests_equal};
+pub use keys::{generate_key, hash_key, keygen_fragment};
+use policy::check_policy;
+pub use policy::{PolicyConfig, PolicyError};
 use std::collections::{BTreeSet, HashMap};
-use std::io::Read;
-use std::sync::Mutex;
+
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sandfork_protocol::LimitsRequest;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tracing::warn;
 
-use crate::config::{Config, Limits, DEFAULT_PROFILE};
+use crate::config::{Config, DEFAULT_PROFILE};
 
 /// Name of the built-in tenant the daemon's own uid is served as when no tenant claims it.
 pub const LOCAL_TENANT: &str = "local";
@@ -55,44 +59,6 @@ pub struct TenantConfig {
     /// What the tenant may do.
     #[serde(default)]
     pub policy: PolicyConfig,
-}
-
-/// A tenant's policy (`[tenants.policy]`).
-#[derive(Deserialize, Clone, Debug, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct PolicyConfig {
-    /// Ceiling on a run's wall-clock limit; `None`: the profile's limit is the ceiling.
-    pub max_timeout_ms: Option<u64>,
-    /// Ceiling on a run's memory limit (MiB); `None`: the profile's.
-    pub max_memory_mb: Option<u64>,
-    /// Ceiling on a run's per-stream output cap (bytes); `None`: the profile's.
-    pub max_output_bytes: Option<u64>,
-    /// Profiles the tenant may use; empty means all of them.
-    pub profiles: Vec<String>,
-    /// Runs the tenant may have admitted at once, waiting for a slot or running: one tenant
-    /// cannot fill the daemon's queues on its own.
-    pub max_concurrent: u32,
-    /// Sustained requests per second (token bucket refill rate).
-    pub rate_per_sec: f64,
-    /// Requests allowed at once above the rate (token bucket size).
-    pub burst: u32,
-    /// Longest a run waits for a slot before it ends as a queue timeout.
-    pub max_queue_wait_ms: u64,
-}
-
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        PolicyConfig {
-            max_timeout_ms: None,
-            max_memory_mb: None,
-            max_output_bytes: None,
-            profiles: Vec::new(),
-            max_concurrent: 64,
-            rate_per_sec: 1000.0,
-            burst: 2000,
-            max_queue_wait_ms: 10_000,
-        }
-    }
 }
 
 /// A tenant, validated and ready to be looked up.
@@ -160,28 +126,6 @@ impl IdentityError {
     }
 }
 
-/// Why a request does not fit its tenant's policy (the run is `rejected` with this message).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PolicyError {
-    #[error("tenant {tenant:?} may not use profile {profile:?}")]
-    ProfileNotAllowed { tenant: String, profile: String },
-    #[error("{limit} must be positive")]
-    NotPositive { limit: &'static str },
-    #[error("{limit} {asked} exceeds tenant {tenant:?}'s ceiling of {ceiling}")]
-    OverTenantCeiling {
-        tenant: String,
-        limit: &'static str,
-        asked: u64,
-        ceiling: u64,
-    },
-    #[error("{limit} {asked} exceeds the profile's ceiling of {ceiling}")]
-    OverProfileCeiling {
-        limit: &'static str,
-        asked: u64,
-        ceiling: u64,
-    },
-}
-
 impl Tenant {
     /// The built-in tenant for the daemon's own uid.
     fn local() -> Tenant {
@@ -197,87 +141,13 @@ impl Tenant {
     pub fn is_builtin(&self) -> bool {
         self.builtin
     }
-
-    /// Whether the tenant may run code under `profile`.
-    pub fn allows_profile(&self, profile: &str) -> bool {
-        self.policy.profiles.is_empty() || self.policy.profiles.iter().any(|p| p == profile)
-    }
-
-    /// The limits of one run: the profile's `limits`, capped by the tenant's ceilings, then
-    /// lowered by the request. A request above either ceiling, or for a profile the tenant may not
-    /// use, is refused with the reason.
-    pub fn effective_limits(
-        &self,
-        profile: &str,
-        limits: &Limits,
-        request: &LimitsRequest,
-    ) -> Result<Limits, PolicyError> {
-        if !self.allows_profile(profile) {
-            return Err(PolicyError::ProfileNotAllowed {
-                tenant: self.name.clone(),
-                profile: profile.to_string(),
-            });
-        }
-        let mut out = *limits;
-        out.timeout_ms = self.lower(
-            "timeout_ms",
-            request.timeout_ms,
-            limits.timeout_ms,
-            self.policy.max_timeout_ms,
-        )?;
-        out.memory_mb = self.lower(
-            "memory_mb",
-            request.memory_mb,
-            limits.memory_mb,
-            self.policy.max_memory_mb,
-        )?;
-        out.output_bytes = self.lower(
-            "output_bytes",
-            request.output_bytes,
-            limits.output_bytes,
-            self.policy.max_output_bytes,
-        )?;
-        // An unset `cpu_seconds` is derived from `timeout_ms`, so it follows a lowered timeout.
-        Ok(out)
-    }
-
-    /// One limit: `asked` (if any) must be positive and within both ceilings.
-    fn lower(
-        &self,
-        limit: &'static str,
-        asked: Option<u64>,
-        profile_ceiling: u64,
-        tenant_ceiling: Option<u64>,
-    ) -> Result<u64, PolicyError> {
-        let ceiling = tenant_ceiling.map_or(profile_ceiling, |t| t.min(profile_ceiling));
-        match asked {
-            None => Ok(ceiling),
-            Some(0) => Err(PolicyError::NotPositive { limit }),
-            Some(asked) if asked <= ceiling => Ok(asked),
-            Some(asked) => match tenant_ceiling {
-                Some(tenant_ceiling) if tenant_ceiling < profile_ceiling => {
-                    Err(PolicyError::OverTenantCeiling {
-                        tenant: self.name.clone(),
-                        limit,
-                        asked,
-                        ceiling: tenant_ceiling,
-                    })
-                }
-                _ => Err(PolicyError::OverProfileCeiling {
-                    limit,
-                    asked,
-                    ceiling: profile_ceiling,
-                }),
-            },
-        }
-    }
 }
 
 /// Every tenant of a daemon (or of the shim), and the uid and key lookups.
 #[derive(Debug)]
 pub struct Tenants {
     /// Declared tenants, plus the built-in `local` when it is served.
-    tenants: Vec<Tenant>,
+    tenants: Vec<Arc<Tenant>>,
     /// Listed uid → index in `tenants`.
     by_uid: HashMap<u32, usize>,
     /// The daemon's own uid: always a proxy, and `local` unless a tenant claims it.
@@ -308,7 +178,10 @@ impl Tenants {
         let mut owner_of_hash: HashMap<[u8; 32], usize> = HashMap::new();
         for (index, declared) in config.tenants.iter().enumerate() {
             check_name(&declared.name)?;
-            if tenants.iter().any(|t: &Tenant| t.name == declared.name) {
+            if tenants
+                .iter()
+                .any(|t: &Arc<Tenant>| t.name == declared.name)
+            {
                 return Err(TenantError::DuplicateName {
                     name: declared.name.clone(),
                 });
@@ -343,19 +216,19 @@ impl Tenants {
                     _ => {}
                 }
             }
-            tenants.push(Tenant {
+            tenants.push(Arc::new(Tenant {
                 name: declared.name.clone(),
                 policy: declared.policy.clone(),
                 key_hashes,
                 builtin: false,
-            });
+            }));
         }
         let daemon_tenant = match by_uid.get(&daemon_uid) {
             Some(&index) => index,
             None => match tenants.iter().position(|t| t.name == LOCAL_TENANT) {
                 Some(index) => index,
                 None => {
-                    tenants.push(Tenant::local());
+                    tenants.push(Arc::new(Tenant::local()));
                     tenants.len() - 1
                 }
             },
@@ -378,7 +251,7 @@ impl Tenants {
     pub fn by_api_key(&self, key: &str) -> Option<&Tenant> {
         let digest = digest_key(key);
         let mut found = None;
-        for tenant in &self.tenants {
+        for tenant in self.tenants.iter().map(|t| &**t) {
             for hash in &tenant.key_hashes {
                 if bool::from(digests_equal(&digest, hash)) {
                     found = Some(tenant);
@@ -390,7 +263,7 @@ impl Tenants {
 
     /// The tenant called `name`, if it is configured (or is the built-in `local` being served).
     pub fn by_name(&self, name: &str) -> Option<&Tenant> {
-        self.tenants.iter().find(|t| t.name == name)
+        self.tenants.iter().map(|t| &**t).find(|t| t.name == name)
     }
 
     /// Who a socket peer is.
@@ -403,7 +276,7 @@ impl Tenants {
         &self,
         peer_uid: u32,
         on_behalf_of: Option<&str>,
-    ) -> Result<&Tenant, IdentityError> {
+    ) -> Result<Arc<Tenant>, IdentityError> {
         match on_behalf_of {
             Some(name) if !self.is_proxy(peer_uid) => {
                 self.log_not_a_proxy(peer_uid, name);
@@ -413,16 +286,19 @@ impl Tenants {
                 })
             }
             Some(name) => self
-                .by_name(name)
+                .tenants
+                .iter()
+                .find(|t| t.name == name)
+                .cloned()
                 .ok_or_else(|| IdentityError::UnknownTenant {
                     uid: peer_uid,
                     tenant: name.to_string(),
                 }),
             None => {
                 if let Some(&index) = self.by_uid.get(&peer_uid) {
-                    Ok(&self.tenants[index])
+                    Ok(Arc::clone(&self.tenants[index]))
                 } else if peer_uid == self.daemon_uid {
-                    Ok(&self.tenants[self.daemon_tenant])
+                    Ok(Arc::clone(&self.tenants[self.daemon_tenant]))
                 } else if self.is_proxy(peer_uid) {
                     Err(IdentityError::ProxyNeedsTenant { uid: peer_uid })
                 } else {
@@ -439,7 +315,7 @@ impl Tenants {
 
     /// Every tenant (the built-in `local` included when it is served), for metrics and admission.
     pub fn iter(&self) -> impl Iterator<Item = &Tenant> {
-        self.tenants.iter()
+        self.tenants.iter().map(|t| &**t)
     }
 
     fn log_not_a_proxy(&self, uid: u32, tenant: &str) {
@@ -508,140 +384,6 @@ pub fn check_name(name: &str) -> Result<(), TenantError> {
             name: name.to_string(),
         })
     }
-}
-
-fn check_policy(tenant: &str, policy: &PolicyConfig, profiles: &[&str]) -> Result<(), TenantError> {
-    let bad = |reason: &str| TenantError::BadPolicy {
-        tenant: tenant.to_string(),
-        reason: reason.to_string(),
-    };
-    if policy.max_concurrent == 0 {
-        return Err(bad("policy.max_concurrent must be at least 1"));
-    }
-    if !(policy.rate_per_sec.is_finite() && policy.rate_per_sec > 0.0) {
-        return Err(bad("policy.rate_per_sec must be a positive number"));
-    }
-    if policy.burst == 0 {
-        return Err(bad("policy.burst must be at least 1"));
-    }
-    if policy.max_queue_wait_ms
-        > crate::daemon::policy::admission::MAX_QUEUE_WAIT.as_millis() as u64
-    {
-        return Err(bad(
-            "policy.max_queue_wait_ms must be at most 3600000 (one hour)",
-        ));
-    }
-    for (name, value) in [
-        ("policy.max_timeout_ms", policy.max_timeout_ms),
-        ("policy.max_memory_mb", policy.max_memory_mb),
-        ("policy.max_output_bytes", policy.max_output_bytes),
-    ] {
-        if value == Some(0) {
-            return Err(bad(&format!("{name} must be positive")));
-        }
-    }
-    if let Some(profile) = policy
-        .profiles
-        .iter()
-        .find(|p| !profiles.contains(&p.as_str()))
-    {
-        return Err(TenantError::UnknownProfile {
-            tenant: tenant.to_string(),
-            profile: profile.clone(),
-        });
-    }
-    Ok(())
-}
-
-/// The SHA-256 of `key`, as lowercase hex: the form `api_key_sha256` holds.
-pub fn hash_key(key: &str) -> String {
-    to_hex(&digest_key(key))
-}
-
-fn digest_key(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
-/// Constant-time equality of two digests. In tests it counts its calls, so a test can check
-/// that `by_api_key` compares against every hash.
-fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> subtle::Choice {
-    #[cfg(test)]
-    tests::COMPARISONS.with(|c| c.set(c.get() + 1));
-    a.ct_eq(b)
-}
-
-/// A fresh API key: `sf_` followed by 32 bytes from the OS random number generator, as 64
-/// lowercase hex digits.
-///
-/// # Panics
-/// If the operating system cannot supply random bytes (`getrandom(2)` failing, or no
-/// `/dev/urandom`): there is no safe key to return then.
-pub fn generate_key() -> String {
-    let mut bytes = [0u8; KEY_BYTES];
-    if getrandom::fill(&mut bytes).is_err() {
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .expect("the operating system supplies no random bytes");
-    }
-    format!("{KEY_PREFIX}{}", to_hex(&bytes))
-}
-
-/// The TOML fragment `sandfork keygen` prints after the key: a `[[tenants]]` entry named
-/// `tenant` holding the hash of `key` (never the key) and the default policy written out, ready
-/// to append to a config file. `tenant` should have passed [`check_name`]; it is quoted as a
-/// TOML string either way.
-pub fn keygen_fragment(tenant: &str, key: &str) -> String {
-    let policy = PolicyConfig::default();
-    let name = toml::Value::String(tenant.to_string());
-    format!(
-        r#"
-# Tenant {name}, made by `sandfork keygen`. Append to the config that sandforkd --config and
-# sandfork-http --config read. Only the key's SHA-256 is here; keep the key itself secret.
-[[tenants]]
-name = {name}
-api_key_sha256 = ["{hash}"]
-# uids = [1001]  # local users that act as this tenant on the socket
-
-[tenants.policy]
-# max_timeout_ms = 15000  # ceilings on a request's limits (default: the profile's own)
-# max_memory_mb = 700
-# max_output_bytes = 1048576
-profiles = []  # profiles it may use; empty: all
-max_concurrent = {max_concurrent}  # runs admitted at once, waiting for a slot or running
-rate_per_sec = {rate:?}  # requests per second, sustained
-burst = {burst}  # requests at once above the rate
-max_queue_wait_ms = {wait}  # longest wait for a slot before the run is refused
-"#,
-        hash = hash_key(key),
-        max_concurrent = policy.max_concurrent,
-        rate = policy.rate_per_sec,
-        burst = policy.burst,
-        wait = policy.max_queue_wait_ms,
-    )
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    out
-}
-
-/// 64 hex digits (either case) → 32 bytes.
-fn decode_digest(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.as_bytes();
-    if hex.len() != 64 {
-        return None;
-    }
-    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut out = [0u8; 32];
-    for (i, pair) in hex.chunks_exact(2).enumerate() {
-        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]
