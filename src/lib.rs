@@ -21,9 +21,12 @@
 //! loaded by the zygote through a C ABI), `zygote/init` (the single-threaded jail builder, and the
 //! doctor's probe helper).
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
+#[cfg(feature = "daemon")]
 pub mod daemon;
+#[cfg(feature = "http")]
 pub mod http;
 pub mod output;
 pub mod service;

@@ -7,10 +7,10 @@ use base64::Engine as _;
 use sandfork_protocol::RunResult;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use utoipa::ToSchema;
 
 /// A run's result, as the CLI prints it and the HTTP API returns it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct RunOutput {
     /// How the run ended: ok, error, timeout, cpu_limit, memory_limit, output_limit, killed,
     /// internal_error (rejections are HTTP errors, never a 200).
@@ -34,7 +34,7 @@ pub struct RunOutput {
     /// Function mode: `main()`'s return value, as JSON (absent in script mode; null when the
     /// run failed or `main()` returned None).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "http", schema(value_type = Option<Object>))]
     pub result: Option<Box<RawValue>>,
     /// Regular files the program created or changed in its working directory.
     pub files: Vec<OutputFile>,
@@ -43,7 +43,8 @@ pub struct RunOutput {
 }
 
 /// Resources a run used.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct UsageJson {
     pub wall_ms: f64,
     pub cpu_ms: f64,
@@ -51,7 +52,8 @@ pub struct UsageJson {
 }
 
 /// Where a run's time went, in milliseconds.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct TimingsJson {
     /// Waiting for admission and a free slot.
     pub queue_ms: f64,
@@ -64,7 +66,8 @@ pub struct TimingsJson {
 }
 
 /// A file the program left.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct OutputFile {
     pub path: String,
     pub content_b64: String,

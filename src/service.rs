@@ -1,6 +1,7 @@
-//! Logging set-up shared by the daemon and the HTTP shim: stderr, `RUST_LOG` (default `info`),
-//! the config's `log_format`, and colours only on a terminal (log files and journald get plain
-//! text); and the request ids that tie their log lines and audit records together.
+//! What the two long-running services (the daemon and the HTTP shim) share: logging set-up
+//! (stderr, `RUST_LOG`, default `info`, the config's `log_format`, colours only on a terminal;
+//! log files and journald get plain text), the request ids that tie their log lines and audit
+//! records together, and the stop signal.
 
 use crate::config::LogFormat;
 
@@ -31,4 +32,22 @@ pub fn new_request_id(prefix: &str) -> String {
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("{prefix}-{hex}")
+}
+
+/// The daemon's and the HTTP shim's stop signal: resolves on the first SIGTERM or SIGINT (and
+/// logs which). The handlers are installed by this call, so a signal that arrives before the
+/// future is polled is not lost.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    fn installing(what: &'static str) -> impl Fn(std::io::Error) -> std::io::Error {
+        move |err| std::io::Error::new(err.kind(), format!("installing the {what} handler: {err}"))
+    }
+    let mut term = signal(SignalKind::terminate()).map_err(installing("SIGTERM"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(installing("SIGINT"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    })
 }

@@ -120,7 +120,7 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         "listening"
     );
 
-    let shutdown = sandfork::daemon::sys::shutdown_signal()?;
+    let shutdown = sandfork::service::shutdown_signal()?;
     http::listener::run(listener, Arc::new(shim), shutdown).await;
     info!("stopped");
     Ok(())

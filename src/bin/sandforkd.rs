@@ -88,7 +88,7 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     );
     // Signals are handled from here on: a SIGTERM during start-up (a slow probe, zygotes that
     // do not come up) must still stop the daemon cleanly, not kill it with its cgroups behind.
-    let shutdown = sandfork::daemon::sys::shutdown_signal()?;
+    let shutdown = sandfork::service::shutdown_signal()?;
     tokio::pin!(shutdown);
     let listener = bind(&socket).await?;
     // The same per-layer summary `sandfork doctor` prints.

@@ -349,24 +349,6 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(hard)
 }
 
-/// The daemon's and the HTTP shim's stop signal: resolves on the first SIGTERM or SIGINT (and
-/// logs which). The handlers are installed by this call, so a signal that arrives before the
-/// future is polled is not lost.
-pub fn shutdown_signal() -> io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    fn installing(what: &'static str) -> impl Fn(io::Error) -> io::Error {
-        move |err| io::Error::new(err.kind(), format!("installing the {what} handler: {err}"))
-    }
-    let mut term = signal(SignalKind::terminate()).map_err(installing("SIGTERM"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(installing("SIGINT"))?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = int.recv() => tracing::info!("SIGINT"),
-        }
-    })
-}
-
 /// Makes every process `command` spawns die with `signal` when the spawning thread exits
 /// (PR_SET_PDEATHSIG in the child, between fork and exec).
 pub fn die_with_parent(command: &mut std::process::Command, signal: i32) {

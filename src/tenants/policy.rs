@@ -6,6 +6,10 @@ use sandfork_protocol::LimitsRequest;
 use serde::Deserialize;
 
 use super::{Tenant, TenantError};
+
+/// The longest any run waits in a queue, whatever its policy says (config validation refuses
+/// more; admission caps at it).
+pub const MAX_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
 use crate::config::Limits;
 
 /// A tenant's policy (`[tenants.policy]`).
@@ -162,9 +166,7 @@ pub(super) fn check_policy(
     if policy.burst == 0 {
         return Err(bad("policy.burst must be at least 1"));
     }
-    if policy.max_queue_wait_ms
-        > crate::daemon::policy::admission::MAX_QUEUE_WAIT.as_millis() as u64
-    {
+    if policy.max_queue_wait_ms > MAX_QUEUE_WAIT.as_millis() as u64 {
         return Err(bad(
             "policy.max_queue_wait_ms must be at most 3600000 (one hour)",
         ));

@@ -48,14 +48,12 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::rate::TokenBucket;
-use crate::tenants::Tenant;
+use crate::tenants::{Tenant, MAX_QUEUE_WAIT};
 
 /// Run length assumed for a profile before any of its runs has finished (for retry hints).
 const INITIAL_RUN_ESTIMATE: Duration = Duration::from_millis(100);
 /// Weight of the newest run in a profile's moving average run length.
 const RUN_AVERAGE_WEIGHT: f64 = 0.125;
-/// The longest any run waits, whatever its policy says (config validation refuses more).
-pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(3600);
 /// Queue places per slot when the capacity is not set explicitly.
 const QUEUE_PLACES_PER_SLOT: u32 = 4;
 
