@@ -3,50 +3,20 @@
 //! error, and nothing is allocated beyond the frame cap (a counting allocator records the largest
 //! single allocation; this binary holds only these tests).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use proptest::prelude::*;
+use recording::LARGEST;
 use sandfork_protocol::codec::{decode, encode_frame, parse_frame};
 use sandfork_protocol::{FrameReader, Request, Response, RunSpec};
 use tokio::io::AsyncWriteExt;
 
-struct Recording;
+#[path = "support/recording.rs"]
+mod recording;
 
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
 /// The largest-allocation record is global: one property at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged; recording the
-// size touches only an atomic and never allocates.
-unsafe impl GlobalAlloc for Recording {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.fetch_max(new_size, Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Recording = Recording;
 
 /// The frame cap these properties run under.
 const MAX_FRAME: u32 = 64 * 1024;

@@ -79,22 +79,31 @@ async fn with_nothing_being_prepared_a_request_does_not_wait() {
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 
-#[tokio::test]
-async fn a_request_waits_for_the_preparation_it_claimed() {
-    let (pool, dropped) = pool();
-    let preparation = Preparation::start(Arc::clone(&pool));
+/// A request waiting (up to 10 s) for a warm child; resolves to the child's number, once the
+/// returned preparation has been claimed by it.
+async fn waiting_request(
+    pool: &Arc<WarmPool<Fake>>,
+) -> (Preparation<Fake>, tokio::task::JoinHandle<Option<u32>>) {
+    let preparation = Preparation::start(Arc::clone(pool));
     let waiter = tokio::spawn({
-        let pool = Arc::clone(&pool);
+        let pool = Arc::clone(pool);
         async move {
             pool.take_or_wait(Duration::from_secs(10))
                 .await
                 .map(|c| c.n)
         }
     });
-    // Only once the request has claimed it does the keeper finish it.
     while !preparation.claimed() {
         tokio::task::yield_now().await;
     }
+    (preparation, waiter)
+}
+
+#[tokio::test]
+async fn a_request_waits_for_the_preparation_it_claimed() {
+    let (pool, dropped) = pool();
+    // Only once the request has claimed it does the keeper finish it.
+    let (preparation, waiter) = waiting_request(&pool).await;
     preparation.finish(fake(7, true, &dropped));
     assert_eq!(waiter.await.unwrap(), Some(7));
 }
@@ -102,18 +111,7 @@ async fn a_request_waits_for_the_preparation_it_claimed() {
 #[tokio::test]
 async fn one_preparation_serves_one_waiting_request_the_others_fork_their_own() {
     let (pool, dropped) = pool();
-    let preparation = Preparation::start(Arc::clone(&pool));
-    let first = tokio::spawn({
-        let pool = Arc::clone(&pool);
-        async move {
-            pool.take_or_wait(Duration::from_secs(10))
-                .await
-                .map(|c| c.n)
-        }
-    });
-    while !preparation.claimed() {
-        tokio::task::yield_now().await;
-    }
+    let (preparation, first) = waiting_request(&pool).await;
     // The only preparation is claimed: a second request does not wait for it.
     assert!(pool.take_or_wait(Duration::from_secs(10)).await.is_none());
     preparation.finish(fake(1, true, &dropped));
@@ -123,17 +121,10 @@ async fn one_preparation_serves_one_waiting_request_the_others_fork_their_own() 
 #[tokio::test]
 async fn a_failed_preparation_releases_its_waiter() {
     let (pool, _) = pool();
-    let preparation = Preparation::start(Arc::clone(&pool));
-    let waiter = tokio::spawn({
-        let pool = Arc::clone(&pool);
-        async move { pool.take_or_wait(Duration::from_secs(10)).await.is_none() }
-    });
-    while !preparation.claimed() {
-        tokio::task::yield_now().await;
-    }
+    let (preparation, waiter) = waiting_request(&pool).await;
     drop(preparation); // the fork failed
     let released = tokio::time::timeout(Duration::from_secs(2), waiter).await;
-    assert!(released.expect("released at once").unwrap());
+    assert_eq!(released.expect("released at once").unwrap(), None);
 }
 
 #[tokio::test]
