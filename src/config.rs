@@ -268,8 +268,12 @@ pub struct ProfileConfig {
     pub warm_idle_ms: u64,
     /// A zygote is replaced by a fresh one after this many forks.
     pub zygote_max_forks: u64,
-    /// … or once its peak RSS has grown this much beyond what it was after preloading.
+    /// … or once its peak RSS has grown this much beyond what it was after preloading …
     pub zygote_max_rss_growth_mb: u64,
+    /// … or once it has served this long (seconds). Every child of a zygote shares its hash
+    /// seed and address-space layout (fork copies them); a fresh zygote draws new ones, so this
+    /// bounds how long any one layout is in use.
+    pub zygote_max_age_s: u64,
     /// Trusted Python code the zygote runs twice before it forks anything (filling lazy
     /// imports and caches for every child) and a warm child runs once while it waits in the
     /// pool with no request for it, output discarded (taking the copy-on-write faults of a
@@ -289,6 +293,7 @@ impl Default for ProfileConfig {
             warm_idle_ms: 60_000,
             zygote_max_forks: 10_000,
             zygote_max_rss_growth_mb: 256,
+            zygote_max_age_s: 3600,
             warmup: DEFAULT_WARMUP.into(),
             limits: LimitOverrides::default(),
         }
@@ -387,6 +392,11 @@ impl Config {
             if profile.zygote_max_forks == 0 {
                 return Err(ConfigError::Invalid(format!(
                     "profile {name}: zygote_max_forks must be at least 1"
+                )));
+            }
+            if profile.zygote_max_age_s < 10 {
+                return Err(ConfigError::Invalid(format!(
+                    "profile {name}: zygote_max_age_s must be at least 10"
                 )));
             }
             if profile.zygotes == 0 {

@@ -334,6 +334,8 @@ def main():
     assert_eq!(result.status, Status::Error, "{:?}", result.message);
     assert_eq!(result.exit_code, Some(1));
     assert!(err(&result).contains("ValueError"), "{}", err(&result));
+    // Issue 13, defect 2: no value goes with a failed run, claimed or not.
+    assert_eq!(result.result, None, "a failed run carries no main() value");
     assert_no_panic(&daemon().log);
 }
 

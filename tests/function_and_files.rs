@@ -202,3 +202,79 @@ async fn bad_input_files_are_rejected_before_anything_runs() {
         assert!(result.stdout.is_empty());
     }
 }
+
+/// Issue 13, defect 1: a run's import path behaves as `python main.py` in its working directory
+/// does, so the modules it was given (or writes) import.
+#[tokio::test]
+async fn uploaded_modules_import_as_with_python_main_py() {
+    if !privileged("uploaded_modules_import_as_with_python_main_py") {
+        return;
+    }
+    let code = "import lib\nfrom pkg import mod\n\
+                open('written.py', 'w').write('Y = 1\\n')\nimport written\n\
+                print(lib.X + written.Y, mod.f())\n";
+    let result = run_spec(RunSpec {
+        files: vec![
+            file("lib.py", b"X = 41\n"),
+            file("pkg/__init__.py", b""),
+            file("pkg/mod.py", b"def f():\n    return 'pkg'\n"),
+        ],
+        ..spec(code)
+    })
+    .await;
+    assert_eq!(ok_stdout(&result), "42 pkg\n", "{}", err(&result));
+    // Only the run's own directory was added: the stdlib stays where it was, read-only.
+    let result = run_spec(spec(
+        "import sys, os\nprint(sys.path[0] == os.getcwd())\n\
+         try:\n    open(os.path.join(os.path.dirname(os.__file__), 'evil.py'), 'w')\n\
+         except OSError:\n    print('read-only')\n",
+    ))
+    .await;
+    assert_eq!(ok_stdout(&result), "True\nread-only\n");
+}
+
+/// Issue 13, defect 8: a file whose name is not UTF-8 is left out alone, and the result says so;
+/// the other files come back.
+#[tokio::test]
+async fn a_file_named_in_something_else_than_utf8_is_left_out_alone() {
+    if !privileged("a_file_named_in_something_else_than_utf8_is_left_out_alone") {
+        return;
+    }
+    let code = "import os\nopen('good.txt', 'w').write('kept')\n\
+                fd = os.open(b'bad\\xff', os.O_CREAT | os.O_WRONLY, 0o644)\n\
+                os.write(fd, b'x')\nos.close(fd)\nprint('done')\n";
+    let result = run_spec(spec(code)).await;
+    assert_eq!(ok_stdout(&result), "done\n");
+    let paths: Vec<&str> = result.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["good.txt"], "{:?}", result.message);
+    assert_eq!(result.files[0].content, b"kept");
+    assert!(result.files_truncated, "the left-out file is flagged");
+    let message = result.message.unwrap_or_default();
+    assert!(message.contains("not UTF-8"), "{message}");
+}
+
+/// Issue 13, defect 2: a deep tree does not turn a successful program into a failure; the walk
+/// is bounded and says it left something out. And files are collected from the run's
+/// directory, not from wherever the program's working directory ended up.
+#[tokio::test]
+async fn a_deep_tree_is_walked_within_bounds_from_the_runs_directory() {
+    if !privileged("a_deep_tree_is_walked_within_bounds_from_the_runs_directory") {
+        return;
+    }
+    let deep = "import os\ntop = os.getcwd()\nfor _ in range(1000):\n    os.mkdir('d')\n    os.chdir('d')\n\
+                os.chdir(top)\nopen('top.txt', 'w').write('t')\nprint('done')\n";
+    let result = run_spec(spec(deep)).await;
+    assert_eq!(ok_stdout(&result), "done\n", "{}", err(&result));
+    assert_eq!(result.exit_code, Some(0));
+    let paths: Vec<&str> = result.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["top.txt"]);
+    assert!(result.files_truncated, "the walk says it stopped short");
+
+    let moved =
+        "import os\nos.mkdir('out')\nos.chdir('out')\nopen('f', 'w').write('x')\nprint('moved')\n";
+    let result = run_spec(spec(moved)).await;
+    assert_eq!(ok_stdout(&result), "moved\n");
+    let paths: Vec<&str> = result.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["out/f"]);
+    assert!(!result.files_truncated);
+}

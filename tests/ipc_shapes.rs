@@ -45,7 +45,7 @@ a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 zygote.report_ready(a)
 zygote.report_result(a, b'{"answer": [1, 2]}')
 payload = b"x" * 40000 + b"abc"
-zygote.report_files(a, [{"path": "out/big.bin", "size": 40000}, {"path": "f.txt", "size": 3}], payload, True)
+zygote.report_files(a, [{"path": "out/big.bin", "size": 40000}, {"path": "f.txt", "size": 3}], payload, True, 2)
 zygote.report_done(a)
 a.close()
 while True:
@@ -78,6 +78,10 @@ while True:
     assert_eq!(reports.files[0].content.len(), 40000);
     assert_eq!(reports.files[1].content, b"abc");
     assert!(reports.files_truncated, "the child's own truncation flag");
+    assert_eq!(
+        reports.files_skipped, 2,
+        "files left out for their non-UTF-8 paths"
+    );
 }
 
 #[test]

@@ -15,7 +15,7 @@ use common::{
     descendants, ok_stdout, privileged, spec, start_daemon_process, test_config, wait_ready,
 };
 use sandfork_protocol::client::Client;
-use sandfork_protocol::{Request, Response, Status};
+use sandfork_protocol::{Request, Response, RunResult, Status};
 
 struct OwnDaemon {
     _dir: tempfile::TempDir,
@@ -126,6 +126,19 @@ fn alive(pid: u32) -> bool {
         && std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| !s.contains(") Z "))
             .unwrap_or(false)
+}
+
+/// A run that outlasts any grace period, started and under way on `daemon`.
+async fn start_long_run(
+    daemon: &OwnDaemon,
+) -> tokio::task::JoinHandle<Result<RunResult, sandfork_protocol::client::ClientError>> {
+    let socket = daemon.socket.clone();
+    let long_run = tokio::spawn(async move {
+        let mut client = Client::connect(&socket).await.unwrap();
+        client.run(spec("import time\ntime.sleep(60)")).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    long_run
 }
 
 /// Sends SIGTERM to a daemon and waits (at most `within`) for its exit status.
@@ -267,12 +280,7 @@ async fn sigterm_kills_runs_that_outlast_the_grace_period() {
         return;
     }
     let mut daemon = OwnDaemon::start();
-    let socket = daemon.socket.clone();
-    let long_run = tokio::spawn(async move {
-        let mut client = Client::connect(&socket).await.unwrap();
-        client.run(spec("import time\ntime.sleep(60)")).await
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let long_run = start_long_run(&daemon).await;
     let everything = descendants(daemon.pid());
     let started = Instant::now();
     // Grace is 3 s in the test config.
@@ -516,4 +524,24 @@ async fn sigterm_during_start_up_still_cleans_up() {
     assert!(!socket.exists(), "the socket is removed");
     let left = instance_cgroups(&socket);
     assert!(left.is_empty(), "cgroups left behind: {left:?}");
+}
+
+/// Issue 13, defect 4: a run stopped at the end of the shutdown grace still gets its result —
+/// `killed`, saying why — before its connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_at_the_end_of_the_grace_gets_its_result() {
+    if !privileged("a_run_killed_at_the_end_of_the_grace_gets_its_result") {
+        return;
+    }
+    let mut daemon = OwnDaemon::start();
+    let long_run = start_long_run(&daemon).await;
+    let status = daemon.terminate_and_wait(Duration::from_secs(15));
+    assert!(status.success(), "exit status {status:?}");
+    let result = long_run
+        .await
+        .unwrap()
+        .expect("a result, not a closed connection");
+    assert_eq!(result.status, Status::Killed, "{:?}", result.message);
+    let message = result.message.unwrap_or_default();
+    assert!(message.contains("grace period"), "{message}");
 }

@@ -96,3 +96,30 @@ except PermissionError:
         "300.0 1 1\nno sockets\n"
     );
 }
+
+/// Issue 13, defect 7: the children of one zygote would share the generators the zygote's
+/// preload created; each run reseeds them from the kernel, so no run can predict another's
+/// "random" numbers.
+#[tokio::test]
+async fn runs_of_one_zygote_draw_different_random_numbers() {
+    if !privileged("runs_of_one_zygote_draw_different_random_numbers") {
+        return;
+    }
+    let Some(python) = venv_python("runs_of_one_zygote_draw_different_random_numbers") else {
+        return;
+    };
+    let code = "import random, numpy as np\nprint(np.random.rand(), np.random.randint(1 << 30), random.random())\n";
+    let mut draws = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let result = run(&python, code).await;
+        let line = ok_stdout(&result);
+        let fields: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        assert_eq!(fields.len(), 3, "{line}");
+        for (n, field) in fields.into_iter().enumerate() {
+            assert!(
+                draws.insert((n, field.clone())),
+                "a draw repeated: {field} ({line})"
+            );
+        }
+    }
+}

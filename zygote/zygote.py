@@ -35,7 +35,8 @@ Child channel: fd 3 in the child, a SEQPACKET socket whose other end the supervi
                        fds: [code memfd, stdin memfd(, input files memfd)]
   child -> supervisor  after the program:
                        {"op": "result", "size"} + raw packets   function mode: main()'s JSON
-                       {"op": "files", "entries": [{"path", "size"}], "truncated", "size"}
+                       {"op": "files", "entries": [{"path", "size"}], "truncated", "skipped",
+                        "size"}   (skipped: files whose path is not UTF-8)
                            + raw packets
                        {"op": "done"}             (stdout/stderr already closed)
 
@@ -61,8 +62,10 @@ import linecache
 import os
 import resource
 import socket
+import stat
 import sys
 import threading
+import time
 import traceback
 import types
 
@@ -271,8 +274,9 @@ def report_result(chan, value):
     send_blob(chan, {"op": "result"}, value)
 
 
-def report_files(chan, entries, payload, truncated):
-    send_blob(chan, {"op": "files", "entries": entries, "truncated": truncated}, payload)
+def report_files(chan, entries, payload, truncated, skipped=0):
+    header = {"op": "files", "entries": entries, "truncated": truncated, "skipped": skipped}
+    send_blob(chan, header, payload)
 
 
 def report_done(chan):
@@ -337,8 +341,19 @@ def run_child(warmup):
     os.close(stdin_fd)
     source = read_sealed(code_fd)
     inputs = write_input_files(go.get("files") or [], files_fd)
+    # The run's directory, as it is now: output files are collected from it, wherever the
+    # program's working directory ends up.
+    run_dir = os.getcwd()
+    run_dir_id = os.stat(run_dir)
+    run_dir_id = (run_dir_id.st_dev, run_dir_id.st_ino)
 
+    reseed_generators()
     sys.argv = [SCRIPT_NAME] + [str(a) for a in go.get("argv", [])]
+    # As `python main.py` run in its working directory: main.py's directory comes first on the
+    # import path, so the run's own modules import (those it was given, or writes). The jail is
+    # unchanged: site-packages stays read-only, there is no user site (-I), and this directory is
+    # the run's own tmpfs.
+    sys.path.insert(0, os.getcwd())
     sys.modules["__main__"] = main
     text = source.decode("utf-8", errors="replace")
     # mtime None: linecache keeps the entry although no such file exists, so tracebacks show
@@ -362,8 +377,10 @@ def run_child(warmup):
             report_result(chan, value)
         collect = go.get("collect") or {}
         if collect.get("max_count", 0) > 0:
-            entries, payload, truncated = collect_output_files(collect, inputs)
-            report_files(chan, entries, payload, truncated)
+            entries, payload, truncated, skipped = collect_output_files(
+                run_dir, run_dir_id, collect, inputs
+            )
+            report_files(chan, entries, payload, truncated, skipped)
         # Output is flushed: close it now, so the supervisor sees EOF without waiting for the
         # kernel to tear down this process's copy of the zygote's memory, and say we are done.
         for fd in (1, 2):
@@ -375,6 +392,20 @@ def run_child(warmup):
     except OSError:
         pass  # the program closed or broke its channel: no result, no files
     return code
+
+
+def reseed_generators():
+    """Fresh kernel entropy for every generator the zygote's preload created, right before the
+    program runs: all children of a zygote start as copies of its memory, so they would
+    otherwise draw the same numbers (numpy's global generator does; `random` is reseeded at fork
+    too, and again here, after any rehearsal). Hash randomization and the address-space layout
+    stay those of the zygote: fixed per zygote by the nature of fork (see the README)."""
+    import random
+
+    random.seed()
+    np_random = sys.modules.get("numpy.random")
+    if np_random is not None:
+        np_random.seed()
 
 
 def read_sealed(fd):
@@ -470,46 +501,131 @@ def write_input_files(manifest, files_fd):
     return written
 
 
-def collect_output_files(collect, inputs):
-    """Regular files left in the working directory, read from inside the sandbox without
-    following symlinks; unchanged input files are left out. Returns (entries, payload,
-    truncated)."""
-    import stat
+# Bounds of the output-file walk: however the program left its directory, collecting costs at
+# most this much, and what is left out is flagged (truncated), never a failure of the run.
+WALK_MAX_DEPTH = 32
+WALK_MAX_ENTRIES = 10000
+WALK_MAX_SECONDS = 2.0
 
-    if not os.listdir("."):
-        return [], b"", False  # the common case, without walking
+
+def collect_output_files(run_dir, run_dir_id, collect, inputs):
+    """Regular files left in the run's directory, read from inside the sandbox without following
+    symlinks; unchanged input files are left out. The walk is iterative and bounded (depth,
+    entries, time); a file whose path is not UTF-8 (JSON, and so the report, cannot carry it) is
+    left out alone and counted. Returns (entries, payload, truncated, skipped)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        root = os.open(run_dir, flags)
+    except OSError:
+        return [], b"", True, 0
+    try:
+        info = os.fstat(root)
+        if (info.st_dev, info.st_ino) != run_dir_id:
+            return [], b"", True, 0  # not the directory the run started in
+        if not os.listdir(root):
+            return [], b"", False, 0  # the common case, without walking
+        return walk_output_files(root, collect, inputs, time.monotonic() + WALK_MAX_SECONDS)
+    finally:
+        os.close(root)
+
+
+def open_beneath(root, parts):
+    """A directory below `root`, opened one component at a time without following symlinks."""
+    fd = os.dup(root)
+    try:
+        for part in parts:
+            next_fd = os.open(
+                part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+            )
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def walk_output_files(root, collect, inputs, deadline):
     max_count = int(collect.get("max_count", 0))
     max_bytes = int(collect.get("max_bytes", 0))
-    entries, chunks, total, truncated = [], [], 0, False
-    for root, dirs, files in os.walk(".", followlinks=False):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.normpath(os.path.join(root, name))
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            except OSError:
-                continue  # a symlink (ELOOP), or gone
-            try:
-                info = os.fstat(fd)
-                if not stat.S_ISREG(info.st_mode):
-                    continue  # fifos, devices, sockets are never read
-                if len(entries) >= max_count or total + info.st_size > max_bytes:
+    entries, chunks, total, truncated, skipped = [], [], 0, False, 0
+    seen = 0
+    # Depth first, names sorted, a directory's files before its subdirectories: the order the
+    # recursive walk this replaces produced.
+    stack = [()]
+    while stack:
+        parts = stack.pop()
+        if time.monotonic() > deadline:
+            truncated = True
+            break
+        try:
+            fd = open_beneath(root, parts)
+        except OSError:
+            continue  # replaced by a symlink, or gone
+        try:
+            names = sorted(os.listdir(fd))
+            subdirs = []
+            for name in names:
+                seen += 1
+                if seen > WALK_MAX_ENTRIES or time.monotonic() > deadline:
+                    truncated = True
+                    stack.clear()
+                    break
+                path = "/".join(parts + (name,))
+                try:
+                    path.encode("utf-8")
+                except UnicodeEncodeError:
+                    skipped += 1
+                    continue
+                try:
+                    mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+                except OSError:
+                    continue
+                if stat.S_ISDIR(mode):
+                    if len(parts) + 1 >= WALK_MAX_DEPTH:
+                        truncated = True
+                    else:
+                        subdirs.append(parts + (name,))
+                    continue
+                if not stat.S_ISREG(mode):
+                    continue  # symlinks, fifos, devices, sockets are never read
+                data = read_file_at(fd, name, max_count - len(entries), max_bytes - total)
+                if data is None:
                     truncated = True
                     continue
-                data = b""
-                while len(data) < info.st_size:
-                    chunk = os.read(fd, info.st_size - len(data))
-                    if not chunk:
-                        break
-                    data += chunk
-            finally:
-                os.close(fd)
-            if inputs.get(path) == data:
-                continue
-            entries.append({"path": path, "size": len(data)})
-            chunks.append(data)
-            total += len(data)
-    return entries, b"".join(chunks), truncated
+                if data is False or inputs.get(path) == data:
+                    continue
+                entries.append({"path": path, "size": len(data)})
+                chunks.append(data)
+                total += len(data)
+            stack.extend(reversed(subdirs))
+        finally:
+            os.close(fd)
+    return entries, b"".join(chunks), truncated, skipped
+
+
+def read_file_at(dir_fd, name, room_count, room_bytes):
+    """A regular file's bytes; None when it does not fit the caps; False when it is not a
+    regular file after all (or vanished)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        if room_count <= 0 or info.st_size > room_bytes:
+            return None
+        data = b""
+        while len(data) < info.st_size:
+            chunk = os.read(fd, info.st_size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+    finally:
+        os.close(fd)
 
 
 def exit_code_of(exc):

@@ -28,6 +28,20 @@ use crate::validate;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Protocol errors logged per connection before the rest are only counted.
 const LOGGED_ERRORS_PER_CONNECTION: u32 = 5;
+/// After the grace period, how long connections get to deliver the `killed` results of the runs
+/// they had to stop, before they are closed regardless.
+const KILLED_RESULTS_WITHIN: Duration = Duration::from_secs(5);
+
+/// Where the server is in its life; every connection watches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Shutting down: no new runs; the ones in flight may finish within the grace period.
+    Draining,
+    /// The grace period is over: every run still in flight is stopped, and its caller gets a
+    /// `killed` result saying why.
+    Killing,
+}
 
 /// Serves `listener` until `shutdown` resolves; returns once every connection has finished or
 /// the grace period has passed.
@@ -36,7 +50,7 @@ pub async fn run(
     supervisor: Arc<Supervisor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(Phase::Serving);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -61,7 +75,7 @@ pub async fn run(
         grace_ms = supervisor.shutdown_grace.as_millis() as u64,
         "shutting down: no new connections; waiting for in-flight runs"
     );
-    stop_tx.send_replace(true);
+    stop_tx.send_replace(Phase::Draining);
     let drained = tokio::time::timeout(supervisor.shutdown_grace, async {
         while connections.join_next().await.is_some() {}
     })
@@ -71,7 +85,14 @@ pub async fn run(
             connections = connections.len(),
             "grace period over; killing the remaining runs"
         );
-        connections.shutdown().await;
+        stop_tx.send_replace(Phase::Killing);
+        let answered = tokio::time::timeout(KILLED_RESULTS_WITHIN, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if answered.is_err() {
+            connections.shutdown().await;
+        }
     }
 }
 
@@ -84,13 +105,13 @@ struct Peer {
 
 struct Connection {
     supervisor: Arc<Supervisor>,
-    stop: watch::Receiver<bool>,
+    stop: watch::Receiver<Phase>,
     peer: Peer,
     logged_errors: u32,
 }
 
 impl Connection {
-    fn new(stream: &UnixStream, supervisor: Arc<Supervisor>, stop: watch::Receiver<bool>) -> Self {
+    fn new(stream: &UnixStream, supervisor: Arc<Supervisor>, stop: watch::Receiver<Phase>) -> Self {
         let peer = stream
             .peer_cred()
             .map(|c| Peer {
@@ -217,18 +238,20 @@ impl Connection {
     ) {
         // Cancel handles of in-flight runs. Dropping one (connection gone) drops its run, which
         // kills the child; sending on it cancels with a result.
-        let mut inflight: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
+        let mut inflight: HashMap<u64, oneshot::Sender<String>> = HashMap::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
         let mut tasks = JoinSet::new();
         let mut stop = self.stop.clone();
         loop {
-            if *stop.borrow() && inflight.is_empty() {
-                // Draining and nothing left in flight on this connection: close it.
+            if *stop.borrow() != Phase::Serving && inflight.is_empty() {
+                // Draining and nothing left in flight on this connection: close it, once the
+                // runs' tasks have handed over their results.
+                while tasks.join_next().await.is_some() {}
                 return;
             }
             tokio::select! {
                 frame = reader.read::<Request>() => match frame {
-                    Ok(Some(Request::Run { id, .. })) if *stop.borrow() => {
+                    Ok(Some(Request::Run { id, .. })) if *stop.borrow() != Phase::Serving => {
                         let message = "the server is shutting down; no new runs".to_string();
                         let _ = out.send(error(Some(id), ErrorKind::ShuttingDown, message)).await;
                     }
@@ -248,7 +271,18 @@ impl Connection {
                 Some(id) = done_rx.recv() => {
                     inflight.remove(&id);
                 }
-                _ = stop.changed(), if !*stop.borrow() => {}
+                _ = stop.changed(), if *stop.borrow() != Phase::Killing => {
+                    if *stop.borrow() == Phase::Killing {
+                        let reason = format!(
+                            "the daemon is shutting down and the grace period of {} ms ran out; \
+                             the run was stopped",
+                            self.supervisor.shutdown_grace.as_millis()
+                        );
+                        for (_, cancel) in inflight.drain() {
+                            let _ = cancel.send(reason.clone());
+                        }
+                    }
+                }
                 _ = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
@@ -261,7 +295,7 @@ impl Connection {
         &mut self,
         request: Request,
         out: &mpsc::Sender<Response>,
-        inflight: &mut HashMap<u64, oneshot::Sender<()>>,
+        inflight: &mut HashMap<u64, oneshot::Sender<String>>,
         done: &mpsc::UnboundedSender<u64>,
         tasks: &mut JoinSet<()>,
     ) {
@@ -292,7 +326,7 @@ impl Connection {
             }
             Request::Cancel { id } => match inflight.remove(&id) {
                 Some(cancel) => {
-                    let _ = cancel.send(());
+                    let _ = cancel.send("cancelled by the client".into());
                 }
                 None => {
                     let message = format!("no run with id {id} is in flight");
@@ -344,9 +378,9 @@ impl Connection {
                             let _ = out.send(Response::Result { id, result }).await;
                         }
                         cancelled = cancel_rx => {
-                            if cancelled.is_ok() {
+                            if let Ok(reason) = cancelled {
                                 let mut result = RunResult::new(Status::Killed);
-                                result.message = Some("cancelled by the client".into());
+                                result.message = Some(reason);
                                 let _ = out.send(Response::Result { id, result }).await;
                             }
                         }

@@ -50,6 +50,10 @@ pub enum StartError {
     Tenants(String),
 }
 
+/// The profile label (metrics, audit) of a run that asked for a profile the config does not
+/// have. Parenthesized, so it cannot be mistaken for a profile name in the usual forms.
+pub const UNKNOWN_PROFILE_LABEL: &str = "(unknown)";
+
 /// The running supervisor.
 #[derive(Debug)]
 pub struct Supervisor {
@@ -241,6 +245,7 @@ impl Supervisor {
             .unwrap_or_else(|| DEFAULT_PROFILE.to_string());
         // Written when the run ends — or, if this future is dropped (client gone, cancel,
         // shutdown), by its Drop: every run leaves exactly one record.
+        let known = self.profiles.contains_key(&profile_name);
         let mut audit = Audit {
             metrics: &self.metrics,
             tenant: tenant.name.clone(),
@@ -248,7 +253,12 @@ impl Supervisor {
                 .request_id
                 .clone()
                 .unwrap_or_else(|| crate::service::new_request_id("r")),
-            profile: profile_name.clone(),
+            profile: if known {
+                profile_name.clone()
+            } else {
+                UNKNOWN_PROFILE_LABEL.to_string()
+            },
+            requested_profile: (!known).then(|| profile_name.clone()),
             code_sha256: hex_sha256(&spec.code),
             code_text: self
                 .audit_code
@@ -360,7 +370,11 @@ struct Audit<'a> {
     metrics: &'a Metrics,
     tenant: String,
     request_id: String,
+    /// The profile's name if it is configured, else [`UNKNOWN_PROFILE_LABEL`]: metric labels
+    /// come only from the config, so callers cannot grow the series.
     profile: String,
+    /// The name a request asked for when no such profile exists (escaped in the record).
+    requested_profile: Option<String>,
     code_sha256: String,
     /// Only with `audit_code = true`.
     code_text: Option<String>,
@@ -379,11 +393,14 @@ impl Audit<'_> {
             tenant = self.tenant.as_str(),
             request_id = %self.request_id,
             profile = %self.profile,
+            requested_profile = self.requested_profile.as_ref().map(|p| format!("{p:?}")),
             code_sha256 = %self.code_sha256,
             code = self.code_text.as_deref().unwrap_or(""),
             status = result.status.as_str(),
-            exit_code = result.exit_code.unwrap_or(-1),
-            signal = result.signal.unwrap_or(0),
+            // Absent when there is none (a signal ended it, or it never ran).
+            exit_code = result.exit_code,
+            signal = result.signal,
+            rejection = result.rejection.as_ref().map(|r| r.kind.as_str()),
             wall_ms = result.usage.wall_ms,
             cpu_ms = result.usage.cpu_ms,
             max_rss_kb = result.usage.max_rss_kb,

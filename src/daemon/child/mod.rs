@@ -361,8 +361,16 @@ impl ReadyChild {
         if message.is_none() {
             message = misuse;
         }
+        if message.is_none() && reports.files_skipped > 0 {
+            message = Some(format!(
+                "{} output file(s) left out: their paths are not UTF-8",
+                reports.files_skipped
+            ));
+        }
         let mut result = RunResult::new(status);
-        if let Some(Ok(value)) = reports.result {
+        // main()'s value only with the run's success (docs/PROTOCOL.md): a value from a run that
+        // then failed, or was claimed before the program failed, is not its result.
+        if let (Status::Ok, Some(Ok(value))) = (status, reports.result) {
             result.result = Some(String::from_utf8_lossy(&value).into_owned());
         }
         result.files = reports

@@ -159,6 +159,7 @@ impl Profile {
             recycle: RecyclePolicy {
                 max_forks: profile.zygote_max_forks,
                 max_rss_growth_kb: profile.zygote_max_rss_growth_mb * 1024,
+                max_age: Duration::from_secs(profile.zygote_max_age_s),
             },
         })
     }

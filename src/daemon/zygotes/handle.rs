@@ -110,6 +110,8 @@ pub struct Zygote {
     peak_rss_kb: AtomicU64,
     /// Set when the zygote is being replaced: no new children; the running ones finish.
     draining: AtomicBool,
+    /// When it became ready, for recycling on age.
+    started: std::time::Instant,
 }
 
 /// When a zygote should be replaced by a fresh one.
@@ -117,6 +119,9 @@ pub struct Zygote {
 pub struct RecyclePolicy {
     pub max_forks: u64,
     pub max_rss_growth_kb: u64,
+    /// A zygote's hash seed and address-space layout are its children's too: a fresh zygote
+    /// after this long draws new ones.
+    pub max_age: Duration,
 }
 
 impl Zygote {
@@ -219,6 +224,7 @@ impl Zygote {
             forks: AtomicU64::new(0),
             peak_rss_kb: AtomicU64::new(ready.rss_kb),
             draining: AtomicBool::new(false),
+            started: std::time::Instant::now(),
             ready,
         });
         tokio::spawn(Arc::clone(&zygote).read_events());
@@ -256,6 +262,10 @@ impl Zygote {
             .saturating_sub(self.ready.rss_kb);
         if growth > policy.max_rss_growth_kb {
             return Some(format!("peak RSS grew by {growth} KiB"));
+        }
+        let age = self.started.elapsed();
+        if age >= policy.max_age {
+            return Some(format!("{} s old", age.as_secs()));
         }
         None
     }

@@ -5,7 +5,7 @@
 //! supervisor -> child   rehearse                   optional, to a warm child nobody waits for
 //! supervisor -> child   go (fds: code memfd, stdin memfd[, input files memfd])
 //! child -> supervisor   result {size} + raw packets          function mode: main()'s JSON
-//!                       files {entries, truncated, size} + raw packets
+//!                       files {entries, truncated, skipped, size} + raw packets
 //!                       done                       stdout/stderr flushed and closed
 //! ```
 //!
@@ -101,6 +101,9 @@ pub enum FromChild {
         entries: Vec<FileEntry>,
         /// The child left files out (over its caps).
         truncated: bool,
+        /// Files the child left out because their path is not UTF-8 (a report cannot carry it).
+        #[serde(default)]
+        skipped: u64,
         size: u64,
     },
     /// The program is over and stdout/stderr are closed. A claim like any other: it ends the

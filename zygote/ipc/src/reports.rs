@@ -58,6 +58,9 @@ pub struct Reports {
     pub files: Vec<ReportedFile>,
     /// The child left files out (its claim), or a files report was refused.
     pub files_truncated: bool,
+    /// How many files the child says it left out because their path is not UTF-8 (a claim:
+    /// it only words the run's message).
+    pub files_skipped: u64,
     /// The child said it is done (output closed).
     pub done: bool,
     /// Why the reading stopped early: the channel was misused (by the program, necessarily).
@@ -223,6 +226,7 @@ impl ReportDecoder {
             FromChild::Files {
                 entries,
                 truncated,
+                skipped,
                 size,
             } if !self.seen_files => {
                 self.seen_files = true;
@@ -230,7 +234,8 @@ impl ReportDecoder {
                     self.reports.files_truncated = true;
                     return self.misuse(why);
                 }
-                self.reports.files_truncated |= truncated;
+                self.reports.files_truncated |= truncated || skipped > 0;
+                self.reports.files_skipped = skipped;
                 self.expect_blob(Blob::Files(entries), size)
             }
             FromChild::Done {} => {

@@ -35,6 +35,7 @@ fn profile(zygotes: u32, max_forks: u64) -> Arc<Profile> {
         recycle: RecyclePolicy {
             max_forks,
             max_rss_growth_kb: u64::MAX,
+            max_age: Duration::from_secs(3600),
         },
     })
 }

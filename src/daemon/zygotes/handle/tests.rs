@@ -91,6 +91,7 @@ async fn a_spawn_reaches_the_zygote_and_its_events_come_back_to_that_run() {
     let policy = RecyclePolicy {
         max_forks: 100,
         max_rss_growth_kb: 500,
+        max_age: Duration::from_secs(3600),
     };
     assert!(zygote.wants_recycling(&policy).unwrap().contains("RSS"));
     let _ = child.kill();
@@ -131,6 +132,7 @@ async fn forks_count_towards_recycling_and_a_draining_zygote_forks_no_more() {
     let policy = RecyclePolicy {
         max_forks: 2,
         max_rss_growth_kb: u64::MAX,
+        max_age: Duration::from_secs(3600),
     };
     for id in 0..2 {
         assert_eq!(zygote.wants_recycling(&policy), None);
@@ -147,6 +149,25 @@ async fn forks_count_towards_recycling_and_a_draining_zygote_forks_no_more() {
         zygote.spawn(request(9), [&fds[0], &fds[1], &fds[2]]).await,
         Err(ZygoteError::Gone)
     ));
+    zygote.stop().await;
+    kill(init);
+}
+
+#[tokio::test]
+async fn a_zygote_past_its_age_wants_recycling() {
+    let (zygote, theirs, init) = fake_zygote("z#3");
+    let _peer = SeqChannel::new(theirs).unwrap();
+    let young = RecyclePolicy {
+        max_forks: 100,
+        max_rss_growth_kb: u64::MAX,
+        max_age: Duration::from_secs(3600),
+    };
+    assert_eq!(zygote.wants_recycling(&young), None);
+    let old = RecyclePolicy {
+        max_age: Duration::ZERO,
+        ..young
+    };
+    assert!(zygote.wants_recycling(&old).unwrap().contains("s old"));
     zygote.stop().await;
     kill(init);
 }
