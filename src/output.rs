@@ -29,6 +29,8 @@ pub struct RunOutput {
     pub timings: TimingsJson,
     /// Why, for every status but ok.
     pub message: Option<String>,
+    /// Served by a child forked and locked down before the request arrived.
+    pub warm: bool,
     /// The run's id in the daemon's audit trail (also the `X-Request-Id` response header).
     pub request_id: String,
     /// Function mode: `main()`'s return value, as JSON (absent in script mode; null when the
@@ -101,6 +103,7 @@ impl RunOutput {
                 total_ms: result.timings.total_ms,
             },
             message: result.message,
+            warm: result.warm,
             request_id: result.request_id,
             result: value,
             files: result
@@ -162,6 +165,7 @@ mod tests {
         assert_eq!(json["usage"]["wall_ms"], 1.5);
         assert_eq!(json["timings"]["total_ms"], 2.0);
         assert_eq!(json["request_id"], "h-1");
+        assert_eq!(json["warm"], false);
         assert!(json.get("result").is_none(), "no result in script mode");
         assert_eq!(json["files"][0]["content_b64"], "ZG9uZQ==");
         assert_eq!(json["files"][0]["size"], 4);

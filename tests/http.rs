@@ -291,12 +291,17 @@ async fn execute_runs_code_and_answers_the_cli_fields() {
         "usage",
         "timings",
         "message",
+        "warm",
         "request_id",
         "files",
         "files_truncated",
     ]
     .into();
     assert_eq!(keys(body), expected, "no `result` in script mode");
+    assert!(
+        body["warm"].is_boolean(),
+        "every result says whether a warm child served it"
+    );
     assert!(body["timings"]["total_ms"].as_f64().unwrap() > 0.0);
     assert!(body["usage"]["max_rss_kb"].as_u64().unwrap() > 0);
 

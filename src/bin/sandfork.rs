@@ -300,6 +300,9 @@ fn exit_code(result: &RunResult) -> u8 {
     match (result.status, result.exit_code, result.signal) {
         (Status::Ok | Status::Error, Some(code), _) => u8::try_from(code).unwrap_or(1),
         (Status::Timeout, _, _) => EXIT_TIMEOUT,
+        // SIGKILL's 137 whether the cgroup's OOM killer sent it or (rootless) the run died of a
+        // MemoryError at its address-space limit.
+        (Status::MemoryLimit, _, _) => 128 + 9,
         (Status::Rejected | Status::InternalError, _, _) => EXIT_SANDFORK_FAILED,
         (_, _, Some(signal)) => 128u8.saturating_add(u8::try_from(signal).unwrap_or(0)),
         _ => EXIT_SANDFORK_FAILED,
