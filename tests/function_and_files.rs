@@ -270,6 +270,14 @@ async fn a_deep_tree_is_walked_within_bounds_from_the_runs_directory() {
     assert_eq!(paths, ["top.txt"]);
     assert!(result.files_truncated, "the walk says it stopped short");
 
+    // A wide tree: the walk stops at its entry bound, and says so.
+    let wide = "import os\nopen('a.txt', 'w').write('a')\nfor i in range(12000):\n    os.mkdir('z%d' % i)\nprint('wide')\n";
+    let result = run_spec(spec(wide)).await;
+    assert_eq!(ok_stdout(&result), "wide\n", "{}", err(&result));
+    let paths: Vec<&str> = result.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["a.txt"]);
+    assert!(result.files_truncated, "the walk says it stopped short");
+
     let moved =
         "import os\nos.mkdir('out')\nos.chdir('out')\nopen('f', 'w').write('x')\nprint('moved')\n";
     let result = run_spec(spec(moved)).await;

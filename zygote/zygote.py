@@ -570,6 +570,7 @@ def walk_output_files(root, collect, inputs, deadline):
                 if seen > WALK_MAX_ENTRIES or time.monotonic() > deadline:
                     truncated = True
                     stack.clear()
+                    subdirs.clear()
                     break
                 path = "/".join(parts + (name,))
                 try:
