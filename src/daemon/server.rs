@@ -130,6 +130,19 @@ impl Connection {
         }
     }
 
+    /// Answers a request (`id`, or None for the connection) with an error frame, and logs it
+    /// within the connection's log budget.
+    async fn refuse(
+        &mut self,
+        out: &mpsc::Sender<Response>,
+        id: Option<u64>,
+        kind: ErrorKind,
+        message: String,
+    ) {
+        self.log_protocol_error(kind, &message);
+        let _ = out.send(error(id, kind, message)).await;
+    }
+
     fn log_protocol_error(&mut self, kind: ErrorKind, detail: &str) {
         self.logged_errors += 1;
         if self.logged_errors <= LOGGED_ERRORS_PER_CONNECTION {
@@ -196,9 +209,7 @@ impl Connection {
                     self.supervisor.identify(self.peer.uid, None)
                 {
                     let message = err.to_string();
-                    self.log_protocol_error(ErrorKind::PermissionDenied, &message);
-                    let _ = out
-                        .send(error(None, ErrorKind::PermissionDenied, message))
+                    self.refuse(out, None, ErrorKind::PermissionDenied, message)
                         .await;
                     return false;
                 }
@@ -214,17 +225,13 @@ impl Connection {
                     "this server speaks protocol version {PROTOCOL_VERSION}; the client sent {}",
                     hello.version
                 );
-                self.log_protocol_error(ErrorKind::UnsupportedVersion, &message);
-                let _ = out
-                    .send(error(None, ErrorKind::UnsupportedVersion, message))
+                self.refuse(out, None, ErrorKind::UnsupportedVersion, message)
                     .await;
                 false
             }
             _ => {
                 let message = "the first frame must be Hello".to_string();
-                self.log_protocol_error(ErrorKind::HelloRequired, &message);
-                let _ = out
-                    .send(error(None, ErrorKind::HelloRequired, message))
+                self.refuse(out, None, ErrorKind::HelloRequired, message)
                     .await;
                 false
             }
@@ -302,18 +309,14 @@ impl Connection {
         match request {
             Request::Hello(_) => {
                 let message = "hello was already received on this connection".to_string();
-                self.log_protocol_error(ErrorKind::InvalidRequest, &message);
-                let _ = out
-                    .send(error(None, ErrorKind::InvalidRequest, message))
+                self.refuse(out, None, ErrorKind::InvalidRequest, message)
                     .await;
             }
             Request::Metrics { id } => {
                 // Tenant names and counts are not for strangers: tenants and proxies only.
                 if let Err(err) = self.supervisor.may_read_metrics(self.peer.uid) {
                     let message = err.to_string();
-                    self.log_protocol_error(ErrorKind::PermissionDenied, &message);
-                    let _ = out
-                        .send(error(Some(id), ErrorKind::PermissionDenied, message))
+                    self.refuse(out, Some(id), ErrorKind::PermissionDenied, message)
                         .await;
                     return;
                 }
@@ -338,16 +341,12 @@ impl Connection {
             Request::Run { id, spec } => {
                 if inflight.contains_key(&id) {
                     let message = format!("a run with id {id} is already in flight");
-                    self.log_protocol_error(ErrorKind::DuplicateId, &message);
-                    let _ = out
-                        .send(error(Some(id), ErrorKind::DuplicateId, message))
+                    self.refuse(out, Some(id), ErrorKind::DuplicateId, message)
                         .await;
                     return;
                 }
                 if let Err(message) = validate::code(&spec.code) {
-                    self.log_protocol_error(ErrorKind::InvalidRequest, &message);
-                    let _ = out
-                        .send(error(Some(id), ErrorKind::InvalidRequest, message))
+                    self.refuse(out, Some(id), ErrorKind::InvalidRequest, message)
                         .await;
                     return;
                 }
@@ -359,9 +358,7 @@ impl Connection {
                     Ok(tenant) => tenant,
                     Err(err) => {
                         let message = err.to_string();
-                        self.log_protocol_error(ErrorKind::PermissionDenied, &message);
-                        let _ = out
-                            .send(error(Some(id), ErrorKind::PermissionDenied, message))
+                        self.refuse(out, Some(id), ErrorKind::PermissionDenied, message)
                             .await;
                         return;
                     }
