@@ -164,6 +164,32 @@ pub struct Config {
     /// Uids besides the daemon's own that may act on behalf of a tenant (the HTTP shim's user).
     #[serde(default)]
     pub proxy_uids: Vec<u32>,
+    /// Sessions' timeouts (`[sessions]`); how many a profile may hold is its `max_sessions`.
+    pub sessions: SessionsConfig,
+}
+
+/// How long sessions live (`[sessions]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// A session without a cell this long ends, unless its opener asked for less (or more, up
+    /// to `max_idle_timeout_s`).
+    pub idle_timeout_s: u64,
+    /// The longest idle timeout a session may ask for.
+    pub max_idle_timeout_s: u64,
+    /// A session ends this long after it opened, whatever it is doing. Its CPU time over its
+    /// whole life is bounded by the same number of seconds (RLIMIT_CPU).
+    pub max_lifetime_s: u64,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            idle_timeout_s: 600,
+            max_idle_timeout_s: 3600,
+            max_lifetime_s: 3600,
+        }
+    }
 }
 
 impl Default for Config {
@@ -182,6 +208,7 @@ impl Default for Config {
             profiles: BTreeMap::new(),
             tenants: Vec::new(),
             proxy_uids: Vec::new(),
+            sessions: SessionsConfig::default(),
         }
     }
 }
@@ -279,6 +306,9 @@ pub struct ProfileConfig {
     /// pool with no request for it, output discarded (taking the copy-on-write faults of a
     /// typical run before the request arrives). Empty: no warm-up.
     pub warmup: String,
+    /// Sessions this profile may hold at once. Each holds a uid and a cgroup of its own, busy
+    /// or idle, so this many identities are set aside for them; 0 disables sessions here.
+    pub max_sessions: u32,
     /// Per-profile overrides of the global limits.
     pub limits: LimitOverrides,
 }
@@ -295,6 +325,7 @@ impl Default for ProfileConfig {
             zygote_max_rss_growth_mb: 256,
             zygote_max_age_s: 3600,
             warmup: DEFAULT_WARMUP.into(),
+            max_sessions: 4,
             limits: LimitOverrides::default(),
         }
     }
@@ -427,6 +458,16 @@ impl Config {
                 )));
             }
         }
+        let sessions = self.sessions;
+        if sessions.idle_timeout_s == 0
+            || sessions.idle_timeout_s > sessions.max_idle_timeout_s
+            || sessions.max_lifetime_s < 10
+        {
+            return Err(ConfigError::Invalid(
+                "sessions: need 0 < idle_timeout_s <= max_idle_timeout_s and max_lifetime_s >= 10"
+                    .into(),
+            ));
+        }
         // Tenants: names, key hashes, uids, policies (the daemon and the shim both load this).
         crate::tenants::validate(&self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(self)
@@ -440,9 +481,15 @@ impl Config {
         })
     }
 
-    /// Identities (uids) needed: one per concurrent run plus one per warm child of every profile.
+    /// Identities (uids) needed: one per concurrent run, plus one per warm child and one per
+    /// session of every profile.
     pub fn identity_count(&self) -> u32 {
-        self.slot_count() + self.profiles.values().map(|p| p.warm_children).sum::<u32>()
+        self.slot_count()
+            + self
+                .profiles
+                .values()
+                .map(|p| p.warm_children + p.max_sessions)
+                .sum::<u32>()
     }
 
     /// A profile's preload list with `@stdlib` expanded, without duplicates, in order.

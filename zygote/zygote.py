@@ -54,6 +54,7 @@ a fresh __main__.
 The child runs the code once in a fresh __main__ and _exits.
 """
 
+import ast
 import builtins
 import ctypes
 import gc
@@ -61,6 +62,7 @@ import json
 import linecache
 import os
 import resource
+import signal
 import socket
 import stat
 import sys
@@ -330,6 +332,10 @@ def run_child(warmup):
                 rehearse(warmup)
             except BaseException:
                 pass  # it ran cleanly in the zygote; a failure here only costs speed
+    if data.startswith(b'{"op":"session"'):
+        for fd in fds:
+            os.close(fd)
+        return run_session(chan, main, json.loads(data))
     if not data or len(fds) < 2:
         os.write(2, b"sandfork: no code arrived\n")
         return EXIT_CHILD_SETUP_FAILED
@@ -392,6 +398,174 @@ def run_child(warmup):
     except OSError:
         pass  # the program closed or broke its channel: no result, no files
     return code
+
+
+# ---- sessions ------------------------------------------------------------------------------
+
+
+def ignore_interrupt(_signum, _frame):
+    """SIGINT between cells: an interrupt that arrived late has nothing to interrupt."""
+
+
+def run_session(chan, main, start):
+    """A session's child: cells in one __main__ until the supervisor closes the channel. Every
+    cell is a claim of the program like everything after "go": the supervisor bounds and checks
+    what it reads here, and ends the session by killing this process."""
+    lower_rlimits(start.get("rlimits"))
+    run_dir = os.getcwd()
+    info = os.stat(run_dir)
+    run_dir_id = (info.st_dev, info.st_ino)
+    reseed_generators()
+    sys.argv = [SCRIPT_NAME]
+    sys.path.insert(0, run_dir)
+    sys.modules["__main__"] = main
+    signal.signal(signal.SIGINT, ignore_interrupt)
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(chan, MAX_PACKET, 3)
+        except OSError:
+            return 0
+        if not data:
+            return 0  # the supervisor closed the session
+        try:
+            message = json.loads(data)
+            op = message.get("op")
+        except ValueError:
+            op = None
+        if op != "cell":
+            for fd in fds:
+                os.close(fd)
+        try:
+            if op == "cell" and len(fds) >= 2:
+                code = run_cell(chan, main, message, fds)
+                if code is not None:
+                    return code  # the cell called sys.exit(): the session ends with it
+            elif op == "list_files":
+                report_listing(chan, run_dir, run_dir_id, message)
+            elif op == "read_file":
+                report_one_file(chan, run_dir, run_dir_id, message)
+            else:
+                os.write(2, b"sandfork: the session got a message it does not know\n")
+                return EXIT_CHILD_SETUP_FAILED
+        except OSError:
+            return 0  # the channel broke (the program closed it): nothing more to serve
+
+
+def run_cell(chan, main, cell, fds):
+    """Runs one cell in the session's __main__; the value of a last expression statement is
+    reported as its repr(). Returns an exit code if the cell exits the session, else None."""
+    code_fd, stdin_fd = fds[0], fds[1]
+    files_fd = fds[2] if len(fds) > 2 else None
+    os.dup2(stdin_fd, 0)
+    os.close(stdin_fd)
+    sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", closefd=False)
+    source = read_sealed(code_fd)
+    name = "<cell %d>" % int(cell.get("number", 0))
+    text = source.decode("utf-8", errors="replace")
+    linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+    value, failed, exit_code = None, False, None
+    try:
+        try:
+            write_input_files(cell.get("files") or [], files_fd, replace=True)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            value = run_cell_code(text, name, main.__dict__)
+        finally:
+            signal.signal(signal.SIGINT, ignore_interrupt)
+    except SystemExit as exc:
+        exit_code = exit_code_of(exc)
+    except BaseException as exc:
+        print_user_traceback(exc)
+        failed = True
+    if exit_code is not None:
+        return finish(exit_code)
+    text_value = None
+    if value is not None:
+        try:
+            text_value = repr(value)
+        except BaseException as exc:
+            print_user_traceback(exc)
+            failed = True
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            failed = True
+    if text_value is not None:
+        limit = int(cell.get("value_bytes", 0))
+        data = text_value.encode("utf-8", errors="backslashreplace")
+        if len(data) > limit:
+            data = data[:limit].decode("utf-8", errors="ignore").encode()
+        report_result(chan, data)
+    send(chan, {"op": "cell_done", "failed": failed})
+    return None
+
+
+def run_cell_code(text, name, namespace):
+    """Executes a cell as a REPL would: its statements, then its last expression statement,
+    whose value is returned (None when there is none)."""
+    tree = ast.parse(text, name, "exec")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    exec(compile(tree, name, "exec", dont_inherit=True), namespace)
+    if last is None:
+        return None
+    return eval(compile(last, name, "eval", dont_inherit=True), namespace)
+
+
+def session_root(run_dir, run_dir_id):
+    """The session's directory, opened without following symlinks, if it is still the one the
+    session started in; else None."""
+    try:
+        root = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    info = os.fstat(root)
+    if (info.st_dev, info.st_ino) != run_dir_id:
+        os.close(root)
+        return None
+    return root
+
+
+def report_listing(chan, run_dir, run_dir_id, request):
+    entries, truncated = [], True
+    root = session_root(run_dir, run_dir_id)
+    if root is not None:
+        try:
+            collect = {"max_count": int(request.get("max_count", 0)), "max_bytes": 0}
+            deadline = time.monotonic() + WALK_MAX_SECONDS
+            entries, _payload, truncated, skipped = walk_output_files(
+                root, collect, {}, deadline, read=False
+            )
+            truncated = truncated or skipped > 0
+        finally:
+            os.close(root)
+    send(chan, {"op": "listing", "entries": entries, "truncated": truncated})
+    report_done(chan)
+
+
+def report_one_file(chan, run_dir, run_dir_id, request):
+    entries, payload, truncated = [], b"", False
+    parts = safe_relative_path(request.get("path"))
+    root = session_root(run_dir, run_dir_id) if parts else None
+    if root is not None:
+        try:
+            fd = open_beneath(root, parts[:-1])
+        except OSError:
+            fd = None
+        finally:
+            os.close(root)
+        if fd is not None:
+            try:
+                data = read_file_at(fd, parts[-1], 1, int(request.get("max_bytes", 0)))
+            finally:
+                os.close(fd)
+            if data is None:
+                truncated = True
+            elif data is not False:
+                entries, payload = [{"path": "/".join(parts), "size": len(data)}], data
+    report_files(chan, entries, payload, truncated)
+    report_done(chan)
 
 
 def reseed_generators():
@@ -470,8 +644,9 @@ def safe_relative_path(path):
     return parts
 
 
-def write_input_files(manifest, files_fd):
-    """Writes the request's files into the working directory; returns {path: bytes written}."""
+def write_input_files(manifest, files_fd, replace=False):
+    """Writes the request's files into the working directory; returns {path: bytes written}.
+    `replace` (a session's cell): an existing file of the same path is overwritten."""
     written = {}
     if not manifest or files_fd is None:
         if files_fd is not None:
@@ -494,7 +669,8 @@ def write_input_files(manifest, files_fd):
                 except FileExistsError:
                     pass
             path = "/".join(parts)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            exclusive = os.O_TRUNC if replace else os.O_EXCL
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | exclusive | os.O_NOFOLLOW, 0o644)
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
             written[path] = data
@@ -545,7 +721,8 @@ def open_beneath(root, parts):
     return fd
 
 
-def walk_output_files(root, collect, inputs, deadline):
+def walk_output_files(root, collect, inputs, deadline, read=True):
+    """`read` False: a listing, each entry with its size and no contents."""
     max_count = int(collect.get("max_count", 0))
     max_bytes = int(collect.get("max_bytes", 0))
     entries, chunks, total, truncated, skipped = [], [], 0, False, 0
@@ -579,9 +756,10 @@ def walk_output_files(root, collect, inputs, deadline):
                     skipped += 1
                     continue
                 try:
-                    mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except OSError:
                     continue
+                mode = info.st_mode
                 if stat.S_ISDIR(mode):
                     if len(parts) + 1 >= WALK_MAX_DEPTH:
                         truncated = True
@@ -590,6 +768,12 @@ def walk_output_files(root, collect, inputs, deadline):
                     continue
                 if not stat.S_ISREG(mode):
                     continue  # symlinks, fifos, devices, sockets are never read
+                if not read:
+                    if len(entries) >= max_count:
+                        truncated = True
+                        continue
+                    entries.append({"path": path, "size": info.st_size})
+                    continue
                 data = read_file_at(fd, name, max_count - len(entries), max_bytes - total)
                 if data is None:
                     truncated = True
@@ -644,7 +828,7 @@ def exit_code_of(exc):
 def print_user_traceback(exc):
     """Prints the traceback without the zygote's own frame."""
     tb = exc.__traceback__
-    if tb is not None and tb.tb_frame.f_code is run_child.__code__:
+    while tb is not None and tb.tb_frame.f_code in OWN_FRAMES:
         tb = tb.tb_next
     try:
         traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
@@ -670,6 +854,10 @@ def finish(code):
         except BaseException:
             code = code or 1
     return code
+
+
+# The zygote's frames a user's traceback starts with, cut from it.
+OWN_FRAMES = (run_child.__code__, run_cell.__code__, run_cell_code.__code__)
 
 
 def main():

@@ -8,8 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
-    CodecError, ErrorFrame, FrameReader, FrameWriter, Hello, HelloReply, Request, Response,
-    RunResult, RunSpec, ServerStatus, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
+    Caller, Cell, CodecError, ErrorFrame, FrameReader, FrameWriter, Hello, HelloReply,
+    OutputStream, Request, Response, RunExtra, RunResult, RunSpec, ServerStatus, SessionOp,
+    SessionPool, SessionReply, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
@@ -93,6 +94,102 @@ impl Client {
         loop {
             match self.recv().await? {
                 Response::Result { id: got, result } if got == id => return Ok(result),
+                Response::Error {
+                    id: Some(got),
+                    error,
+                } if got == id => return Err(ClientError::Server(error)),
+                Response::Error { id: None, error } => return Err(ClientError::Server(error)),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Runs one program with its output streamed: `on_output` is called with every chunk as
+    /// it arrives (in order per stream), then the result comes back with the streamed counts.
+    pub async fn stream_run(
+        &mut self,
+        spec: RunSpec,
+        on_output: impl FnMut(OutputStream, &[u8]),
+    ) -> Result<(RunResult, RunExtra), ClientError> {
+        let id = self.next_id();
+        self.send(&Request::StreamRun { id, spec }).await?;
+        self.until_done(id, on_output).await
+    }
+
+    /// Runs one cell in `session`; with `cell.stream`, `on_output` sees the output as it is
+    /// produced. The cell's value is in the returned [`RunExtra`].
+    pub async fn execute_cell(
+        &mut self,
+        caller: Caller,
+        session: &str,
+        cell: Cell,
+        on_output: impl FnMut(OutputStream, &[u8]),
+    ) -> Result<(RunResult, RunExtra), ClientError> {
+        let id = self.next_id();
+        let op = SessionOp::Execute {
+            session: session.to_string(),
+            cell,
+        };
+        self.send(&Request::Session { id, caller, op }).await?;
+        self.until_done(id, on_output).await
+    }
+
+    /// A session operation other than a cell (open, interrupt, close, list, files).
+    pub async fn session(
+        &mut self,
+        caller: Caller,
+        op: SessionOp,
+    ) -> Result<SessionReply, ClientError> {
+        let id = self.next_id();
+        self.send(&Request::Session { id, caller, op }).await?;
+        loop {
+            match self.recv().await? {
+                Response::Session { id: got, reply } if got == id => return Ok(reply),
+                Response::Error {
+                    id: Some(got),
+                    error,
+                } if got == id => return Err(ClientError::Server(error)),
+                Response::Error { id: None, error } => return Err(ClientError::Server(error)),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Readiness with the sessions of every profile.
+    pub async fn status(&mut self) -> Result<(ServerStatus, Vec<SessionPool>), ClientError> {
+        let id = self.next_id();
+        self.send(&Request::Status { id }).await?;
+        loop {
+            match self.recv().await? {
+                Response::Status {
+                    id: got,
+                    status,
+                    sessions,
+                } if got == id => return Ok((status, sessions)),
+                Response::Error { error, .. } => return Err(ClientError::Server(error)),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The frames of streamed request `id` until its `Done`.
+    async fn until_done(
+        &mut self,
+        id: u64,
+        mut on_output: impl FnMut(OutputStream, &[u8]),
+    ) -> Result<(RunResult, RunExtra), ClientError> {
+        loop {
+            match self.recv().await? {
+                Response::Output {
+                    id: got,
+                    stream,
+                    data,
+                } if got == id => on_output(stream, &data),
+                Response::Done {
+                    id: got,
+                    result,
+                    extra,
+                } if got == id => return Ok((result, extra)),
                 Response::Error {
                     id: Some(got),
                     error,

@@ -22,6 +22,7 @@ pub mod client;
 pub mod codec;
 pub mod io;
 pub mod messages;
+pub mod repl;
 
 pub use codec::CodecError;
 pub use io::{read_frame_blocking, write_frame_blocking, FrameReader, FrameWriter};
@@ -30,10 +31,18 @@ pub use messages::{
     RejectKind, Rejection, Request, Response, RunResult, RunSpec, ServerStatus, Status, Timings,
     Usage,
 };
+pub use repl::{
+    Caller, Cell, FileInfo, OutputStream, RunExtra, SessionInfo, SessionOp, SessionOpen,
+    SessionPool, SessionReply,
+};
 
 /// Version of the protocol this crate speaks, sent in both hellos. Bump it for any change to the
 /// messages that an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest version a server still serves: version 1 clients know only `Run`, `Cancel`,
+/// `Ping` and `Metrics`, whose shapes are unchanged.
+pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
 
 /// Frame cap (payload bytes) used when the configuration sets none: room for large scripts and
 /// captured output without letting one client tie up much memory.

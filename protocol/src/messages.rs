@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::repl::{Caller, OutputStream, RunExtra, SessionOp, SessionPool, SessionReply};
 use crate::PROTOCOL_VERSION;
 
 /// A frame sent by a client to the server.
@@ -47,6 +48,30 @@ pub enum Request {
         /// Echoed in the answer so a client can match it to this request.
         id: u64,
     },
+    /// Version 2. Runs one program like [`Request::Run`], its output sent as it is produced:
+    /// answered by [`Response::Started`] once it has a child, [`Response::Output`] frames, and
+    /// [`Response::Done`] (or one [`Response::Done`] with the rejection, or an error frame).
+    StreamRun {
+        /// Client-chosen handle, as for `Run`.
+        id: u64,
+        /// What to run and under which limits.
+        spec: RunSpec,
+    },
+    /// Version 2. An operation on sessions: open, run a cell, interrupt, close, list, files.
+    Session {
+        /// Client-chosen handle; a cell in flight can be cancelled by it like a run.
+        id: u64,
+        /// On whose behalf (proxies only) and the audit ids.
+        caller: Caller,
+        /// What to do.
+        op: SessionOp,
+    },
+    /// Version 2. Readiness like [`Request::Ping`], with the sessions of every profile;
+    /// answered by [`Response::Status`].
+    Status {
+        /// Echoed in the answer.
+        id: u64,
+    },
 }
 
 impl Request {
@@ -57,7 +82,19 @@ impl Request {
             Request::Run { id, .. }
             | Request::Cancel { id }
             | Request::Ping { id }
-            | Request::Metrics { id } => Some(*id),
+            | Request::Metrics { id }
+            | Request::StreamRun { id, .. }
+            | Request::Session { id, .. }
+            | Request::Status { id } => Some(*id),
+        }
+    }
+
+    /// The lowest protocol version in which this request exists: a client that said Hello with
+    /// an older one is refused it.
+    pub fn since_version(&self) -> u32 {
+        match self {
+            Request::StreamRun { .. } | Request::Session { .. } | Request::Status { .. } => 2,
+            _ => 1,
         }
     }
 }
@@ -196,6 +233,48 @@ pub enum Response {
         /// to be served as is to a scraper.
         text: String,
     },
+    /// Version 2. A streamed run or a cell has its child and is starting: from now on its
+    /// answer is `Output` frames and one `Done` (never a rejection).
+    Started {
+        /// The request's id.
+        id: u64,
+    },
+    /// Version 2. A piece of a streamed run's (or cell's) output, in order per stream.
+    Output {
+        /// The request's id.
+        id: u64,
+        /// Which stream.
+        stream: OutputStream,
+        /// The bytes, as the program wrote them (not necessarily UTF-8, and a character may be
+        /// split across frames).
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Version 2. The one final answer to a [`Request::StreamRun`] or a cell.
+    Done {
+        /// The request's id.
+        id: u64,
+        /// How it ended; `stdout`/`stderr` hold what was *not* streamed.
+        result: RunResult,
+        /// Streamed byte counts, a cell's value, whether the session ended.
+        extra: RunExtra,
+    },
+    /// Version 2. The answer to a [`Request::Session`] other than a cell.
+    Session {
+        /// The request's id.
+        id: u64,
+        /// The answer.
+        reply: SessionReply,
+    },
+    /// Version 2. Answers [`Request::Status`].
+    Status {
+        /// The request's id.
+        id: u64,
+        /// The same as a pong's.
+        status: ServerStatus,
+        /// Live sessions and their bound, per profile.
+        sessions: Vec<SessionPool>,
+    },
 }
 
 impl Response {
@@ -205,7 +284,12 @@ impl Response {
             Response::Hello(_) => None,
             Response::Result { id, .. }
             | Response::Pong { id, .. }
-            | Response::Metrics { id, .. } => Some(*id),
+            | Response::Metrics { id, .. }
+            | Response::Started { id }
+            | Response::Output { id, .. }
+            | Response::Done { id, .. }
+            | Response::Session { id, .. }
+            | Response::Status { id, .. } => Some(*id),
             Response::Error { id, .. } => *id,
         }
     }
@@ -275,11 +359,24 @@ pub enum ErrorKind {
     /// The peer's uid maps to no tenant, or a peer that is not a proxy named a tenant in
     /// [`RunSpec::tenant`].
     PermissionDenied,
+    /// Version 2: no session of that id belongs to the caller (it never existed, or it is
+    /// another tenant's: the two are not told apart).
+    SessionNotFound,
+    /// Version 2: the caller's session has ended (closed, idle, lifetime, its child died, the
+    /// daemon restarted); the message says why.
+    SessionEnded,
+    /// Version 2: the session is running a cell; one at a time.
+    SessionBusy,
+    /// Version 2: the tenant holds its policy's `max_sessions` already.
+    TooManySessions,
+    /// Version 2: the profile holds its `max_sessions` already (every session holds a uid and
+    /// a cgroup); retry later.
+    NoSessionCapacity,
 }
 
 impl ErrorKind {
     /// Every kind, in wire (variant index) order.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::Malformed,
         ErrorKind::FrameTooLarge,
         ErrorKind::UnsupportedVersion,
@@ -290,6 +387,11 @@ impl ErrorKind {
         ErrorKind::ShuttingDown,
         ErrorKind::Internal,
         ErrorKind::PermissionDenied,
+        ErrorKind::SessionNotFound,
+        ErrorKind::SessionEnded,
+        ErrorKind::SessionBusy,
+        ErrorKind::TooManySessions,
+        ErrorKind::NoSessionCapacity,
     ];
 
     /// The kind's snake_case name, as serde names it in text formats and in logs.
@@ -305,6 +407,11 @@ impl ErrorKind {
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::Internal => "internal",
             ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::SessionNotFound => "session_not_found",
+            ErrorKind::SessionEnded => "session_ended",
+            ErrorKind::SessionBusy => "session_busy",
+            ErrorKind::TooManySessions => "too_many_sessions",
+            ErrorKind::NoSessionCapacity => "no_session_capacity",
         }
     }
 }

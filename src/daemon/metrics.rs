@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use sandfork_protocol::{RunResult, ServerStatus};
+use sandfork_protocol::{RunResult, ServerStatus, SessionPool};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunLabels {
@@ -32,6 +32,19 @@ struct ServedLabels {
     profile: String,
     /// "warm" or "cold": whether the child was forked before the request.
     child: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantProfileLabels {
+    tenant: String,
+    profile: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndLabels {
+    profile: String,
+    /// One of a fixed set (see `SessionEnd::label`), never free text.
+    reason: String,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -53,6 +66,11 @@ pub struct Metrics {
     queued: Family<ProfileLabels, Gauge>,
     warm_children: Family<ProfileLabels, Gauge>,
     zygotes_ready: Family<ProfileLabels, Gauge>,
+    cells: Family<RunLabels, Counter>,
+    sessions_opened: Family<TenantProfileLabels, Counter>,
+    sessions_ended: Family<EndLabels, Counter>,
+    sessions_live: Family<ProfileLabels, Gauge>,
+    sessions_max: Family<ProfileLabels, Gauge>,
     /// Encoding takes `&Registry`; the lock keeps concurrent scrapes from interleaving gauge
     /// updates and encoding.
     scrape: Mutex<()>,
@@ -105,6 +123,36 @@ impl Metrics {
         );
         let zygotes_ready = Family::<ProfileLabels, Gauge>::default();
         registry.register("zygotes_ready", "Live zygotes", zygotes_ready.clone());
+        let cells = Family::<RunLabels, Counter>::default();
+        registry.register(
+            "session_cells",
+            "Session cells finished, by tenant, profile and status",
+            cells.clone(),
+        );
+        let sessions_opened = Family::<TenantProfileLabels, Counter>::default();
+        registry.register(
+            "sessions_opened",
+            "Sessions opened, by tenant and profile",
+            sessions_opened.clone(),
+        );
+        let sessions_ended = Family::<EndLabels, Counter>::default();
+        registry.register(
+            "sessions_ended",
+            "Sessions ended, by profile and reason (closed, idle, lifetime, died, failed, shutdown)",
+            sessions_ended.clone(),
+        );
+        let sessions_live = Family::<ProfileLabels, Gauge>::default();
+        registry.register(
+            "sessions_live",
+            "Sessions alive now (each holds a uid and a cgroup)",
+            sessions_live.clone(),
+        );
+        let sessions_max = Family::<ProfileLabels, Gauge>::default();
+        registry.register(
+            "sessions_max",
+            "Sessions a profile may hold at once (max_sessions)",
+            sessions_max.clone(),
+        );
         Metrics {
             registry,
             runs,
@@ -115,6 +163,11 @@ impl Metrics {
             queued,
             warm_children,
             zygotes_ready,
+            cells,
+            sessions_opened,
+            sessions_ended,
+            sessions_live,
+            sessions_max,
             scrape: Mutex::new(()),
         }
     }
@@ -142,8 +195,39 @@ impl Metrics {
             .observe(result.timings.total_ms / 1000.0);
     }
 
-    /// The Prometheus text exposition, with gauges taken from `status`.
-    pub fn render(&self, status: &ServerStatus) -> String {
+    /// Counts one finished session cell.
+    pub fn record_cell(&self, tenant: &str, profile: &str, result: &RunResult) {
+        self.cells
+            .get_or_create(&RunLabels {
+                tenant: tenant.to_string(),
+                profile: profile.to_string(),
+                status: result.status.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one opened session.
+    pub fn session_opened(&self, tenant: &str, profile: &str) {
+        self.sessions_opened
+            .get_or_create(&TenantProfileLabels {
+                tenant: tenant.to_string(),
+                profile: profile.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one ended session; `reason` is a label from a fixed set.
+    pub fn session_ended(&self, profile: &str, reason: &'static str) {
+        self.sessions_ended
+            .get_or_create(&EndLabels {
+                profile: profile.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition, with gauges taken from `status` and `sessions`.
+    pub fn render(&self, status: &ServerStatus, sessions: &[SessionPool]) -> String {
         let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         self.slots_total.set(i64::from(status.slots_total));
         self.slots_busy.set(i64::from(status.slots_busy));
@@ -160,6 +244,17 @@ impl Metrics {
             self.zygotes_ready
                 .get_or_create(&labels)
                 .set(i64::from(profile.zygotes_ready));
+        }
+        for pool in sessions {
+            let labels = ProfileLabels {
+                profile: pool.profile.clone(),
+            };
+            self.sessions_live
+                .get_or_create(&labels)
+                .set(i64::from(pool.live));
+            self.sessions_max
+                .get_or_create(&labels)
+                .set(i64::from(pool.max));
         }
         let mut text = String::new();
         // Writing to a String cannot fail.
@@ -193,7 +288,26 @@ mod tests {
             slots_total: 4,
             slots_busy: 1,
         };
-        let text = metrics.render(&status);
+        let sessions = [SessionPool {
+            profile: "default".into(),
+            live: 1,
+            max: 4,
+        }];
+        metrics.record_cell("acme", "default", &ok);
+        metrics.session_opened("acme", "default");
+        metrics.session_ended("default", "idle");
+        let text = metrics.render(&status, &sessions);
+        assert!(
+            text.contains("sandfork_sessions_live{profile=\"default\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("sandfork_sessions_max{profile=\"default\"} 4"));
+        assert!(text.contains(
+            "sandfork_session_cells_total{tenant=\"acme\",profile=\"default\",status=\"ok\"} 1"
+        ));
+        assert!(
+            text.contains("sandfork_sessions_ended_total{profile=\"default\",reason=\"idle\"} 1")
+        );
         assert!(
             text.contains(
                 "sandfork_runs_total{tenant=\"acme\",profile=\"default\",status=\"ok\"} 2"

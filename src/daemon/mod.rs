@@ -31,6 +31,7 @@ pub mod paths;
 pub mod policy;
 pub mod rootless;
 pub mod server;
+pub mod sessions;
 pub mod supervisor;
 pub mod sys;
 pub mod zygotes;

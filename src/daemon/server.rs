@@ -12,16 +12,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sandfork_protocol::{
-    CodecError, ErrorFrame, ErrorKind, FrameReader, FrameWriter, HelloReply, Request, Response,
-    RunResult, Status, PROTOCOL_VERSION,
+    Caller, CodecError, ErrorFrame, ErrorKind, FrameReader, FrameWriter, HelloReply, Request,
+    Response, RunExtra, RunResult, SessionOp, Status, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::daemon::supervisor::Supervisor;
+use crate::daemon::child::{output_queue, OutputChunk};
+use crate::daemon::engine::run::Streaming;
+use crate::daemon::supervisor::{SessionAnswer, Supervisor};
 use crate::tenants::IdentityError;
+use crate::tenants::Tenant;
 use crate::validate;
 
 /// How long a new connection may take to say Hello.
@@ -108,6 +111,17 @@ struct Connection {
     stop: watch::Receiver<Phase>,
     peer: Peer,
     logged_errors: u32,
+    /// The protocol version agreed at Hello (the client's, when we speak it).
+    version: u32,
+}
+
+/// Why an in-flight request is stopped early.
+#[derive(Debug)]
+enum Stop {
+    /// The client cancelled it.
+    Cancelled,
+    /// The daemon's grace period ran out.
+    Shutdown(String),
 }
 
 impl Connection {
@@ -127,6 +141,7 @@ impl Connection {
             stop,
             peer,
             logged_errors: 0,
+            version: PROTOCOL_VERSION,
         }
     }
 
@@ -202,8 +217,11 @@ impl Connection {
             }
         };
         match first {
-            Request::Hello(hello) if hello.version == PROTOCOL_VERSION => {
-                debug!(peer_pid = self.peer.pid, client = %hello.client, "hello");
+            Request::Hello(hello)
+                if (OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.version) =>
+            {
+                debug!(peer_pid = self.peer.pid, client = %hello.client, version = hello.version, "hello");
+                self.version = hello.version;
                 // A uid that is neither a tenant nor a proxy has nothing to do here.
                 if let Err(err @ IdentityError::UnknownUid { .. }) =
                     self.supervisor.identify(self.peer.uid, None)
@@ -214,7 +232,7 @@ impl Connection {
                     return false;
                 }
                 let reply = Response::Hello(HelloReply {
-                    version: PROTOCOL_VERSION,
+                    version: self.version,
                     server: format!("sandforkd {}", env!("CARGO_PKG_VERSION")),
                     max_frame_len: self.supervisor.max_frame_len,
                 });
@@ -222,7 +240,7 @@ impl Connection {
             }
             Request::Hello(hello) => {
                 let message = format!(
-                    "this server speaks protocol version {PROTOCOL_VERSION}; the client sent {}",
+                    "this server speaks protocol versions {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}; the client sent {}",
                     hello.version
                 );
                 self.refuse(out, None, ErrorKind::UnsupportedVersion, message)
@@ -245,7 +263,7 @@ impl Connection {
     ) {
         // Cancel handles of in-flight runs. Dropping one (connection gone) drops its run, which
         // kills the child; sending on it cancels with a result.
-        let mut inflight: HashMap<u64, oneshot::Sender<String>> = HashMap::new();
+        let mut inflight: HashMap<u64, oneshot::Sender<Stop>> = HashMap::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
         let mut tasks = JoinSet::new();
         let mut stop = self.stop.clone();
@@ -258,9 +276,17 @@ impl Connection {
             }
             tokio::select! {
                 frame = reader.read::<Request>() => match frame {
-                    Ok(Some(Request::Run { id, .. })) if *stop.borrow() != Phase::Serving => {
+                    Ok(Some(request)) if request.since_version() > self.version => {
+                        let message = format!(
+                            "this request needs protocol version {}; the connection said Hello with {}",
+                            request.since_version(),
+                            self.version
+                        );
+                        self.refuse(out, request.id(), ErrorKind::InvalidRequest, message).await;
+                    }
+                    Ok(Some(request)) if *stop.borrow() != Phase::Serving && starts_work(&request) => {
                         let message = "the server is shutting down; no new runs".to_string();
-                        let _ = out.send(error(Some(id), ErrorKind::ShuttingDown, message)).await;
+                        let _ = out.send(error(request.id(), ErrorKind::ShuttingDown, message)).await;
                     }
                     Ok(Some(request)) => {
                         self.dispatch(request, out, &mut inflight, &done_tx, &mut tasks).await;
@@ -286,7 +312,7 @@ impl Connection {
                             self.supervisor.shutdown_grace.as_millis()
                         );
                         for (_, cancel) in inflight.drain() {
-                            let _ = cancel.send(reason.clone());
+                            let _ = cancel.send(Stop::Shutdown(reason.clone()));
                         }
                     }
                 }
@@ -302,10 +328,14 @@ impl Connection {
         &mut self,
         request: Request,
         out: &mpsc::Sender<Response>,
-        inflight: &mut HashMap<u64, oneshot::Sender<String>>,
+        inflight: &mut HashMap<u64, oneshot::Sender<Stop>>,
         done: &mpsc::UnboundedSender<u64>,
         tasks: &mut JoinSet<()>,
     ) {
+        let request_kind = match &request {
+            Request::StreamRun { .. } => RequestKind::Stream,
+            _ => RequestKind::Plain,
+        };
         match request {
             Request::Hello(_) => {
                 let message = "hello was already received on this connection".to_string();
@@ -329,7 +359,7 @@ impl Connection {
             }
             Request::Cancel { id } => match inflight.remove(&id) {
                 Some(cancel) => {
-                    let _ = cancel.send("cancelled by the client".into());
+                    let _ = cancel.send(Stop::Cancelled);
                 }
                 None => {
                     let message = format!("no run with id {id} is in flight");
@@ -338,54 +368,166 @@ impl Connection {
                         .await;
                 }
             },
-            Request::Run { id, spec } => {
-                if inflight.contains_key(&id) {
-                    let message = format!("a run with id {id} is already in flight");
-                    self.refuse(out, Some(id), ErrorKind::DuplicateId, message)
-                        .await;
-                    return;
-                }
+            Request::Status { id } => {
+                let status = self.supervisor.status();
+                let sessions = self.supervisor.session_pools();
+                let _ = out
+                    .send(Response::Status {
+                        id,
+                        status,
+                        sessions,
+                    })
+                    .await;
+            }
+            Request::Run { id, spec } | Request::StreamRun { id, spec } => {
+                let streamed = matches!(request_kind, RequestKind::Stream);
                 if let Err(message) = validate::code(&spec.code) {
                     self.refuse(out, Some(id), ErrorKind::InvalidRequest, message)
                         .await;
                     return;
                 }
-                // Who is asking: the peer's own tenant, or the one a proxy peer names.
-                let tenant = match self
-                    .supervisor
-                    .identify(self.peer.uid, spec.tenant.as_deref())
-                {
-                    Ok(tenant) => tenant,
-                    Err(err) => {
-                        let message = err.to_string();
-                        self.refuse(out, Some(id), ErrorKind::PermissionDenied, message)
-                            .await;
-                        return;
-                    }
+                let Some((tenant, cancel_rx)) = self
+                    .admit_inflight(id, spec.tenant.as_deref(), out, inflight)
+                    .await
+                else {
+                    return;
                 };
-                let (cancel_tx, cancel_rx) = oneshot::channel();
-                inflight.insert(id, cancel_tx);
                 let supervisor = Arc::clone(&self.supervisor);
                 let out = out.clone();
                 let done = done.clone();
                 let received = Instant::now();
                 tasks.spawn(async move {
-                    tokio::select! {
-                        result = supervisor.execute(&tenant, spec, received) => {
-                            let _ = out.send(Response::Result { id, result }).await;
-                        }
-                        cancelled = cancel_rx => {
-                            if let Ok(reason) = cancelled {
-                                let mut result = RunResult::new(Status::Killed);
-                                result.message = Some(reason);
-                                let _ = out.send(Response::Result { id, result }).await;
+                    let answer = if streamed {
+                        let (sink, mut chunks) = output_queue();
+                        let (admitted, admitted_rx) = oneshot::channel();
+                        let streaming = Streaming { sink, admitted };
+                        let run =
+                            supervisor.execute_streamed(&tenant, spec, received, Some(streaming));
+                        let forward = forward_output(id, admitted_rx, &mut chunks, &out);
+                        tokio::select! {
+                            ((result, extra), ()) = async { tokio::join!(run, forward) } => {
+                                Some(Response::Done { id, result, extra })
                             }
+                            stop = cancel_rx => stop.ok().map(|stop| Response::Done {
+                                id,
+                                result: stopped_result(stop),
+                                extra: RunExtra::default(),
+                            }),
                         }
+                    } else {
+                        tokio::select! {
+                            result = supervisor.execute(&tenant, spec, received) => {
+                                Some(Response::Result { id, result })
+                            }
+                            stop = cancel_rx => stop.ok().map(|stop| Response::Result {
+                                id,
+                                result: stopped_result(stop),
+                            }),
+                        }
+                    };
+                    if let Some(answer) = answer {
+                        let _ = out.send(answer).await;
                     }
                     let _ = done.send(id);
                 });
             }
+            Request::Session { id, caller, op } => {
+                self.session(id, caller, op, out, inflight, done, tasks)
+                    .await;
+            }
         }
+    }
+
+    /// Registers request `id` as in flight for the tenant the peer acts as: its cancel handle.
+    /// `None` (answered already) for a duplicate id or an unknown tenant.
+    async fn admit_inflight(
+        &mut self,
+        id: u64,
+        on_behalf_of: Option<&str>,
+        out: &mpsc::Sender<Response>,
+        inflight: &mut HashMap<u64, oneshot::Sender<Stop>>,
+    ) -> Option<(Arc<Tenant>, oneshot::Receiver<Stop>)> {
+        if inflight.contains_key(&id) {
+            let message = format!("a request with id {id} is already in flight");
+            self.refuse(out, Some(id), ErrorKind::DuplicateId, message)
+                .await;
+            return None;
+        }
+        // Who is asking: the peer's own tenant, or the one a proxy peer names.
+        let tenant = match self.supervisor.identify(self.peer.uid, on_behalf_of) {
+            Ok(tenant) => tenant,
+            Err(err) => {
+                let message = err.to_string();
+                self.refuse(out, Some(id), ErrorKind::PermissionDenied, message)
+                    .await;
+                return None;
+            }
+        };
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        inflight.insert(id, cancel_tx);
+        Some((tenant, cancel_rx))
+    }
+
+    /// A session operation. A cell is in flight like a run (a cancel interrupts it; the end of
+    /// the grace period ends its session); the other operations are answered as they finish.
+    #[allow(clippy::too_many_arguments)]
+    async fn session(
+        &mut self,
+        id: u64,
+        caller: Caller,
+        op: SessionOp,
+        out: &mpsc::Sender<Response>,
+        inflight: &mut HashMap<u64, oneshot::Sender<Stop>>,
+        done: &mpsc::UnboundedSender<u64>,
+        tasks: &mut JoinSet<()>,
+    ) {
+        let Some((tenant, cancel_rx)) = self
+            .admit_inflight(id, caller.tenant.as_deref(), out, inflight)
+            .await
+        else {
+            return;
+        };
+        let supervisor = Arc::clone(&self.supervisor);
+        let out = out.clone();
+        let done = done.clone();
+        tasks.spawn(async move {
+            let cell_session = match &op {
+                SessionOp::Execute { session, .. } => Some(session.clone()),
+                _ => None,
+            };
+            let (sink, mut chunks) = output_queue();
+            let (admitted, admitted_rx) = oneshot::channel();
+            let streaming = Streaming { sink, admitted };
+            let work = supervisor.session_op(&tenant, &caller, op, Some(streaming));
+            let forward = forward_output(id, admitted_rx, &mut chunks, &out);
+            let both = async { tokio::join!(work, forward).0 };
+            tokio::pin!(both);
+            let mut cancel_rx = cancel_rx;
+            let mut cancel_open = true;
+            let answer = loop {
+                tokio::select! {
+                    answer = &mut both => break answer,
+                    stop = &mut cancel_rx, if cancel_open => {
+                        cancel_open = false;
+                        // A cell stopped by its caller is interrupted and still answers; at the
+                        // end of the grace period its session ends with it.
+                        let (Some(session), Ok(stop)) = (&cell_session, stop) else { continue };
+                        let op = match stop {
+                            Stop::Cancelled => SessionOp::Interrupt { session: session.clone() },
+                            Stop::Shutdown(_) => SessionOp::Close { session: session.clone() },
+                        };
+                        let _ = supervisor.session_op(&tenant, &caller, op, None).await;
+                    }
+                }
+            };
+            let response = match answer {
+                SessionAnswer::Reply(reply) => Response::Session { id, reply },
+                SessionAnswer::Cell(result, extra) => Response::Done { id, result, extra },
+                SessionAnswer::Refused(kind, message) => error(Some(id), kind, message),
+            };
+            let _ = out.send(response).await;
+            let _ = done.send(id);
+        });
     }
 
     async fn reply_codec_error(&mut self, err: &CodecError, out: &mpsc::Sender<Response>) {
@@ -393,6 +535,56 @@ impl Connection {
         self.log_protocol_error(kind, &err.to_string());
         if !matches!(err, CodecError::Io(_)) {
             let _ = out.send(error(None, kind, err.to_string())).await;
+        }
+    }
+}
+
+/// Whether a request asks for new work (refused while the server drains).
+fn starts_work(request: &Request) -> bool {
+    match request {
+        Request::Run { .. } | Request::StreamRun { .. } => true,
+        Request::Session { op, .. } => {
+            matches!(op, SessionOp::Open(_) | SessionOp::Execute { .. })
+        }
+        _ => false,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RequestKind {
+    Plain,
+    Stream,
+}
+
+/// The result of a run stopped before its end.
+fn stopped_result(stop: Stop) -> RunResult {
+    let reason = match stop {
+        Stop::Cancelled => "cancelled by the client".to_string(),
+        Stop::Shutdown(reason) => reason,
+    };
+    RunResult::new(Status::Killed).with_message(reason)
+}
+
+/// Sends a streamed request's `Started` once it is admitted, then its output as `Output`
+/// frames, in order, until every sink is gone (the run or cell is over). The connection's
+/// queue is bounded: a slow client slows this, which fills the sink, which stalls the child.
+async fn forward_output(
+    id: u64,
+    admitted: oneshot::Receiver<()>,
+    chunks: &mut mpsc::Receiver<OutputChunk>,
+    out: &mpsc::Sender<Response>,
+) {
+    if admitted.await.is_ok() && out.send(Response::Started { id }).await.is_err() {
+        return;
+    }
+    while let Some(chunk) = chunks.recv().await {
+        let frame = Response::Output {
+            id,
+            stream: chunk.stream,
+            data: chunk.data,
+        };
+        if out.send(frame).await.is_err() {
+            return;
         }
     }
 }

@@ -8,19 +8,20 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sandfork_protocol::{ProfileStatus, RejectKind, RunResult, RunSpec, ServerStatus};
+use sandfork_protocol::{ProfileStatus, RejectKind, RunExtra, RunResult, RunSpec, ServerStatus};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::{Config, DEFAULT_PROFILE};
+use crate::config::{Config, SessionsConfig, DEFAULT_PROFILE};
 use crate::daemon::engine::identities::Identities;
 use crate::daemon::engine::pool::{JailLauncher, Pool, Profile};
-use crate::daemon::engine::run::{self, RunContext};
+use crate::daemon::engine::run::{self, RunContext, Streaming};
 use crate::daemon::engine::warm::WarmPool;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::paths::Paths;
 use crate::daemon::policy::admission::Admission;
+use crate::daemon::sessions::Registry;
 use crate::daemon::zygotes::handle::Spawner;
 use crate::tenants::{IdentityError, Tenant, Tenants};
 
@@ -80,6 +81,9 @@ pub struct Supervisor {
     rootless: bool,
     stop: watch::Sender<bool>,
     metrics: Metrics,
+    /// Live sessions (see `sessions.rs` here for their operations).
+    sessions: Arc<Registry>,
+    sessions_config: SessionsConfig,
 }
 
 /// A profile's zygote pool and warm children.
@@ -182,6 +186,8 @@ impl Supervisor {
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
             rootless: paths.rootless,
             stop,
+            sessions: Arc::new(Registry::default()),
+            sessions_config: config.sessions,
         }))
     }
 
@@ -239,6 +245,17 @@ impl Supervisor {
     /// Runs one request of `tenant` (as returned by `identify`) to completion. Dropping the
     /// future kills the run's child.
     pub async fn execute(&self, tenant: &Tenant, spec: RunSpec, received: Instant) -> RunResult {
+        self.execute_streamed(tenant, spec, received, None).await.0
+    }
+
+    /// [`Supervisor::execute`], with the output streamed to `streaming`'s sink when given.
+    pub async fn execute_streamed(
+        &self,
+        tenant: &Tenant,
+        spec: RunSpec,
+        received: Instant,
+        streaming: Option<Streaming>,
+    ) -> (RunResult, RunExtra) {
         let profile_name = spec
             .profile
             .clone()
@@ -266,10 +283,13 @@ impl Supervisor {
             client_addr: spec.client_addr.clone(),
             written: false,
         };
-        let mut result = match self.profiles.get(&profile_name) {
-            None => run::rejected(
-                RejectKind::UnknownProfile,
-                format!("unknown profile {profile_name:?}"),
+        let (mut result, extra) = match self.profiles.get(&profile_name) {
+            None => (
+                run::rejected(
+                    RejectKind::UnknownProfile,
+                    format!("unknown profile {profile_name:?}"),
+                ),
+                RunExtra::default(),
             ),
             Some(profile) => {
                 let ctx = RunContext {
@@ -280,12 +300,12 @@ impl Supervisor {
                     admission: &self.admission,
                     child_ids: &self.child_ids,
                 };
-                run::execute(ctx, spec, received).await
+                run::execute(ctx, spec, received, streaming).await
             }
         };
         result.request_id = audit.request_id.clone();
         audit.write(&result);
-        result
+        (result, extra)
     }
 
     /// Whether a peer may read the metrics: any tenant, and proxies (the HTTP shim serves them).
@@ -298,12 +318,13 @@ impl Supervisor {
 
     /// Prometheus text of the daemon's metrics.
     pub fn metrics_text(&self) -> String {
-        self.metrics.render(&self.status())
+        self.metrics.render(&self.status(), &self.session_pools())
     }
 
     /// Stops the keepers and kills every zygote (and so every child: each zygote is PID 1 of
     /// its namespace).
     pub async fn shutdown(&self) {
+        self.end_all_sessions();
         self.stop.send_replace(true);
         for profile in self.profiles.values() {
             profile.warm.clear();
@@ -425,5 +446,7 @@ impl Drop for Audit<'_> {
     }
 }
 
+mod sessions;
+pub use sessions::SessionAnswer;
 #[cfg(test)]
 mod tests;

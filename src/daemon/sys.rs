@@ -204,6 +204,11 @@ impl PidFd {
         PidFd::new(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
     }
 
+    /// Another handle on the same process (a duplicated descriptor).
+    pub fn duplicate(&self) -> io::Result<PidFd> {
+        PidFd::new(self.fd.get_ref().try_clone()?)
+    }
+
     /// Sends `signal`; `Ok(false)` if the process has already exited.
     pub fn signal(&self, signal: i32) -> io::Result<bool> {
         // SAFETY: pidfd_send_signal with a null siginfo and no flags reads no memory of ours.

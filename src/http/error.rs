@@ -128,6 +128,22 @@ impl ApiError {
             // The shim is not a proxy, or names a tenant the daemon does not know: the shim
             // and the daemon disagree about the config. Not the caller's fault.
             ErrorKind::PermissionDenied => ApiError::daemon_error("permission_denied", message),
+            ErrorKind::SessionNotFound => {
+                ApiError::new(StatusCode::NOT_FOUND, "session_not_found", message)
+            }
+            ErrorKind::SessionEnded => {
+                ApiError::new(StatusCode::NOT_FOUND, "session_ended", message)
+            }
+            ErrorKind::SessionBusy => ApiError::new(StatusCode::CONFLICT, "session_busy", message),
+            ErrorKind::TooManySessions => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions", message)
+            }
+            ErrorKind::NoSessionCapacity => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_session_capacity",
+                message,
+            )
+            .retry_after(DEFAULT_RETRY_AFTER),
             ErrorKind::Malformed
             | ErrorKind::UnsupportedVersion
             | ErrorKind::HelloRequired
@@ -261,7 +277,10 @@ mod tests {
             let expected = match kind {
                 ErrorKind::InvalidRequest => 400,
                 ErrorKind::FrameTooLarge => 413,
-                ErrorKind::ShuttingDown => 503,
+                ErrorKind::ShuttingDown | ErrorKind::NoSessionCapacity => 503,
+                ErrorKind::SessionNotFound | ErrorKind::SessionEnded => 404,
+                ErrorKind::SessionBusy => 409,
+                ErrorKind::TooManySessions => 429,
                 _ => 502,
             };
             assert_eq!(error.status.as_u16(), expected, "{kind}");

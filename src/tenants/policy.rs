@@ -33,6 +33,9 @@ pub struct PolicyConfig {
     pub burst: u32,
     /// Longest a run waits for a slot before it ends as a queue timeout.
     pub max_queue_wait_ms: u64,
+    /// Sessions the tenant may hold open at once (each holds a uid and a cgroup of the daemon's
+    /// while it lives, busy or idle); 0: none.
+    pub max_sessions: u32,
 }
 
 impl Default for PolicyConfig {
@@ -46,6 +49,7 @@ impl Default for PolicyConfig {
             rate_per_sec: 1000.0,
             burst: 2000,
             max_queue_wait_ms: 10_000,
+            max_sessions: 8,
         }
     }
 }

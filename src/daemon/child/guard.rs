@@ -44,6 +44,11 @@ impl ChildGuard {
         self.pidfd.as_ref().is_none_or(PidFd::has_exited)
     }
 
+    /// A second handle on the child's pidfd, to signal it from elsewhere (None once exited).
+    pub(super) fn duplicate_pidfd(&self) -> Option<PidFd> {
+        self.pidfd.as_ref().and_then(|p| p.duplicate().ok())
+    }
+
     /// The zygote reported the exit: nothing left to kill.
     pub(super) fn exited(&mut self) {
         self.pidfd = None;

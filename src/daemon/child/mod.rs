@@ -22,7 +22,9 @@ use sandfork_ipc::child::{
 use sandfork_ipc::lockdown::RlimitParams;
 use sandfork_ipc::reports::ReportCaps;
 use sandfork_ipc::zygote::SpawnRequest;
-use sandfork_protocol::{FileData, Mode, RunResult, RunSpec, Status, Timings, Usage};
+use sandfork_protocol::{
+    FileData, Mode, OutputStream, RunExtra, RunResult, RunSpec, Status, Timings, Usage,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -41,12 +43,15 @@ mod capture;
 mod exit;
 mod guard;
 mod reports;
+mod session;
 
-use capture::{read_to_end_bounded, Capture};
+pub use capture::{output_queue, OutputChunk, OutputSink};
+use capture::{read_to_end_bounded, Capture, Keep};
 pub use exit::classify;
 use exit::{kernel_exit_status, MAY_READ_EXIT_CODES};
 use guard::ChildGuard;
 use reports::ReportReader;
+pub use session::{CellEnd, SessionChild, Signaller, INTERRUPT_GRACE};
 
 /// Why a child could not run a request.
 #[derive(Debug, thiserror::Error)]
@@ -189,14 +194,22 @@ impl ReadyChild {
         &self.zygote
     }
 
-    /// Runs `spec` in this child under `limits` (already checked against the profile's).
-    pub async fn run(mut self, spec: &RunSpec, limits: &Limits) -> Result<RunResult, ChildError> {
+    /// Runs `spec` in this child under `limits` (already checked against the profile's). With
+    /// a `sink`, output goes there as it is produced instead of into the result.
+    pub async fn run(
+        mut self,
+        spec: &RunSpec,
+        limits: &Limits,
+        sink: Option<OutputSink>,
+    ) -> Result<(RunResult, RunExtra), ChildError> {
         let code = sys::sealed_memfd("sandfork-code", &spec.code)
             .map_err(|e| ChildError::Sandbox(format!("code memfd: {e}")))?;
         let stdin = sys::sealed_memfd("sandfork-stdin", &spec.stdin)
             .map_err(|e| ChildError::Sandbox(format!("stdin memfd: {e}")))?;
-        let stdout = Capture::start(self.stdout, limits.output_bytes);
-        let stderr = Capture::start(self.stderr, limits.output_bytes);
+        let keep = |stream| Keep::new(stream, limits.output_bytes, sink.clone());
+        let stdout = Capture::start(self.stdout, keep(OutputStream::Stdout));
+        let stderr = Capture::start(self.stderr, keep(OutputStream::Stderr));
+        drop(sink);
         let manifest: Vec<FileEntry> = spec
             .files
             .iter()
@@ -302,8 +315,8 @@ impl ReadyChild {
             }
         };
         let run_time = run_started.elapsed();
-        let (out, out_truncated) = stdout.finish().await;
-        let (err, err_truncated) = stderr.finish().await;
+        let out = stdout.finish(OutputStream::Stdout).await;
+        let err = stderr.finish(OutputStream::Stderr).await;
         let reports = reports.finish().await;
         // The cgroup's view (final once the exit is reported: the kernel counts an OOM kill
         // before it delivers the SIGKILL).
@@ -337,7 +350,8 @@ impl ReadyChild {
             );
         }
 
-        let (mut status, mut message) = classify(&exit, stopped, oom_killed, &err, limits);
+        let (mut status, mut message) =
+            classify(&exit, stopped, oom_killed, err.last_words(), limits);
         let misuse = reports.misuse.as_ref().map(|why| {
             format!("the program misused the sandbox's control channel ({why}); its reports were ignored")
         });
@@ -384,10 +398,15 @@ impl ReadyChild {
         result.files_truncated = reports.files_truncated;
         result.exit_code = exit.exit_code;
         result.signal = exit.signal;
-        result.stdout = out;
-        result.stderr = err;
-        result.stdout_truncated = out_truncated;
-        result.stderr_truncated = err_truncated;
+        let extra = RunExtra {
+            stdout_streamed: out.streamed,
+            stderr_streamed: err.streamed,
+            ..RunExtra::default()
+        };
+        result.stdout = out.kept;
+        result.stderr = err.kept;
+        result.stdout_truncated = out.truncated;
+        result.stderr_truncated = err.truncated;
         result.usage = Usage {
             wall_ms: ms(run_time),
             cpu_ms: accounting
@@ -405,7 +424,7 @@ impl ReadyChild {
             ..Timings::default()
         };
         result.message = message;
-        Ok(result)
+        Ok((result, extra))
     }
 }
 

@@ -47,6 +47,11 @@ pub struct Profile {
     pub warm_idle: std::time::Duration,
     /// When a zygote is replaced by a fresh one.
     pub recycle: RecyclePolicy,
+    /// Sessions this profile may hold at once.
+    pub max_sessions: u32,
+    /// How long a child of a replaced zygote may still live: the longest run, or the longest
+    /// session when the profile has sessions. The replaced zygote is stopped after it.
+    pub longest_child: Duration,
 }
 
 impl Profile {
@@ -161,6 +166,8 @@ impl Profile {
                 max_rss_growth_kb: profile.zygote_max_rss_growth_mb * 1024,
                 max_age: Duration::from_secs(profile.zygote_max_age_s),
             },
+            max_sessions: profile.max_sessions,
+            longest_child: longest_child(config, profile),
         })
     }
 }
@@ -331,7 +338,7 @@ async fn keep_zygote(
                 }
                 member.set(Some(Arc::clone(&zygote)));
                 if let Some(old) = current.replace(zygote) {
-                    tokio::spawn(drain(old, profile.limits.timeout_ms));
+                    tokio::spawn(drain(old, profile.longest_child));
                 }
             }
             Err(err) => {
@@ -392,11 +399,20 @@ async fn keep_zygote(
     }
 }
 
-/// Lets a replaced zygote finish its running children (bounded by the longest a run may take),
-/// then stops it.
-async fn drain(zygote: Arc<Zygote>, timeout_ms: u64) {
+/// How long a child of `profile` may live: its run timeout, or its sessions' lifetime.
+fn longest_child(config: &Config, profile: &ProfileConfig) -> Duration {
+    let run = Duration::from_millis(config.profile_limits(profile).timeout_ms);
+    if profile.max_sessions == 0 {
+        return run;
+    }
+    run.max(Duration::from_secs(config.sessions.max_lifetime_s))
+}
+
+/// Lets a replaced zygote finish its running children (runs and sessions, bounded by the
+/// longest either may live), then stops it.
+async fn drain(zygote: Arc<Zygote>, longest_child: Duration) {
     zygote.start_draining();
-    let deadline = Instant::now() + Duration::from_millis(timeout_ms) + Duration::from_secs(10);
+    let deadline = Instant::now() + longest_child + Duration::from_secs(10);
     while zygote.is_alive() && zygote.live_children() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -8,10 +8,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sandfork_protocol::{RejectKind, RunResult, RunSpec, Status};
+use sandfork_protocol::{RejectKind, RunExtra, RunResult, RunSpec, Status};
+use tokio::sync::oneshot;
 
 use crate::config::Limits;
-use crate::daemon::child::{ChildError, ReadyChild};
+use crate::daemon::child::{ChildError, OutputSink, ReadyChild};
 use crate::daemon::engine::identities::Identities;
 use crate::daemon::engine::pool::Pool;
 use crate::daemon::engine::warm::{WarmPool, REFILL_AFTER};
@@ -48,81 +49,119 @@ pub struct RunContext<'a> {
     pub child_ids: &'a AtomicU64,
 }
 
-/// Runs `spec`. `received` is when the request arrived (for queue timing).
-pub async fn execute(ctx: RunContext<'_>, spec: RunSpec, received: Instant) -> RunResult {
+/// A streamed run's hooks: where its output goes, and who is told once it is admitted (from
+/// then on it cannot be rejected).
+#[derive(Debug)]
+pub struct Streaming {
+    pub sink: OutputSink,
+    pub admitted: oneshot::Sender<()>,
+}
+
+/// Runs `spec`. `received` is when the request arrived (for queue timing). With `streaming`,
+/// its output goes to the sink as it is produced.
+pub async fn execute(
+    ctx: RunContext<'_>,
+    spec: RunSpec,
+    received: Instant,
+    streaming: Option<Streaming>,
+) -> (RunResult, RunExtra) {
+    let rejected_with = |result| (result, RunExtra::default());
     let profile = &ctx.pool.profile.name;
     let limits = match ctx
         .tenant
         .effective_limits(profile, &ctx.pool.profile.limits, &spec.limits)
     {
         Ok(limits) => limits,
-        Err(err) => {
-            let kind = match err {
-                PolicyError::ProfileNotAllowed { .. } => RejectKind::ProfileNotAllowed,
-                PolicyError::NotPositive { .. } => RejectKind::InvalidLimits,
-                _ => RejectKind::LimitAboveCeiling,
-            };
-            return rejected(kind, err.to_string());
-        }
+        Err(err) => return rejected_with(rejected(reject_kind(&err), err.to_string())),
     };
-    if spec.code.len() as u64 > limits.code_bytes {
-        return rejected(
-            RejectKind::TooLarge,
-            format!(
-                "code is {} bytes; the limit is {}",
-                spec.code.len(),
-                limits.code_bytes
-            ),
-        );
-    }
-    if spec.stdin.len() as u64 > limits.stdin_bytes {
-        return rejected(
-            RejectKind::TooLarge,
-            format!(
-                "stdin is {} bytes; the limit is {}",
-                spec.stdin.len(),
-                limits.stdin_bytes
-            ),
-        );
-    }
-    if let Err((kind, message)) = validate::files(&spec.files, &limits) {
-        return rejected(kind, message);
+    if let Err((kind, message)) = check_input(&spec.code, &spec.stdin, &spec.files, &limits) {
+        return rejected_with(rejected(kind, message));
     }
     let permit = match ctx.admission.admit(ctx.tenant, profile).await {
         Ok(permit) => permit,
         Err(refusal) => {
-            let kind = match refusal {
-                Refusal::RateLimited { .. } => RejectKind::RateLimited,
-                Refusal::Busy { .. } => RejectKind::Busy,
-                Refusal::QueueTimeout { .. } => RejectKind::QueueTimeout,
-            };
-            let mut result = rejected(kind, refusal.to_string());
-            if let Some(rejection) = result.rejection.as_mut() {
-                rejection.retry_after_ms = refusal.retry_after_ms();
-            }
+            let mut result = admission_refused(&refusal);
             result.timings.queue_ms = ms(received.elapsed());
-            return result;
+            return rejected_with(result);
         }
     };
     let queued = permit.waited();
-    let mut result = match run_with_child(&ctx, &spec, &limits).await {
-        Ok(result) => result,
-        Err(message) => internal_error(message),
+    let sink = streaming.map(|s| {
+        let _ = s.admitted.send(());
+        s.sink
+    });
+    let (mut result, extra) = match run_with_child(&ctx, &spec, &limits, sink).await {
+        Ok(ran) => ran,
+        Err(message) => (internal_error(message), RunExtra::default()),
     };
     result.timings.queue_ms = ms(queued);
     result.timings.total_ms = ms(received.elapsed());
+    (result, extra)
+}
+
+/// The rejected result of a request admission refused, with its retry hint.
+pub fn admission_refused(refusal: &Refusal) -> RunResult {
+    let kind = match refusal {
+        Refusal::RateLimited { .. } => RejectKind::RateLimited,
+        Refusal::Busy { .. } => RejectKind::Busy,
+        Refusal::QueueTimeout { .. } => RejectKind::QueueTimeout,
+    };
+    let mut result = rejected(kind, refusal.to_string());
+    if let Some(rejection) = result.rejection.as_mut() {
+        rejection.retry_after_ms = refusal.retry_after_ms();
+    }
     result
+}
+
+/// The rejection a policy error makes.
+pub fn reject_kind(err: &PolicyError) -> RejectKind {
+    match err {
+        PolicyError::ProfileNotAllowed { .. } => RejectKind::ProfileNotAllowed,
+        PolicyError::NotPositive { .. } => RejectKind::InvalidLimits,
+        _ => RejectKind::LimitAboveCeiling,
+    }
+}
+
+/// Code, stdin and input files against their caps (a run's or a cell's).
+pub fn check_input(
+    code: &[u8],
+    stdin: &[u8],
+    files: &[sandfork_protocol::FileData],
+    limits: &Limits,
+) -> Result<(), (RejectKind, String)> {
+    if code.len() as u64 > limits.code_bytes {
+        return Err((
+            RejectKind::TooLarge,
+            format!(
+                "code is {} bytes; the limit is {}",
+                code.len(),
+                limits.code_bytes
+            ),
+        ));
+    }
+    if stdin.len() as u64 > limits.stdin_bytes {
+        return Err((
+            RejectKind::TooLarge,
+            format!(
+                "stdin is {} bytes; the limit is {}",
+                stdin.len(),
+                limits.stdin_bytes
+            ),
+        ));
+    }
+    validate::files(files, limits)
 }
 
 async fn run_with_child(
     ctx: &RunContext<'_>,
     spec: &RunSpec,
     limits: &Limits,
-) -> Result<RunResult, String> {
+    sink: Option<OutputSink>,
+) -> Result<(RunResult, RunExtra), String> {
     let started = Instant::now();
     if let Some(child) = ctx.warm.take_or_wait(WARM_PATIENCE).await {
         let spawn_time = started.elapsed();
-        let run = child.run(spec, limits);
+        let run = child.run(spec, limits, sink.clone());
         tokio::pin!(run);
         // The replacement is asked for once: when the run ends, or REFILL_AFTER into it.
         let outcome = tokio::select! {
@@ -137,10 +176,10 @@ async fn run_with_child(
             }
         };
         match outcome {
-            Ok(mut result) => {
+            Ok((mut result, extra)) => {
                 result.timings.spawn_ms = ms(spawn_time);
                 result.warm = true;
-                return Ok(result);
+                return Ok((result, extra));
             }
             Err(ChildError::Lost(reason)) => {
                 tracing::debug!(cause = %reason, "warm child lost; forking a cold one");
@@ -151,10 +190,10 @@ async fn run_with_child(
     let cold_started = Instant::now();
     let child = fork_cold(ctx).await?;
     let spawn_time = cold_started.elapsed();
-    match child.run(spec, limits).await {
-        Ok(mut result) => {
+    match child.run(spec, limits, sink).await {
+        Ok((mut result, extra)) => {
             result.timings.spawn_ms = ms(spawn_time);
-            Ok(result)
+            Ok((result, extra))
         }
         Err(err) => Err(err.to_string()),
     }
@@ -162,13 +201,22 @@ async fn run_with_child(
 
 async fn fork_cold(ctx: &RunContext<'_>) -> Result<ReadyChild, String> {
     let slot = ctx.slots.acquire().await;
-    let zygote = ctx
-        .pool
+    fork_into(ctx.pool, slot, ctx.child_ids, &ctx.pool.profile.limits).await
+}
+
+/// Forks a child of one of `pool`'s zygotes into `slot`, with `ceiling` as its limits.
+pub async fn fork_into(
+    pool: &std::sync::Arc<Pool>,
+    slot: crate::daemon::engine::identities::Identity,
+    child_ids: &AtomicU64,
+    ceiling: &Limits,
+) -> Result<ReadyChild, String> {
+    let zygote = pool
         .pick(ZYGOTE_WAIT)
         .await
-        .ok_or_else(|| format!("no zygote of profile {} is ready", ctx.pool.profile.name))?;
-    let id = ctx.child_ids.fetch_add(1, Ordering::Relaxed);
-    ReadyChild::fork(zygote, slot, id, &ctx.pool.profile.limits)
+        .ok_or_else(|| format!("no zygote of profile {} is ready", pool.profile.name))?;
+    let id = child_ids.fetch_add(1, Ordering::Relaxed);
+    ReadyChild::fork(zygote, slot, id, ceiling)
         .await
         .map_err(|e| e.to_string())
 }

@@ -7,6 +7,17 @@
 //! child -> supervisor   result {size} + raw packets          function mode: main()'s JSON
 //!                       files {entries, truncated, skipped, size} + raw packets
 //!                       done                       stdout/stderr flushed and closed
+//!
+//! A session's child, instead of go:
+//! supervisor -> child   session {rlimits}          from now on, cells until the channel closes
+//! supervisor -> child   cell {number, files, value_bytes}
+//!                            (fds: code memfd, stdin memfd[, input files memfd])
+//! child -> supervisor   result {size} + raw packets   the repr() of the cell's last expression
+//!                       cell_done {failed}          output flushed (not closed); next cell
+//! supervisor -> child   list_files {max_count}      between cells
+//! child -> supervisor   listing {entries, truncated}, done
+//! supervisor -> child   read_file {path, max_bytes} between cells
+//! child -> supervisor   files {...} + raw packets (one entry, or none), done
 //! ```
 //!
 //! The child keeps fd 3 while the program runs, so **everything after `go` may have been written
@@ -29,6 +40,51 @@ pub enum ToChild {
     Rehearse {},
     /// Run the request; the code and stdin memfds (and the input files' memfd) ride along.
     Go(GoRequest),
+    /// Become a session: lower the rlimits to the session's and wait for cells.
+    Session(SessionStart),
+    /// Run one cell in the session's `__main__`; the code and stdin memfds (and the input
+    /// files' memfd) ride along.
+    Cell(CellRequest),
+    /// List the regular files of the working directory (between cells).
+    ListFiles(ListFilesRequest),
+    /// Send one file of the working directory (between cells).
+    ReadFile(ReadFileRequest),
+}
+
+/// What a session's child needs before its first cell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionStart {
+    /// The session's rlimits (CPU over its whole life), never above the ceilings at fork.
+    pub rlimits: GoRlimits,
+}
+
+/// One cell, besides its descriptors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellRequest {
+    /// The cell's number in its session (1, 2, …), for its traceback's file name.
+    pub number: u64,
+    /// Input files, as in `go` (an existing file of the same path is replaced).
+    pub files: Vec<FileEntry>,
+    /// Longest value (repr) the supervisor keeps; a longer one is cut by the child.
+    pub value_bytes: u64,
+}
+
+/// A listing of the working directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListFilesRequest {
+    pub max_count: u64,
+}
+
+/// One file of the working directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadFileRequest {
+    /// Relative to the working directory, checked by `crate::path::check_relative_path`.
+    pub path: String,
+    pub max_bytes: u64,
 }
 
 /// What a child needs to run its one request, besides the descriptors.
@@ -109,6 +165,14 @@ pub enum FromChild {
     /// The program is over and stdout/stderr are closed. A claim like any other: it ends the
     /// reading of this channel, nothing more.
     Done {},
+    /// A session's cell is over; its output is flushed. `failed`: it raised (a claim about the
+    /// session's own cell, which only words that cell's status).
+    CellDone { failed: bool },
+    /// The working directory's regular files (a listing, no contents).
+    Listing {
+        entries: Vec<FileEntry>,
+        truncated: bool,
+    },
 }
 
 #[cfg(test)]

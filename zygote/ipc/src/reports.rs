@@ -69,6 +69,23 @@ pub struct Reports {
     pub packets: u64,
     /// Bytes read from the channel.
     pub bytes: u64,
+    /// A session's cell: the child said the cell raised (`Some(true)`) or not.
+    pub cell_failed: Option<bool>,
+    /// A listing of a session's working directory.
+    pub listing: Vec<FileEntry>,
+}
+
+/// What the reports answer: which messages are expected, in which order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A run: `result` (function mode only), `files`, `done`.
+    Run { function_mode: bool },
+    /// A session's cell: `result` (its value), `cell_done`.
+    Cell,
+    /// A session's file listing: `listing`, `done`.
+    Listing,
+    /// One file of a session: `files` (at most `caps.file_count` entries), `done`.
+    ReadFile,
 }
 
 /// What the caller does after a packet.
@@ -104,7 +121,7 @@ enum Blob {
 #[derive(Debug)]
 pub struct ReportDecoder {
     caps: ReportCaps,
-    function_mode: bool,
+    purpose: Purpose,
     expect: Expect,
     seen_result: bool,
     seen_files: bool,
@@ -112,10 +129,16 @@ pub struct ReportDecoder {
 }
 
 impl ReportDecoder {
+    /// A run's decoder (`function_mode`: main()'s result is expected).
     pub fn new(caps: ReportCaps, function_mode: bool) -> Self {
+        ReportDecoder::for_purpose(caps, Purpose::Run { function_mode })
+    }
+
+    /// A decoder for `purpose`.
+    pub fn for_purpose(caps: ReportCaps, purpose: Purpose) -> Self {
         ReportDecoder {
             caps,
-            function_mode,
+            purpose,
             expect: Expect::Header,
             seen_result: false,
             seen_files: false,
@@ -197,6 +220,7 @@ impl ReportDecoder {
         if self.reports.misuse.is_some() {
             self.reports.result = None;
             self.reports.files.clear();
+            self.reports.listing.clear();
         }
         if cut_short || refused_result || self.reports.misuse.is_some() {
             self.reports.files_truncated = true;
@@ -209,14 +233,23 @@ impl ReportDecoder {
             Ok(message) => message,
             Err(err) => return self.misuse(format!("unreadable report: {err}")),
         };
+        let purpose = self.purpose;
+        let (takes_result, takes_files) = match purpose {
+            Purpose::Run { function_mode } => (function_mode, true),
+            Purpose::Cell => (true, false),
+            Purpose::Listing => (false, false),
+            Purpose::ReadFile => (false, true),
+        };
         match message {
-            FromChild::Result { size }
-                if self.function_mode && !self.seen_result && !self.seen_files =>
-            {
+            FromChild::Result { size } if takes_result && !self.seen_result && !self.seen_files => {
                 self.seen_result = true;
                 if size > self.caps.result_bytes {
+                    let what = match purpose {
+                        Purpose::Cell => "the cell's value",
+                        _ => "main()'s result",
+                    };
                     self.reports.result = Some(Err(format!(
-                        "main()'s result is {size} bytes; the limit is {}",
+                        "{what} is {size} bytes; the limit is {}",
                         self.caps.result_bytes
                     )));
                     return self.stop();
@@ -228,7 +261,7 @@ impl ReportDecoder {
                 truncated,
                 skipped,
                 size,
-            } if !self.seen_files => {
+            } if takes_files && !self.seen_files => {
                 self.seen_files = true;
                 if let Err(why) = self.check_files(&entries, size) {
                     self.reports.files_truncated = true;
@@ -238,9 +271,36 @@ impl ReportDecoder {
                 self.reports.files_skipped = skipped;
                 self.expect_blob(Blob::Files(entries), size)
             }
-            FromChild::Done {} => {
+            FromChild::Done {} if purpose != Purpose::Cell => {
                 self.reports.done = true;
                 self.stop()
+            }
+            FromChild::CellDone { failed } if purpose == Purpose::Cell => {
+                self.reports.done = true;
+                self.reports.cell_failed = Some(failed);
+                self.stop()
+            }
+            FromChild::Listing { entries, truncated }
+                if purpose == Purpose::Listing && !self.seen_files =>
+            {
+                self.seen_files = true;
+                if entries.len() as u64 > self.caps.file_count {
+                    return self.misuse(format!(
+                        "a listing of {} files; the limit is {}",
+                        entries.len(),
+                        self.caps.file_count
+                    ));
+                }
+                if let Some(why) = entries
+                    .iter()
+                    .find_map(|e| check_relative_path(&e.path).err())
+                {
+                    return self.misuse(why);
+                }
+                self.reports.files_truncated = truncated;
+                self.reports.listing = entries;
+                self.expect = Expect::Header;
+                Next::Read
             }
             other => self.misuse(format!("unexpected report {other:?}")),
         }

@@ -37,6 +37,8 @@ fn profile(zygotes: u32, max_forks: u64) -> Arc<Profile> {
             max_rss_growth_kb: u64::MAX,
             max_age: Duration::from_secs(3600),
         },
+        max_sessions: 0,
+        longest_child: Duration::from_secs(15),
     })
 }
 
