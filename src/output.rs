@@ -4,7 +4,7 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use sandfork_protocol::RunResult;
+use sandfork_protocol::{RunExtra, RunResult};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -42,6 +42,39 @@ pub struct RunOutput {
     pub files: Vec<OutputFile>,
     /// More files, or bytes, were there than the caps allow.
     pub files_truncated: bool,
+    /// A streamed run: bytes of stdout sent as `stdout` events (`stdout` here is then empty);
+    /// absent when the run was not streamed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout_streamed: Option<u64>,
+    /// A streamed run: bytes of stderr sent as `stderr` events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_streamed: Option<u64>,
+}
+
+/// A session cell's result: a run's, plus the cell's value and whether the session ended.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
+pub struct CellOutput {
+    #[serde(flatten)]
+    pub run: RunOutput,
+    /// The `repr()` of the cell's last expression statement; null when it has none, its value
+    /// is None, or the cell failed.
+    pub value: Option<String>,
+    /// The session ended with this cell (its process died, or a cell that would not stop was
+    /// killed); later calls get 404 `session_ended`.
+    pub session_ended: bool,
+}
+
+impl CellOutput {
+    pub fn new(result: RunResult, extra: RunExtra, streamed: bool) -> CellOutput {
+        let value = extra.value.clone();
+        let session_ended = extra.session_ended;
+        CellOutput {
+            run: RunOutput::new(result, false).streamed(streamed.then_some(&extra)),
+            value,
+            session_ended,
+        }
+    }
 }
 
 /// Resources a run used.
@@ -116,7 +149,18 @@ impl RunOutput {
                 })
                 .collect(),
             files_truncated: result.files_truncated,
+            stdout_streamed: None,
+            stderr_streamed: None,
         }
+    }
+
+    /// The same output with a streamed run's byte counts (`None`: it was not streamed).
+    pub fn streamed(mut self, extra: Option<&RunExtra>) -> RunOutput {
+        if let Some(extra) = extra {
+            self.stdout_streamed = Some(extra.stdout_streamed);
+            self.stderr_streamed = Some(extra.stderr_streamed);
+        }
+        self
     }
 }
 
@@ -170,6 +214,25 @@ mod tests {
         assert_eq!(json["files"][0]["content_b64"], "ZG9uZQ==");
         assert_eq!(json["files"][0]["size"], 4);
         assert_eq!(json["files_truncated"], false);
+        assert!(json.get("stdout_streamed").is_none(), "not streamed");
+    }
+
+    #[test]
+    fn a_cell_is_a_run_with_a_value() {
+        let extra = RunExtra {
+            stdout_streamed: 3,
+            value: Some("42".into()),
+            ..RunExtra::default()
+        };
+        let json = serde_json::to_value(CellOutput::new(sample(), extra, true)).unwrap();
+        assert_eq!(json["status"], "ok");
+        assert_eq!(json["value"], "42");
+        assert_eq!(json["stdout_streamed"], 3);
+        assert_eq!(json["session_ended"], false);
+        let json =
+            serde_json::to_value(CellOutput::new(sample(), RunExtra::default(), false)).unwrap();
+        assert!(json["value"].is_null());
+        assert!(json.get("stdout_streamed").is_none());
     }
 
     #[test]

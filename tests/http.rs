@@ -13,16 +13,14 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use common::http::{client, post, send, spawn_forever, Answer};
 use common::{privileged, read_log, start_daemon_process, test_config, wait_ready};
-use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use sandfork::tenants::hash_key;
 use serde_json::{json, Value};
@@ -123,119 +121,19 @@ fn dead_base() -> &'static str {
     })
 }
 
-/// Spawns a child from a thread that never ends, so its PR_SET_PDEATHSIG fires only when the
-/// test process exits (PDEATHSIG follows the thread that forked).
-fn spawn_forever(start: impl FnOnce() -> Child + Send + 'static) -> u32 {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let child = start();
-        tx.send(child.id()).unwrap();
-        let _keep = child;
-        loop {
-            std::thread::park();
-        }
-    });
-    rx.recv().expect("child started")
-}
-
-/// Starts `sandfork-http` as nobody on a free loopback port; returns its base URL once it
-/// listens (the port is read from its log).
+/// Starts `sandfork-http` as nobody with these tests' caps and timeouts, and `extra` flags.
 fn start_shim(config: &Path, extra: &[&str], log: &Path) -> String {
-    let timeout = READ_TIMEOUT_MS.to_string();
-    let mut args: Vec<String> = [
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
+    let (body, timeout) = (MAX_BODY.to_string(), READ_TIMEOUT_MS.to_string());
+    let mut args = vec![
         "--max-body-bytes",
-        &MAX_BODY.to_string(),
+        &body,
         "--header-read-timeout-ms",
         &timeout,
         "--body-read-timeout-ms",
         &timeout,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let log_file = std::fs::File::create(log).unwrap();
-    spawn_forever(move || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sandfork-http"));
-        command
-            .args(&args)
-            .env("RUST_LOG", "info")
-            .uid(SHIM_UID)
-            .gid(SHIM_UID)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        sandfork::daemon::sys::die_with_parent(&mut command, libc::SIGTERM);
-        command.spawn().expect("spawn sandfork-http")
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let text = read_log(log);
-        if let Some(addr) = text
-            .lines()
-            .find(|l| l.contains("listening"))
-            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
-        {
-            return format!("http://{addr}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("sandfork-http did not start; log:\n{}", read_log(log));
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("http client")
-}
-
-/// An answer: status, headers, body as JSON (Null if it is not JSON).
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-impl Answer {
-    fn kind(&self) -> &str {
-        self.body["error"]["kind"].as_str().unwrap_or("")
-    }
-
-    fn retry_after(&self) -> u64 {
-        self.headers
-            .get("retry-after")
-            .unwrap_or_else(|| panic!("no Retry-After: {:?} {}", self.status, self.body))
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-}
-
-async fn send(request: reqwest::RequestBuilder) -> Answer {
-    let response = request.send().await.expect("the shim answers");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await.expect("body");
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
-async fn post(base: &str, path: &str, key: Option<&str>, body: Value) -> Answer {
-    let mut request = client().post(format!("{base}{path}")).json(&body);
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    send(request).await
+    ];
+    args.extend(extra);
+    common::http::start_shim(config, &args, log, SHIM_UID)
 }
 
 async fn execute(key: &str, body: Value) -> Answer {

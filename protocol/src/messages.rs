@@ -372,11 +372,13 @@ pub enum ErrorKind {
     /// Version 2: the profile holds its `max_sessions` already (every session holds a uid and
     /// a cgroup); retry later.
     NoSessionCapacity,
+    /// Version 2: the session's directory has no regular file at that path.
+    FileNotFound,
 }
 
 impl ErrorKind {
     /// Every kind, in wire (variant index) order.
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::Malformed,
         ErrorKind::FrameTooLarge,
         ErrorKind::UnsupportedVersion,
@@ -392,6 +394,7 @@ impl ErrorKind {
         ErrorKind::SessionBusy,
         ErrorKind::TooManySessions,
         ErrorKind::NoSessionCapacity,
+        ErrorKind::FileNotFound,
     ];
 
     /// The kind's snake_case name, as serde names it in text formats and in logs.
@@ -412,6 +415,7 @@ impl ErrorKind {
             ErrorKind::SessionBusy => "session_busy",
             ErrorKind::TooManySessions => "too_many_sessions",
             ErrorKind::NoSessionCapacity => "no_session_capacity",
+            ErrorKind::FileNotFound => "file_not_found",
         }
     }
 }

@@ -17,6 +17,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
     modifiers(&KeySchemes),
     tags(
         (name = "runs", description = "Run code"),
+        (name = "sessions", description = "Stateful sessions: cells in one live interpreter"),
         (name = "compat", description = "Drop-in endpoints of other sandboxes' APIs"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
@@ -65,6 +66,10 @@ pub struct ExecuteRequest {
     /// Limits for this run; each may only lower the tenant's and the profile's.
     #[serde(default)]
     pub limits: RequestLimits,
+    /// Answer with server-sent events as the program writes (`stdout`, `stderr`, then one
+    /// `result`); the same as sending `Accept: text/event-stream`.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// How the code is run.
@@ -90,9 +95,9 @@ pub struct InputFile {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestLimits {
-    /// Wall-clock limit in milliseconds.
+    /// Wall-clock limit in milliseconds (a session's: of each cell).
     pub timeout_ms: Option<u64>,
-    /// Memory limit in MiB.
+    /// Memory limit in MiB (a session's: of the whole session).
     pub memory_mb: Option<u64>,
     /// Cap on stdout, and on stderr, each, in bytes.
     pub output_bytes: Option<u64>,
@@ -204,4 +209,80 @@ pub struct ProfileReadiness {
     pub zygotes_wanted: u32,
     pub warm_children: u32,
     pub queued: u32,
+    /// Sessions alive now (each holds a uid and a cgroup, busy or idle).
+    pub sessions_live: u32,
+    /// The profile's `max_sessions`.
+    pub sessions_max: u32,
+}
+
+/// `POST /v1/sessions`: a new session (every field optional; an empty body will do).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    /// The interpreter profile; default: the daemon's `default` profile.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// `timeout_ms` and `output_bytes` apply to each cell, `memory_mb` to the session as a whole.
+    #[serde(default)]
+    pub limits: RequestLimits,
+    /// Seconds without a cell after which the session ends (default and maximum: the daemon's
+    /// `[sessions]` config).
+    #[serde(default)]
+    pub idle_timeout_s: Option<u64>,
+}
+
+/// A session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionJson {
+    /// `s_` and 32 hex digits (128 random bits).
+    pub session_id: String,
+    pub profile: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// When the session ends at the latest (its maximum lifetime), RFC 3339, UTC.
+    pub expires_at: String,
+    /// Seconds without a cell after which it ends.
+    pub idle_timeout_s: u64,
+    /// Cells run so far.
+    pub cells: u64,
+    /// A cell is running.
+    pub busy: bool,
+}
+
+/// `GET /v1/sessions`: the caller's live sessions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionJson>,
+}
+
+/// `POST /v1/sessions/{id}/execute`: one cell.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CellRequest {
+    /// Python source, run in the session's `__main__`: non-empty, no NUL character.
+    pub code: String,
+    /// What `input()` reads in this cell.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Files written into the session's directory before the cell (replacing same-named ones).
+    #[serde(default)]
+    pub files: Vec<InputFile>,
+    /// Answer with server-sent events (as `/v1/execute` does).
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// `GET /v1/sessions/{id}/files`: the regular files of the session's directory.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionFiles {
+    pub files: Vec<SessionFile>,
+    /// More files were there than the listing holds (1000).
+    pub truncated: bool,
+}
+
+/// A file in a session's directory.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionFile {
+    pub path: String,
+    pub size: u64,
 }

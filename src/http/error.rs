@@ -135,6 +135,9 @@ impl ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, "session_ended", message)
             }
             ErrorKind::SessionBusy => ApiError::new(StatusCode::CONFLICT, "session_busy", message),
+            ErrorKind::FileNotFound => {
+                ApiError::new(StatusCode::NOT_FOUND, "file_not_found", message)
+            }
             ErrorKind::TooManySessions => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions", message)
             }
@@ -278,7 +281,9 @@ mod tests {
                 ErrorKind::InvalidRequest => 400,
                 ErrorKind::FrameTooLarge => 413,
                 ErrorKind::ShuttingDown | ErrorKind::NoSessionCapacity => 503,
-                ErrorKind::SessionNotFound | ErrorKind::SessionEnded => 404,
+                ErrorKind::SessionNotFound | ErrorKind::SessionEnded | ErrorKind::FileNotFound => {
+                    404
+                }
                 ErrorKind::SessionBusy => 409,
                 ErrorKind::TooManySessions => 429,
                 _ => 502,

@@ -11,16 +11,17 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
+use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use sandfork_protocol::{FileData, LimitsRequest, Mode, RunResult, RunSpec, Status};
+use sandfork_protocol::{FileData, LimitsRequest, Mode, Request, RunResult, RunSpec, Status};
 
 use super::api::{ErrorBody, ExecuteRequest, RunMode};
 use super::error::ApiError;
 use super::observe::RequestId;
-use super::{auth, body, Shim};
+use super::{auth, body, stream, Shim};
 use crate::output::RunOutput;
 
 /// Standard base64, padding optional (clients differ; both forms are unambiguous).
@@ -37,7 +38,8 @@ const BASE64_IN: GeneralPurpose = GeneralPurpose::new(
     request_body = ExecuteRequest,
     security(("bearer" = []), ("api_key" = [])),
     responses(
-        (status = 200, description = "The run happened (whatever its status)", body = RunOutput),
+        (status = 200, description = "The run happened (whatever its status). With `stream` (or `Accept: text/event-stream`): server-sent events `stdout` and `stderr` with `{\"text\"}` as the program writes, then one `result` with this JSON (stdout/stderr empty, `stdout_streamed`/`stderr_streamed` counting what was sent); an `error` event if the daemon fails after the stream began",
+            content((RunOutput = "application/json"), (String = "text/event-stream"))),
         (status = 400, description = "Malformed JSON, code, files, base64 or limits; unknown profile; a limit above a ceiling", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 403, description = "The tenant may not use this profile", body = ErrorBody),
@@ -53,9 +55,10 @@ pub async fn execute(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<RunOutput>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let tenant = auth::authenticate(&shim.tenants, &headers)?;
     let request: ExecuteRequest = body::json(body, &headers, &shim.settings).await?;
+    let streamed = stream::wanted(request.stream, &headers);
     let files = request
         .files
         .iter()
@@ -78,11 +81,47 @@ pub async fn execute(
         files,
         ..RunSpec::default()
     };
+    let function_mode = request.mode == RunMode::Function;
+    if streamed {
+        let spec = on_behalf(spec, tenant, &request_id, peer);
+        let shape: stream::Shape = if function_mode {
+            |result, extra| json(RunOutput::new(result, true).streamed(Some(&extra)))
+        } else {
+            |result, extra| json(RunOutput::new(result, false).streamed(Some(&extra)))
+        };
+        return stream::respond(&shim, |id| Request::StreamRun { id, spec }, shape).await;
+    }
     let result = run(&shim, spec, tenant, &request_id, peer).await?;
-    Ok(Json(RunOutput::new(
-        result,
-        request.mode == RunMode::Function,
-    )))
+    Ok(Json(RunOutput::new(result, function_mode)).into_response())
+}
+
+/// Serializes a response body (these types always serialize).
+pub fn json(value: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or_default()
+}
+
+/// `spec` on behalf of the key's tenant, with the audit trail's request id and address.
+fn on_behalf(spec: RunSpec, tenant: String, request_id: &RequestId, peer: SocketAddr) -> RunSpec {
+    RunSpec {
+        tenant: Some(tenant),
+        request_id: Some(request_id.0.clone()),
+        client_addr: Some(peer.to_string()),
+        ..spec
+    }
+}
+
+/// The HTTP error of a result the daemon refused, if it was refused.
+pub fn refusal(result: &RunResult) -> Option<ApiError> {
+    match (&result.status, &result.rejection) {
+        (Status::Rejected, Some(rejection)) => {
+            Some(ApiError::rejected(rejection, result.message.as_deref()))
+        }
+        (Status::Rejected, None) => Some(ApiError::bad_request(
+            "rejected",
+            result.message.clone().unwrap_or_else(|| "rejected".into()),
+        )),
+        _ => None,
+    }
 }
 
 /// Sends `spec` on behalf of `tenant` and returns the result of a run that happened; a run the
@@ -94,22 +133,13 @@ pub async fn run(
     request_id: &RequestId,
     peer: SocketAddr,
 ) -> Result<RunResult, ApiError> {
-    let spec = RunSpec {
-        tenant: Some(tenant),
-        request_id: Some(request_id.0.clone()),
-        client_addr: Some(peer.to_string()),
-        ..spec
-    };
-    let result = shim.upstream.run(spec).await?;
-    match (&result.status, &result.rejection) {
-        (Status::Rejected, Some(rejection)) => {
-            Err(ApiError::rejected(rejection, result.message.as_deref()))
-        }
-        (Status::Rejected, None) => Err(ApiError::bad_request(
-            "rejected",
-            result.message.unwrap_or_else(|| "rejected".into()),
-        )),
-        _ => Ok(result),
+    let result = shim
+        .upstream
+        .run(on_behalf(spec, tenant, request_id, peer))
+        .await?;
+    match refusal(&result) {
+        Some(error) => Err(error),
+        None => Ok(result),
     }
 }
 

@@ -36,6 +36,8 @@ pub mod listener;
 pub mod metrics;
 pub mod observe;
 pub mod probes;
+pub mod sessions;
+pub mod stream;
 pub mod upstream;
 
 use std::path::PathBuf;
@@ -163,6 +165,12 @@ impl Shim {
 fn routes() -> OpenApiRouter<Arc<Shim>> {
     OpenApiRouter::with_openapi(api::ApiDoc::openapi())
         .routes(routes!(execute::execute))
+        .routes(routes!(sessions::open, sessions::list))
+        .routes(routes!(sessions::execute))
+        .routes(routes!(sessions::interrupt))
+        .routes(routes!(sessions::close))
+        .routes(routes!(sessions::files))
+        .routes(routes!(sessions::file))
         .routes(routes!(compat::eval))
         .routes(routes!(compat::execute_script))
         .routes(routes!(probes::healthz))
@@ -171,9 +179,16 @@ fn routes() -> OpenApiRouter<Arc<Shim>> {
         .routes(routes!(probes::openapi_json))
 }
 
-/// The OpenAPI document of the shim.
+/// The OpenAPI document of the shim. A route's catch-all segment (axum's `{*path}`, which
+/// matches several segments) is written `{path}` there, as OpenAPI spells a path parameter.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+    let mut doc = routes().split_for_parts().1;
+    let paths = std::mem::take(&mut doc.paths.paths);
+    doc.paths.paths = paths
+        .into_iter()
+        .map(|(path, item)| (path.replace("{*", "{"), item))
+        .collect();
+    doc
 }
 
 /// The application: every route, JSON 404 and 405, the panic guard and the [`observe`]
@@ -210,9 +225,19 @@ mod tests {
             "/readyz",
             "/metrics",
             "/openapi.json",
+            "/v1/sessions",
+            "/v1/sessions/{id}",
+            "/v1/sessions/{id}/execute",
+            "/v1/sessions/{id}/interrupt",
+            "/v1/sessions/{id}/files",
+            "/v1/sessions/{id}/files/{path}",
         ] {
             assert!(paths.contains_key(path), "{path}");
         }
+        assert!(
+            !paths.keys().any(|p| p.contains('*')),
+            "catch-alls are spelled as OpenAPI does"
+        );
         let execute = &doc["paths"]["/v1/execute"]["post"];
         assert_eq!(
             execute["requestBody"]["content"]["application/json"]["schema"]["$ref"],

@@ -40,7 +40,7 @@ pub async fn healthz() -> Json<Health> {
     )
 )]
 pub async fn readyz(State(shim): State<Arc<Shim>>) -> Result<Json<Readiness>, ApiError> {
-    let status = shim.upstream.ping().await?;
+    let (status, sessions) = shim.upstream.status().await?;
     let warm = status.profiles.iter().all(|p| p.zygotes_ready > 0);
     if !status.ready || !warm {
         let waiting: Vec<String> = status
@@ -66,12 +66,17 @@ pub async fn readyz(State(shim): State<Arc<Shim>>) -> Result<Json<Readiness>, Ap
         profiles: status
             .profiles
             .into_iter()
-            .map(|p| ProfileReadiness {
-                name: p.name,
-                zygotes_ready: p.zygotes_ready,
-                zygotes_wanted: p.zygotes_wanted,
-                warm_children: p.warm_children,
-                queued: p.queued,
+            .map(|p| {
+                let pool = sessions.iter().find(|s| s.profile == p.name);
+                ProfileReadiness {
+                    sessions_live: pool.map_or(0, |s| s.live),
+                    sessions_max: pool.map_or(0, |s| s.max),
+                    name: p.name,
+                    zygotes_ready: p.zygotes_ready,
+                    zygotes_wanted: p.zygotes_wanted,
+                    warm_children: p.warm_children,
+                    queued: p.queued,
+                }
             })
             .collect(),
     }))

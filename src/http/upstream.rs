@@ -8,7 +8,10 @@
 
 use std::path::PathBuf;
 
-use sandfork_protocol::{Request, Response, RunResult, RunSpec, ServerStatus};
+use sandfork_protocol::{
+    Caller, Cell, Request, Response, RunExtra, RunResult, RunSpec, ServerStatus, SessionOp,
+    SessionPool, SessionReply,
+};
 
 use super::error::ApiError;
 use sandfork_protocol::client::{Client, ClientError};
@@ -40,6 +43,35 @@ impl Upstream {
     pub async fn ping(&self) -> Result<ServerStatus, ApiError> {
         let mut client = self.connect().await?;
         client.ping().await.map_err(ApiError::from_client)
+    }
+
+    /// Readiness with the sessions of every profile.
+    pub async fn status(&self) -> Result<(ServerStatus, Vec<SessionPool>), ApiError> {
+        let mut client = self.connect().await?;
+        client.status().await.map_err(ApiError::from_client)
+    }
+
+    /// A session operation other than a cell.
+    pub async fn session(&self, caller: Caller, op: SessionOp) -> Result<SessionReply, ApiError> {
+        let mut client = self.connect().await?;
+        client
+            .session(caller, op)
+            .await
+            .map_err(ApiError::from_client)
+    }
+
+    /// One cell, unstreamed (a refused cell is its rejected result: see [`ApiError::rejected`]).
+    pub async fn cell(
+        &self,
+        caller: Caller,
+        session: &str,
+        cell: Cell,
+    ) -> Result<(RunResult, RunExtra), ApiError> {
+        let mut client = self.connect().await?;
+        client
+            .execute_cell(caller, session, cell, |_, _| {})
+            .await
+            .map_err(ApiError::from_client)
     }
 
     /// The uid the daemon runs as (its socket peer's credentials): root, or a rootless

@@ -12,6 +12,8 @@
 #[path = "../support/skip.rs"]
 mod skip;
 
+pub mod http;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -408,14 +408,16 @@ impl Supervisor {
                     FileAsk::List => child
                         .list_files()
                         .await
-                        .map(|(files, truncated)| SessionReply::Files { files, truncated }),
+                        .map(|(files, truncated)| SessionReply::Files { files, truncated })
+                        .map_err(|why| (ErrorKind::Internal, why)),
                     FileAsk::Read { path, max_bytes } => {
                         match child.read_file(&path, max_bytes).await {
                             Ok(Some(file)) => Ok(SessionReply::File(file)),
-                            Ok(None) => Err(format!(
-                                "no regular file {path:?} in the session's directory"
+                            Ok(None) => Err((
+                                ErrorKind::FileNotFound,
+                                format!("no regular file {path:?} in the session's directory"),
                             )),
-                            Err(why) => Err(why),
+                            Err(why) => Err((ErrorKind::InvalidRequest, why)),
                         }
                     }
                 };
@@ -430,11 +432,11 @@ impl Supervisor {
                 SessionAnswer::Refused(ErrorKind::SessionEnded, why)
             }
             Some((Ok(reply), _)) => SessionAnswer::Reply(reply),
-            Some((Err(why), true)) => {
+            Some((Err((_, why)), true)) => {
                 self.end_session(session, SessionEnd::Failed, why.clone());
                 SessionAnswer::Refused(ErrorKind::SessionEnded, why)
             }
-            Some((Err(why), false)) => SessionAnswer::Refused(ErrorKind::InvalidRequest, why),
+            Some((Err((kind, why)), false)) => SessionAnswer::Refused(kind, why),
         }
     }
 

@@ -1,0 +1,140 @@
+//! Shared pieces of the HTTP end-to-end tests: starting `sandfork-http` as an unprivileged
+//! user, and a plain HTTP client with JSON answers.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use super::read_log;
+
+/// Spawns a child from a thread that never ends, so its PR_SET_PDEATHSIG fires only when the
+/// test process exits (PDEATHSIG follows the thread that forked).
+pub fn spawn_forever(start: impl FnOnce() -> Child + Send + 'static) -> u32 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let child = start();
+        tx.send(child.id()).unwrap();
+        let _keep = child;
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().expect("child started")
+}
+
+/// Starts `sandfork-http` as `uid` on a free loopback port with `--config config` and `args`;
+/// returns its base URL once it listens (the port is read from its log).
+pub fn start_shim(config: &Path, args: &[&str], log: &Path, uid: u32) -> String {
+    let mut argv: Vec<String> = vec![
+        "--config".into(),
+        config.to_str().unwrap().into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let log_file = std::fs::File::create(log).unwrap();
+    spawn_forever(move || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sandfork-http"));
+        command
+            .args(&argv)
+            .env("RUST_LOG", "info")
+            .uid(uid)
+            .gid(uid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        sandfork::daemon::sys::die_with_parent(&mut command, libc::SIGTERM);
+        command.spawn().expect("spawn sandfork-http")
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let text = read_log(log);
+        if let Some(addr) = text
+            .lines()
+            .find(|l| l.contains("listening"))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
+        {
+            return format!("http://{addr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("sandfork-http did not start; log:\n{}", read_log(log));
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("http client")
+}
+
+/// An answer: status, headers, body as JSON (Null if it is not JSON), and the raw bytes.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub bytes: Vec<u8>,
+}
+
+impl Answer {
+    pub fn kind(&self) -> &str {
+        self.body["error"]["kind"].as_str().unwrap_or("")
+    }
+
+    pub fn retry_after(&self) -> u64 {
+        self.headers
+            .get("retry-after")
+            .unwrap_or_else(|| panic!("no Retry-After: {:?} {}", self.status, self.body))
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+pub async fn send(request: reqwest::RequestBuilder) -> Answer {
+    let response = request.send().await.expect("the shim answers");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("body").to_vec();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+        bytes,
+    }
+}
+
+pub async fn post(base: &str, path: &str, key: Option<&str>, body: Value) -> Answer {
+    let mut request = client().post(format!("{base}{path}")).json(&body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    send(request).await
+}
+
+/// The events of a server-sent-event body, in order: (event name, data as JSON).
+pub fn sse_events(body: &[u8]) -> Vec<(String, Value)> {
+    let text = String::from_utf8_lossy(body);
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut event = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(name) = line.strip_prefix("event:") {
+                    event = Some(name.trim().to_string());
+                } else if let Some(part) = line.strip_prefix("data:") {
+                    data.push_str(part.strip_prefix(' ').unwrap_or(part));
+                }
+            }
+            let value = serde_json::from_str(&data).ok()?;
+            Some((event.unwrap_or_else(|| "message".into()), value))
+        })
+        .collect()
+}
