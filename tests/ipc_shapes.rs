@@ -2,8 +2,8 @@
 //! its sample "go" are run in the host's Python and decoded with the Rust definitions, strictly.
 //! No privileges needed: nothing here forks a zygote.
 
-use sandfork_ipc::child::{FromChild, ToChild};
-use sandfork_ipc::reports::{Next, ReportCaps, ReportDecoder};
+use sandfork_ipc::child::{FromChild, GoRlimits, SessionStart, ToChild};
+use sandfork_ipc::reports::{Next, Purpose, ReportCaps, ReportDecoder};
 use sandfork_ipc::zygote::FromZygote;
 
 /// Runs `script` with zygote.py importable as `zygote`; returns its stdout lines.
@@ -81,6 +81,72 @@ while True:
     assert_eq!(
         reports.files_skipped, 2,
         "files left out for their non-UTF-8 paths"
+    );
+}
+
+#[test]
+fn a_session_childs_reports_decode_as_the_supervisor_expects() {
+    let packets = python(
+        r#"
+import socket, zygote
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+zygote.report_result(a, b"'x' * 3")
+zygote.report_cell_done(a, True)
+zygote.report_listing(a, [{"path": "d/f.txt", "size": 9}], False)
+zygote.report_files(a, [{"path": "d/f.txt", "size": 2}], b"hi", False)
+zygote.report_done(a)
+a.close()
+while True:
+    data = b.recv(1 << 20)
+    if not data:
+        break
+    print(data.hex())
+print(zygote.SESSION_PREFIX.hex())
+"#,
+    );
+    let mut packets: Vec<Vec<u8>> = packets.iter().map(|l| unhex(l)).collect();
+    let prefix = packets.pop().unwrap();
+    let caps = ReportCaps {
+        result_bytes: 1 << 20,
+        file_count: 10,
+        file_bytes: 1 << 20,
+    };
+    let mut rest = packets.iter();
+    let mut read = |purpose| {
+        let mut decoder = ReportDecoder::for_purpose(caps, purpose);
+        for packet in rest.by_ref() {
+            if decoder.feed(packet, 0) == Next::Stop {
+                break;
+            }
+        }
+        decoder.finish()
+    };
+    let cell = read(Purpose::Cell);
+    assert_eq!(cell.misuse, None);
+    assert_eq!(
+        (cell.result, cell.cell_failed),
+        (Some(Ok(b"'x' * 3".to_vec())), Some(true))
+    );
+    let listing = read(Purpose::Listing);
+    assert_eq!(
+        (listing.misuse, listing.listing.len(), listing.done),
+        (None, 1, true)
+    );
+    let file = read(Purpose::ReadFile);
+    assert_eq!(
+        (file.misuse, file.files[0].content.as_slice()),
+        (None, b"hi".as_slice())
+    );
+    let session = ToChild::Session(SessionStart {
+        rlimits: GoRlimits {
+            cpu_seconds: 3600,
+            as_bytes: None,
+        },
+    });
+    let encoded = sandfork_ipc::encode(&session).unwrap();
+    assert!(
+        encoded.starts_with(&prefix),
+        "zygote.py recognizes a session by its prefix"
     );
 }
 

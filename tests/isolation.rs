@@ -6,21 +6,26 @@ mod common;
 
 use std::time::Duration;
 
-use common::{daemon, err, ok_stdout, out, privileged, run};
+use common::{daemon, err, in_session, ok_stdout, out, privileged, run};
 use sandfork_protocol::Status;
 
-/// Runs `attack`, which must print lines `BLOCKED <what>` or `ESCAPED <what>`; asserts every
-/// attempt was blocked and that there was at least `expected` of them.
+/// Runs `attack`, which must print lines `BLOCKED <what>` or `ESCAPED <what>`, as a run and as
+/// a session's cell; asserts every attempt was blocked in both and that there were `expected`.
 async fn assert_all_blocked(attack: &str, expected: usize) {
-    let result = run(attack).await;
-    let stdout = ok_stdout(&result);
-    let blocked = stdout.lines().filter(|l| l.starts_with("BLOCKED")).count();
-    assert!(
-        !stdout.contains("ESCAPED"),
-        "an attempt succeeded:\n{stdout}\nstderr: {}",
-        err(&result)
-    );
-    assert_eq!(blocked, expected, "unexpected probe output:\n{stdout}");
+    let (cell, _) = in_session(attack).await;
+    for (what, result) in [("run", run(attack).await), ("session", cell)] {
+        let stdout = ok_stdout(&result);
+        let blocked = stdout.lines().filter(|l| l.starts_with("BLOCKED")).count();
+        assert!(
+            !stdout.contains("ESCAPED"),
+            "an attempt succeeded in a {what}:\n{stdout}\nstderr: {}",
+            err(&result)
+        );
+        assert_eq!(
+            blocked, expected,
+            "unexpected probe output in a {what}:\n{stdout}"
+        );
+    }
 }
 
 const TRY: &str = r#"
@@ -227,6 +232,13 @@ async fn gravest_calls_kill_the_run() {
             "{name}"
         );
         assert_eq!(out(&result), "before\n", "{name}");
+        // In a session's cell: the same kill, and the session ends with it.
+        let (cell, ended) = in_session(&code).await;
+        assert_eq!(
+            (cell.status, cell.signal, ended),
+            (Status::Killed, Some(libc::SIGSYS), true),
+            "{name} in a session: {cell:?}"
+        );
     }
 }
 
@@ -325,6 +337,11 @@ chan.detach()
     // 0-2: stdio; 3: the run's own channel to the supervisor (main()'s result and output
     // files travel on it after the program).
     assert_eq!(ok_stdout(&run(code).await), "[0, 1, 2, 3] True True\n");
+    // A session's child holds the same, whatever cell it is at.
+    assert_eq!(
+        ok_stdout(&in_session(code).await.0),
+        "[0, 1, 2, 3] True True\n"
+    );
 }
 
 #[tokio::test]

@@ -40,6 +40,16 @@ Child channel: fd 3 in the child, a SEQPACKET socket whose other end the supervi
                            + raw packets
                        {"op": "done"}             (stdout/stderr already closed)
 
+A session's child gets "session" instead of "go", then cells until the channel closes:
+
+  supervisor -> child  {"op": "session", "rlimits"}
+  supervisor -> child  {"op": "cell", "number", "files", "value_bytes"}
+                       fds: [code memfd, stdin memfd(, input files memfd)]
+  child -> supervisor  {"op": "result", "size"} + raw packets   the last expression's repr()
+                       {"op": "cell_done", "failed"}            output flushed, not closed
+  supervisor -> child  {"op": "list_files", "max_count"}  ->  {"op": "listing", ...}, done
+  supervisor -> child  {"op": "read_file", "path", "max_bytes"}  ->  files (0 or 1), done
+
 The channel stays open as fd 3 while the program runs, so the supervisor reads everything the
 child sends after "go" as the program's claims: bounded, strictly parsed, believed only as far as
 they can be checked. The exit status comes from the kernel (the zygote's wait4), never from here.
@@ -51,7 +61,9 @@ discarded: that rehearsal takes the copy-on-write faults a typical run takes bef
 arrives instead of on its path. It runs in a throwaway namespace; the request's code still gets
 a fresh __main__.
 
-The child runs the code once in a fresh __main__ and _exits.
+A run's child runs the code once in a fresh __main__ and _exits; a session's child keeps its
+__main__ from cell to cell (SIGINT raises KeyboardInterrupt in a running cell, and is ignored
+between cells) and exits when the channel closes or a cell calls sys.exit().
 """
 
 import ast
@@ -84,6 +96,8 @@ SCRIPT_NAME = "main.py"
 # The supervisor's request to rehearse the warm-up while waiting: ToChild::Rehearse's exact bytes
 # (tests/ipc_shapes.rs checks them against the Rust encoding).
 REHEARSE = b'{"op":"rehearse"}'
+# How ToChild::Session's encoding begins (tests/ipc_shapes.rs checks it too).
+SESSION_PREFIX = b'{"op":"session"'
 
 
 def log(message):
@@ -285,6 +299,15 @@ def report_done(chan):
     send(chan, {"op": "done"})
 
 
+def report_cell_done(chan, failed):
+    send(chan, {"op": "cell_done", "failed": failed})
+
+
+def report_listing(chan, entries, truncated):
+    send(chan, {"op": "listing", "entries": entries, "truncated": truncated})
+    report_done(chan)
+
+
 # What a "go" looks like, for the rehearsal's JSON decoding.
 SAMPLE_GO = (
     '{"op":"go","argv":[],"rlimits":{"cpu_seconds":16,"as_bytes":null},"mode":"script",'
@@ -332,7 +355,7 @@ def run_child(warmup):
                 rehearse(warmup)
             except BaseException:
                 pass  # it ran cleanly in the zygote; a failure here only costs speed
-    if data.startswith(b'{"op":"session"'):
+    if data.startswith(SESSION_PREFIX):
         for fd in fds:
             os.close(fd)
         return run_session(chan, main, json.loads(data))
@@ -441,9 +464,9 @@ def run_session(chan, main, start):
                 if code is not None:
                     return code  # the cell called sys.exit(): the session ends with it
             elif op == "list_files":
-                report_listing(chan, run_dir, run_dir_id, message)
+                answer_list_files(chan, run_dir, run_dir_id, message)
             elif op == "read_file":
-                report_one_file(chan, run_dir, run_dir_id, message)
+                answer_read_file(chan, run_dir, run_dir_id, message)
             else:
                 os.write(2, b"sandfork: the session got a message it does not know\n")
                 return EXIT_CHILD_SETUP_FAILED
@@ -496,7 +519,7 @@ def run_cell(chan, main, cell, fds):
         if len(data) > limit:
             data = data[:limit].decode("utf-8", errors="ignore").encode()
         report_result(chan, data)
-    send(chan, {"op": "cell_done", "failed": failed})
+    report_cell_done(chan, failed)
     return None
 
 
@@ -527,7 +550,7 @@ def session_root(run_dir, run_dir_id):
     return root
 
 
-def report_listing(chan, run_dir, run_dir_id, request):
+def answer_list_files(chan, run_dir, run_dir_id, request):
     entries, truncated = [], True
     root = session_root(run_dir, run_dir_id)
     if root is not None:
@@ -540,11 +563,10 @@ def report_listing(chan, run_dir, run_dir_id, request):
             truncated = truncated or skipped > 0
         finally:
             os.close(root)
-    send(chan, {"op": "listing", "entries": entries, "truncated": truncated})
-    report_done(chan)
+    report_listing(chan, entries, truncated)
 
 
-def report_one_file(chan, run_dir, run_dir_id, request):
+def answer_read_file(chan, run_dir, run_dir_id, request):
     entries, payload, truncated = [], b"", False
     parts = safe_relative_path(request.get("path"))
     root = session_root(run_dir, run_dir_id) if parts else None

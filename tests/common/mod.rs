@@ -176,6 +176,50 @@ pub async fn run(code: &str) -> RunResult {
     run_spec(spec(code)).await
 }
 
+/// Runs `code` as the first cell of a fresh session on the daemon at `socket` (then closes
+/// it): the same code as a run, seen from a session's child. Returns the cell's result and
+/// whether the session ended with it. Waits for room when the profile's sessions are all taken
+/// (the tests of a binary run side by side).
+pub async fn in_session_at(socket: &Path, code: &str) -> (RunResult, bool) {
+    use sandfork_protocol::{Caller, Cell, ErrorKind, SessionOp, SessionOpen, SessionReply};
+    let mut client = Client::connect(socket).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let session = loop {
+        match client
+            .session(Caller::default(), SessionOp::Open(SessionOpen::default()))
+            .await
+        {
+            Ok(SessionReply::Opened(info)) => break info.session_id,
+            Err(sandfork_protocol::client::ClientError::Server(frame))
+                if frame.kind == ErrorKind::NoSessionCapacity && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("cannot open a session: {other:?}"),
+        }
+    };
+    let cell = Cell {
+        code: code.as_bytes().to_vec(),
+        ..Cell::default()
+    };
+    let (result, extra) = client
+        .execute_cell(Caller::default(), &session, cell, |_, _| {})
+        .await
+        .expect("cell");
+    if !extra.session_ended {
+        client
+            .session(Caller::default(), SessionOp::Close { session })
+            .await
+            .expect("close");
+    }
+    (result, extra.session_ended)
+}
+
+/// [`in_session_at`] on the shared daemon.
+pub async fn in_session(code: &str) -> (RunResult, bool) {
+    in_session_at(&daemon().socket, code).await
+}
+
 /// stdout as text.
 pub fn out(result: &RunResult) -> String {
     String::from_utf8_lossy(&result.stdout).into_owned()

@@ -133,6 +133,79 @@ fn a_flood_is_cut_off_at_the_budget() {
     assert_eq!(packets, big.max_packets());
 }
 
+#[test]
+fn each_purpose_takes_its_own_reports_only() {
+    let feed = |purpose, packets: &[&[u8]]| {
+        let mut decoder = ReportDecoder::for_purpose(CAPS, purpose);
+        for packet in packets {
+            if decoder.feed(packet, 0) == Next::Stop {
+                break;
+            }
+        }
+        decoder.finish()
+    };
+    let cell = feed(
+        Purpose::Cell,
+        &[
+            br#"{"op":"result","size":2}"#,
+            b"42",
+            br#"{"op":"cell_done","failed":false}"#,
+        ],
+    );
+    assert_eq!(
+        (cell.result, cell.cell_failed, cell.done),
+        (Some(Ok(b"42".to_vec())), Some(false), true)
+    );
+    // A run's "done" or "files" in a cell, a cell's "cell_done" in a run: misuse.
+    for (purpose, packet) in [
+        (Purpose::Cell, &br#"{"op":"done"}"#[..]),
+        (
+            Purpose::Cell,
+            br#"{"op":"files","entries":[],"truncated":false,"size":0}"#,
+        ),
+        (
+            Purpose::Run {
+                function_mode: false,
+            },
+            br#"{"op":"cell_done","failed":false}"#,
+        ),
+        (Purpose::Listing, br#"{"op":"result","size":1}"#),
+        (
+            Purpose::ReadFile,
+            br#"{"op":"listing","entries":[],"truncated":false}"#,
+        ),
+    ] {
+        let reports = feed(purpose, &[packet]);
+        assert!(
+            reports.misuse.is_some(),
+            "{purpose:?}: {}",
+            String::from_utf8_lossy(packet)
+        );
+    }
+    let listing = feed(
+        Purpose::Listing,
+        &[
+            br#"{"op":"listing","entries":[{"path":"a/b","size":7}],"truncated":true}"#,
+            br#"{"op":"done"}"#,
+        ],
+    );
+    assert_eq!(
+        listing.listing,
+        vec![FileEntry {
+            path: "a/b".into(),
+            size: 7
+        }]
+    );
+    assert!(listing.files_truncated && listing.done);
+    for bad in [
+        &br#"{"op":"listing","entries":[{"path":"../etc","size":7}],"truncated":false}"#[..],
+        br#"{"op":"listing","entries":[{"path":"a","size":1},{"path":"b","size":1},{"path":"c","size":1},{"path":"d","size":1}],"truncated":false}"#,
+    ] {
+        let reports = feed(Purpose::Listing, &[bad]);
+        assert!(reports.misuse.is_some() && reports.listing.is_empty());
+    }
+}
+
 fn header() -> impl Strategy<Value = Vec<u8>> {
     let size = prop_oneof![0u64..200, Just(u64::MAX), any::<u64>()];
     let path = prop_oneof![
@@ -160,6 +233,32 @@ fn header() -> impl Strategy<Value = Vec<u8>> {
                 .into_bytes()
             }),
         Just(br#"{"op":"done"}"#.to_vec()),
+        any::<bool>()
+            .prop_map(|failed| format!(r#"{{"op":"cell_done","failed":{failed}}}"#).into_bytes()),
+        (
+            proptest::collection::vec("[a-z/.]{0,12}", 0..6),
+            any::<bool>()
+        )
+            .prop_map(|(paths, truncated)| {
+                let entries: Vec<String> = paths
+                    .iter()
+                    .map(|p| format!(r#"{{"path":{p:?},"size":1}}"#))
+                    .collect();
+                format!(
+                    r#"{{"op":"listing","entries":[{}],"truncated":{truncated}}}"#,
+                    entries.join(",")
+                )
+                .into_bytes()
+            }),
+    ]
+}
+
+fn purpose() -> impl Strategy<Value = Purpose> {
+    prop_oneof![
+        any::<bool>().prop_map(|function_mode| Purpose::Run { function_mode }),
+        Just(Purpose::Cell),
+        Just(Purpose::Listing),
+        Just(Purpose::ReadFile),
     ]
 }
 
@@ -175,10 +274,10 @@ proptest! {
     /// budget holds, and nothing is believed after a misuse.
     #[test]
     fn no_sequence_breaks_the_decoder(
-        function_mode in any::<bool>(),
+        purpose in purpose(),
         packets in proptest::collection::vec(packet(), 0..40),
     ) {
-        let mut decoder = ReportDecoder::new(CAPS, function_mode);
+        let mut decoder = ReportDecoder::for_purpose(CAPS, purpose);
         let mut fed = 0u64;
         for (data, fds) in &packets {
             fed += 1;
@@ -193,14 +292,27 @@ proptest! {
         prop_assert!(kept as u64 <= CAPS.file_bytes);
         prop_assert!(reports.files.len() as u64 <= CAPS.file_count);
         if let Some(Ok(result)) = &reports.result {
-            prop_assert!(function_mode);
+            let takes_values = matches!(purpose, Purpose::Run { function_mode: true } | Purpose::Cell);
+            prop_assert!(takes_values);
             prop_assert!(result.len() as u64 <= CAPS.result_bytes);
         }
+        let takes_files = matches!(purpose, Purpose::Run { .. } | Purpose::ReadFile);
+        if !takes_files {
+            prop_assert!(reports.files.is_empty());
+        }
+        if purpose != Purpose::Listing {
+            prop_assert!(reports.listing.is_empty());
+        }
+        prop_assert_eq!(reports.cell_failed.is_some(), purpose == Purpose::Cell && reports.done);
+        prop_assert!(reports.listing.len() as u64 <= CAPS.file_count);
         if reports.misuse.is_some() {
-            prop_assert!(reports.result.is_none() && reports.files.is_empty());
+            prop_assert!(reports.result.is_none() && reports.files.is_empty() && reports.listing.is_empty());
         }
         for file in &reports.files {
             prop_assert!(check_relative_path(&file.path).is_ok());
+        }
+        for entry in &reports.listing {
+            prop_assert!(check_relative_path(&entry.path).is_ok());
         }
     }
 }
