@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use sandfork::config::default_socket_path;
 use sandfork::output::RunOutput;
 use sandfork_protocol::client::Client;
-use sandfork_protocol::{LimitsRequest, RunResult, RunSpec, Status};
+use sandfork_protocol::{LimitsRequest, OutputStream, RunResult, RunSpec, Status};
 
 /// Exit code when sandfork itself could not run the program.
 const EXIT_SANDFORK_FAILED: u8 = 125;
@@ -32,6 +32,9 @@ struct Cli {
 enum Command {
     /// Run a Python program in the sandbox
     Run(RunArgs),
+    /// An interactive Python prompt over one sandboxed session (Ctrl-C interrupts a cell,
+    /// Ctrl-D closes the session)
+    Repl(ReplArgs),
     /// Exit 0 once the daemon is ready to run code
     Ping(PingArgs),
     /// Measure round trips through the daemon (bounded load; optional python3 -c baseline)
@@ -78,8 +81,11 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     stdin: Option<PathBuf>,
     /// Print exactly one JSON object with the whole result instead of the program's output
-    #[arg(long)]
+    #[arg(long, conflicts_with = "stream")]
     json: bool,
+    /// Print the program's output as it is produced, not when the run ends
+    #[arg(long)]
+    stream: bool,
     /// The program: a file, or - for standard input
     #[arg(value_name = "FILE")]
     file: PathBuf,
@@ -90,6 +96,27 @@ struct RunArgs {
         allow_hyphen_values = true
     )]
     args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct ReplArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Profile of the session (default: the daemon's default profile)
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// Wall-clock limit of each cell in milliseconds (may only lower the profile's)
+    #[arg(long, value_name = "N")]
+    timeout_ms: Option<u64>,
+    /// Memory limit of the whole session in MiB (may only lower the profile's)
+    #[arg(long, value_name = "N")]
+    memory_mb: Option<u64>,
+    /// Seconds without a cell after which the session ends (default: the daemon's)
+    #[arg(long, value_name = "N")]
+    idle_timeout_s: Option<u64>,
+    /// Open the session on behalf of this tenant (only proxy uids may)
+    #[arg(long, value_name = "NAME")]
+    tenant: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -195,6 +222,7 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run(args).await,
+            Command::Repl(args) => repl(args).await,
             Command::Ping(args) => ping(args).await,
             Command::Bench(args) => {
                 let config = args.config();
@@ -256,8 +284,21 @@ async fn run(args: RunArgs) -> ExitCode {
         ..RunSpec::default()
     };
     let socket = args.socket.path();
+    let stream = args.stream;
     let result = async {
         let mut client = Client::connect(&socket).await?;
+        if stream {
+            let print = |stream, data: &[u8]| {
+                let _ = match stream {
+                    OutputStream::Stdout => write_flush(&mut std::io::stdout(), data),
+                    OutputStream::Stderr => write_flush(&mut std::io::stderr(), data),
+                };
+            };
+            return client
+                .stream_run(spec, print)
+                .await
+                .map(|(result, _)| result);
+        }
         client.run(spec).await
     }
     .await;
@@ -283,6 +324,32 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     }
     ExitCode::from(exit_code(&result))
+}
+
+fn write_flush(out: &mut dyn Write, data: &[u8]) -> std::io::Result<()> {
+    out.write_all(data)?;
+    out.flush()
+}
+
+async fn repl(args: ReplArgs) -> ExitCode {
+    let options = sandfork::cli::repl::ReplOptions {
+        socket: args.socket.path(),
+        profile: args.profile,
+        tenant: args.tenant,
+        limits: LimitsRequest {
+            timeout_ms: args.timeout_ms,
+            memory_mb: args.memory_mb,
+            output_bytes: None,
+        },
+        idle_timeout_s: args.idle_timeout_s,
+    };
+    match sandfork::cli::repl::run(options).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sandfork: repl: {err}");
+            ExitCode::from(EXIT_SANDFORK_FAILED)
+        }
+    }
 }
 
 fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {

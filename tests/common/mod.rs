@@ -10,7 +10,7 @@
 #![allow(dead_code)]
 
 #[path = "../support/skip.rs"]
-mod skip;
+pub mod skip;
 
 pub mod http;
 
