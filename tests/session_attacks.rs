@@ -394,6 +394,38 @@ async fn interrupting_closing_and_timing_out_floods_and_reads_leave_the_daemon_h
                     }
                 }
             }
+            if how == "client gone" {
+                // The cell is interrupted when its caller goes (long before its 1.5 s timeout):
+                // the session takes the next cell at once.
+                let gone = Instant::now();
+                loop {
+                    let next = Cell {
+                        code: b"'next'".to_vec(),
+                        ..Cell::default()
+                    };
+                    match other
+                        .execute_cell(Caller::default(), &id, next, |_, _| {})
+                        .await
+                    {
+                        Ok((r, x)) => {
+                            assert_eq!(
+                                (r.status, x.value.as_deref()),
+                                (Status::Ok, Some("'next'")),
+                                "{what}"
+                            );
+                            break;
+                        }
+                        Err(ClientError::Server(f)) if f.kind == ErrorKind::SessionBusy => {
+                            assert!(
+                                gone.elapsed() < Duration::from_millis(800),
+                                "{what}: the cell outlived its caller"
+                            );
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(err) => panic!("{what}: {err:?}"),
+                    }
+                }
+            }
             // Whatever it was, the session is usable or cleanly ended; the daemon answers.
             let (r, ended) = in_session_at(&daemon().socket, "print('fine')").await;
             assert_eq!((r.status, ended), (Status::Ok, false), "{what}/{how}");

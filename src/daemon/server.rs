@@ -509,10 +509,11 @@ impl Connection {
                     answer = &mut both => break answer,
                     stop = &mut cancel_rx, if cancel_open => {
                         cancel_open = false;
-                        // A cell stopped by its caller is interrupted and still answers; at the
-                        // end of the grace period its session ends with it.
-                        let (Some(session), Ok(stop)) = (&cell_session, stop) else { continue };
-                        let op = match stop {
+                        // A cell stopped by its caller — a cancel, or the connection gone (the
+                        // handle dropped) — is interrupted and still answers; at the end of the
+                        // grace period its session ends with it.
+                        let Some(session) = &cell_session else { continue };
+                        let op = match stop.unwrap_or(Stop::Cancelled) {
                             Stop::Cancelled => SessionOp::Interrupt { session: session.clone() },
                             Stop::Shutdown(_) => SessionOp::Close { session: session.clone() },
                         };

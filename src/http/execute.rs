@@ -95,9 +95,10 @@ pub async fn execute(
     Ok(Json(RunOutput::new(result, function_mode)).into_response())
 }
 
-/// Serializes a response body (these types always serialize).
-pub fn json(value: impl serde::Serialize) -> serde_json::Value {
-    serde_json::to_value(value).unwrap_or_default()
+/// A response body as JSON text, its fields in their declared order (these types always
+/// serialize).
+pub fn json(value: impl serde::Serialize) -> String {
+    serde_json::to_string(&value).unwrap_or_default()
 }
 
 /// `spec` on behalf of the key's tenant, with the audit trail's request id and address.

@@ -16,9 +16,11 @@
 //!   timeout, request counters and latency.
 //! - [`auth`]: `Authorization: Bearer KEY` or `X-API-Key: KEY` → the tenant's name (401 if not).
 //! - [`body`]: the request body, read under a byte cap and a time limit, parsed as JSON.
-//! - [`execute`] (`/v1/execute`), [`compat`] (`/eval` as snekbox, `/execute` as the
-//!   python-sandbox-api style), [`probes`] (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`):
-//!   the handlers; each builds a `RunSpec` and shapes the `RunResult`.
+//! - [`execute`] (`/v1/execute`), [`sessions`] (`/v1/sessions…`), [`compat`] (`/eval` as
+//!   snekbox, `/execute` as the python-sandbox-api style), [`probes`] (`/healthz`, `/readyz`,
+//!   `/metrics`, `/openapi.json`): the handlers; each builds a request for the daemon and shapes
+//!   its answer.
+//! - [`stream`]: a streamed run's or cell's answer as server-sent events.
 //! - [`upstream`]: the shim's side of the daemon's socket: one connection per request (connect,
 //!   Hello, Run) and its errors.
 //! - [`error`]: every failure as `{"error": {"kind", "message"}}` with its status code, and

@@ -32,8 +32,8 @@ pub fn wanted(asked: bool, headers: &HeaderMap) -> bool {
             .any(|v| v.contains("text/event-stream"))
 }
 
-/// How a final result becomes the `result` event's JSON.
-pub type Shape = fn(RunResult, RunExtra) -> serde_json::Value;
+/// How a final result becomes the `result` event's JSON text.
+pub type Shape = fn(RunResult, RunExtra) -> String;
 
 /// Sends `request(id)` upstream and answers with its events; `shape` makes the final JSON.
 pub async fn respond(
@@ -127,7 +127,7 @@ fn events(client: Client, id: u64, shape: Shape) -> impl Stream<Item = Result<Ev
                     let json = (state.shape)(result, extra);
                     state
                         .ready
-                        .push_back(Event::default().event("result").data(json.to_string()));
+                        .push_back(Event::default().event("result").data(json));
                     state.over = true;
                 }
                 Ok(Response::Error { error, .. }) => {
