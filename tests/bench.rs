@@ -118,6 +118,32 @@ fn bench_reports_the_summary_line_with_a_baseline() {
 }
 
 #[test]
+fn bench_measures_cells_beside_runs_in_session_mode() {
+    if !common::privileged("bench_measures_cells_beside_runs_in_session_mode") {
+        return;
+    }
+    let (status, stdout) = bench(&["--session", "--requests", "40", "--concurrency", "2"]);
+    assert!(status.success(), "{status}: {stdout}");
+    assert!(
+        stdout.contains("one cell of its own live session in flight"),
+        "{stdout}"
+    );
+    for line in [
+        "fork per run, same load: round trip ms p50 ",
+        "session open ms: p50 ",
+        "first streamed byte, ms after the child wrote it: p50 ",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    assert!(
+        stdout.contains("(n=10)"),
+        "every first-byte probe answered: {stdout}"
+    );
+    let last = stdout.lines().last().expect("a last line");
+    assert!(last.ends_with("errors=0"), "{last}");
+}
+
+#[test]
 fn bench_paces_an_open_loop_at_the_given_rate() {
     if !common::privileged("bench_paces_an_open_loop_at_the_given_rate") {
         return;

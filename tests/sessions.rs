@@ -600,3 +600,30 @@ fn one_cell_at_a_time_and_old_clients_are_still_served() {
         assert_eq!(error.kind, ErrorKind::InvalidRequest);
     });
 }
+
+#[test]
+fn every_cell_gets_exactly_its_own_output() {
+    if !privileged("every_cell_gets_exactly_its_own_output") {
+        return;
+    }
+    runtime().block_on(async {
+        // Back to back, as fast as the socket goes, several sessions at once (a busy daemon is
+        // where the pipe's bytes and the cell's end race): the output a cell flushed before it
+        // said it was done must be in its own result, never in the next one's.
+        let sessions = (0..3).map(|s| async move {
+            let mut client = connect().await;
+            let id = open(&mut client, SessionOpen::default()).await.session_id;
+            for n in 0..200 {
+                let code = format!("print({n})\nimport sys\nprint('e{n}', file=sys.stderr)");
+                let (r, _) = cell(&mut client, &id, &code).await;
+                assert_eq!(
+                    (text(&r.stdout), text(&r.stderr)),
+                    (format!("{n}\n"), format!("e{n}\n")),
+                    "session {s}, cell {n}"
+                );
+            }
+            close(&mut client, &id).await;
+        });
+        futures_util::future::join_all(sessions).await;
+    });
+}

@@ -165,6 +165,11 @@ struct BenchArgs {
     /// Hard limit on the whole benchmark, in seconds; runs without a result by then are errors
     #[arg(long, value_name = "S", default_value_t = sandfork::cli::bench::DEFAULT_DEADLINE.as_secs())]
     deadline_s: u64,
+    /// Session mode: the N requests are cells, in one live session per connection (C at most
+    /// the profile's max_sessions); the same load through fork-per-run, opening a session and
+    /// the first streamed byte are measured too
+    #[arg(long)]
+    session: bool,
 }
 
 /// A request rate: a positive, finite number of runs per second (at most a million).
@@ -189,6 +194,7 @@ impl BenchArgs {
             rate: self.rate,
             python: self.python,
             deadline: Duration::from_secs(self.deadline_s),
+            session: self.session,
         }
     }
 }

@@ -42,6 +42,7 @@ use sandfork_protocol::client::{Client, ClientError};
 
 mod baseline;
 mod report;
+mod session;
 
 use baseline::*;
 pub use baseline::{baseline_command, resolve_python};
@@ -88,6 +89,8 @@ pub enum BenchError {
     },
     #[error("{python} did not report sys.executable: {detail}")]
     PythonProbe { python: PathBuf, detail: String },
+    #[error("session mode: {0}")]
+    Session(String),
 }
 
 /// One invocation's parameters (the CLI's flags).
@@ -111,6 +114,10 @@ pub struct BenchConfig {
     pub python: Option<PathBuf>,
     /// Hard bound on the whole invocation.
     pub deadline: Duration,
+    /// Session mode: the requests are cells, one live session per connection; the same load
+    /// through the fork-per-run path, session opening and the first streamed byte are measured
+    /// in the same invocation.
+    pub session: bool,
 }
 
 impl BenchConfig {
@@ -126,6 +133,7 @@ impl BenchConfig {
             rate: None,
             python: None,
             deadline: DEFAULT_DEADLINE,
+            session: false,
         }
     }
 }
@@ -148,6 +156,43 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         None
     };
 
+    let expected = baseline.as_ref().and_then(|b| b.stdout.clone());
+    if !config.session {
+        let mut report = load(config, deadline, expected, Workload::Runs).await?;
+        report.baseline = baseline;
+        return Ok(report);
+    }
+    // Session mode: the fork-per-run path first, then the session probes, then the cells.
+    let runs = load(config, deadline, expected.clone(), Workload::Runs).await?;
+    let probes = session::probes(config, deadline).await?;
+    let mut report = load(config, deadline, expected, Workload::Cells).await?;
+    report.baseline = baseline;
+    report.session = Some(session::SessionBench {
+        runs: runs.summary(),
+        runs_errors: runs.errors(),
+        runs_cold: runs.cold_latency.clone(),
+        open: probes.open,
+        first_byte: probes.first_byte,
+    });
+    Ok(report)
+}
+
+/// What each connection sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// Runs, forked per request.
+    Runs,
+    /// Cells, in one session the connection opens before the clock starts.
+    Cells,
+}
+
+/// The load itself: C connections, N requests, the results checked against `expected`.
+async fn load(
+    config: &BenchConfig,
+    deadline: Instant,
+    expected: Option<Vec<u8>>,
+    workload: Workload,
+) -> Result<Report, BenchError> {
     let connections = config.concurrency.min(config.requests);
     let mut clients = Vec::new();
     for _ in 0..connections {
@@ -157,13 +202,20 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
             .map_err(BenchError::Connect)?;
         clients.push(client);
     }
+    let mut targets = Vec::new();
+    for client in &mut clients {
+        targets.push(match workload {
+            Workload::Runs => Target::Run,
+            Workload::Cells => Target::Cell(session::open(client, config, deadline).await?),
+        });
+    }
 
     let spec = RunSpec {
         profile: config.profile.clone(),
         code: config.code.clone().into_bytes(),
         ..Default::default()
     };
-    let mut tally = Tally::new(baseline.as_ref().and_then(|b| b.stdout.clone()));
+    let mut tally = Tally::new(expected);
     let taken = Arc::new(AtomicU64::new(0));
     let (samples, mut incoming) = mpsc::unbounded_channel();
     let mut workers = JoinSet::new();
@@ -172,10 +224,11 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         start: started,
         rate,
     });
-    for client in clients {
+    for (client, target) in clients.into_iter().zip(targets) {
         workers.spawn(drive(
             client,
             spec.clone(),
+            target,
             taken.clone(),
             config.requests,
             schedule,
@@ -197,13 +250,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     let elapsed = started.elapsed();
     workers.abort_all();
 
-    Ok(tally.into_report(
-        config.requests,
-        connections,
-        elapsed,
-        deadline_hit,
-        baseline,
-    ))
+    Ok(tally.into_report(config.requests, connections, elapsed, deadline_hit))
 }
 
 /// One run's round trip and what came back.
@@ -211,6 +258,13 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
 struct Sample {
     latency: Duration,
     outcome: Result<RunResult, ClientError>,
+}
+
+/// What one connection sends: runs, or cells of its session.
+#[derive(Debug, Clone)]
+enum Target {
+    Run,
+    Cell(String),
 }
 
 /// Open-loop arrivals: run `i` is due `i / rate` seconds after `start`.
@@ -232,6 +286,7 @@ impl Schedule {
 async fn drive(
     mut client: Client,
     spec: RunSpec,
+    target: Target,
     taken: Arc<AtomicU64>,
     requests: u64,
     schedule: Option<Schedule>,
@@ -259,7 +314,10 @@ async fn drive(
             }
             None => Instant::now(),
         };
-        let outcome = client.run(spec).await;
+        let outcome = match &target {
+            Target::Run => client.run(spec).await,
+            Target::Cell(session) => session::cell(&mut client, session, spec.code).await,
+        };
         let latency = sent.elapsed();
         // A protocol error answering the run leaves the connection usable; anything else not.
         let broken = matches!(&outcome, Err(err) if !matches!(err, ClientError::Server(_)));
@@ -367,7 +425,6 @@ impl Tally {
         connections: u64,
         elapsed: Duration,
         deadline_hit: bool,
-        baseline: Option<Baseline>,
     ) -> Report {
         let n = self.results.max(1) as f64;
         let (s, u) = (self.phase_sums, self.usage_sums);
@@ -401,7 +458,8 @@ impl Tally {
             cold_latency: self.cold_latency,
             error_examples,
             deadline_hit,
-            baseline,
+            baseline: None,
+            session: None,
         }
     }
 }

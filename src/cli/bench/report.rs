@@ -165,13 +165,17 @@ pub struct Report {
     /// True if the deadline stopped the load before every request had its answer.
     pub deadline_hit: bool,
     pub baseline: Option<Baseline>,
+    /// Session mode: the comparison and the probes measured with the cells.
+    pub session: Option<super::session::SessionBench>,
 }
 
 impl Report {
     /// Failed requests (no result, a status other than `ok`, or another stdout), plus failed
     /// baseline runs.
     pub fn errors(&self) -> u64 {
-        self.requests.saturating_sub(self.good) + self.baseline.as_ref().map_or(0, |b| b.failures)
+        self.requests.saturating_sub(self.good)
+            + self.baseline.as_ref().map_or(0, |b| b.failures)
+            + self.session.as_ref().map_or(0, |s| s.runs_errors)
     }
 
     pub fn summary(&self) -> Summary {
@@ -189,7 +193,7 @@ impl Report {
         let ms = |q| percentile_ms(&self.latency, q);
         let mut lines = vec![
             format!(
-                "sandfork bench: {} × {} ({} profile), concurrency {} ({} connection{}, one run \
+                "sandfork bench: {} × {} ({} profile), concurrency {} ({} connection{}, one {} \
                  in flight each)",
                 self.requests,
                 quote(config.code.as_bytes()),
@@ -197,6 +201,11 @@ impl Report {
                 config.concurrency,
                 self.connections,
                 if self.connections == 1 { "" } else { "s" },
+                if self.session.is_some() {
+                    "cell of its own live session"
+                } else {
+                    "run"
+                },
             ),
             format!(
                 "results: {} of {} ok, {} failed, in {:.3} s{}",
@@ -239,7 +248,10 @@ impl Report {
                 u.cpu_ms,
                 u.max_rss_kb / 1024.0,
             ));
-            lines.push(format!(
+            if let Some(session) = &self.session {
+                lines.extend(session.describe(self));
+            } else {
+                lines.push(format!(
                 "warm children: {} of {} results ({:.1} %); round trip p50 ms: warm {}, forked \
                  for the request {}",
                 self.warm,
@@ -248,6 +260,7 @@ impl Report {
                 p50_or_none(&self.warm_latency),
                 p50_or_none(&self.cold_latency),
             ));
+            }
         }
         if let Some(b) = &self.baseline {
             lines.push(format!(

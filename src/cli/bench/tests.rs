@@ -112,7 +112,7 @@ fn first_ok_result_sets_the_expected_stdout() {
     failed.timings.spawn_ms = 4.0;
     tally.add(sample(Ok(failed)));
     tally.add(sample(Err(ClientError::Closed)));
-    let report = tally.into_report(6, 2, Duration::from_secs(1), false, None);
+    let report = tally.into_report(6, 2, Duration::from_secs(1), false);
     assert_eq!(report.results, 4);
     assert_eq!(report.good, 2);
     // 4 bad (differing stdout, timeout, closed connection, one never answered).
@@ -138,7 +138,8 @@ fn the_baseline_stdout_wins_and_its_failures_count() {
         stdout: Some(b"1\n".to_vec()),
         error_examples: vec!["baseline: exit status: 1".into()],
     };
-    let report = tally.into_report(2, 1, Duration::from_secs(1), false, Some(baseline));
+    let mut report = tally.into_report(2, 1, Duration::from_secs(1), false);
+    report.baseline = Some(baseline);
     assert_eq!(report.good, 1);
     assert_eq!(report.errors(), 2);
     assert_eq!(report.error_examples().count(), 2);

@@ -568,18 +568,21 @@ async fn pump(read_end: OwnedFd, mut commands: mpsc::UnboundedReceiver<PumpComma
         let Some(reply) = reply else { return };
         // What the child wrote before it said the cell was done is in the pipe now; a thread
         // still writing gets a bounded number of reads, the rest goes to the next cell.
+        // A read(2) of its own, not tokio's `try_read`: that one answers from the readiness
+        // tokio has cached, which may not have seen the bytes that just arrived.
         for _ in 0..DRAIN_READS {
             if eof {
                 break;
             }
-            match pipe.try_read(&mut buf) {
+            match nix::unistd::read(&pipe, &mut buf) {
                 Ok(0) => eof = true,
                 Ok(n) => {
                     if keep.take(&buf[..n]).await {
                         overflow.notify_one();
                     }
                 }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => eof = true,
             }
         }
