@@ -627,3 +627,43 @@ fn every_cell_gets_exactly_its_own_output() {
         futures_util::future::join_all(sessions).await;
     });
 }
+
+#[test]
+fn code_of_any_size_and_stdin_are_each_cells_own() {
+    if !privileged("code_of_any_size_and_stdin_are_each_cells_own") {
+        return;
+    }
+    runtime().block_on(async {
+        let mut client = connect().await;
+        let id = open(&mut client, SessionOpen::default()).await.session_id;
+        // Code above the inline size travels as a memfd: the same result.
+        let big = format!("# {}\nlen('{}')", "x".repeat(40_000), "y".repeat(30_000));
+        let (r, x) = cell(&mut client, &id, &big).await;
+        assert_eq!(
+            (r.status, x.value.as_deref()),
+            (Status::Ok, Some("30000")),
+            "{r:?}"
+        );
+        // Stdin is the cell's own: a cell without any reads end of file at once, even after a
+        // cell that had some, left some unread, or put something else on fd 0.
+        let with_stdin = Cell {
+            code: b"input()".to_vec(),
+            stdin: b"first\nleft over\n".to_vec(),
+            ..Cell::default()
+        };
+        let (_, x) = cell_with(&mut client, &id, with_stdin).await;
+        assert_eq!(x.value.as_deref(), Some("'first'"));
+        let eof = "import os, sys\n(sys.stdin.read(), os.read(0, 100))";
+        let (_, x) = cell(&mut client, &id, eof).await;
+        assert_eq!(x.value.as_deref(), Some("('', b'')"));
+        cell(
+            &mut client,
+            &id,
+            "import os\nr, w = os.pipe()\nos.write(w, b'stale')\nos.dup2(r, 0)",
+        )
+        .await;
+        let (_, x) = cell(&mut client, &id, eof).await;
+        assert_eq!(x.value.as_deref(), Some("('', b'')"));
+        close(&mut client, &id).await;
+    });
+}

@@ -43,8 +43,9 @@ Child channel: fd 3 in the child, a SEQPACKET socket whose other end the supervi
 A session's child gets "session" instead of "go", then cells until the channel closes:
 
   supervisor -> child  {"op": "session", "rlimits"}
-  supervisor -> child  {"op": "cell", "number", "files", "value_bytes"}
-                       fds: [code memfd, stdin memfd(, input files memfd)]
+  supervisor -> child  {"op": "cell", "number", "files", "value_bytes", "code", "stdin"}
+                       fds: [code memfd unless "code" is inline][stdin memfd if "stdin"]
+                            [input files memfd if "files"]
   child -> supervisor  {"op": "result", "size"} + raw packets   the last expression's repr()
                        {"op": "cell_done", "failed"}            output flushed, not closed
   supervisor -> child  {"op": "list_files", "max_count"}  ->  {"op": "listing", ...}, done
@@ -426,6 +427,11 @@ def run_child(warmup):
 # ---- sessions ------------------------------------------------------------------------------
 
 
+# A session's stdin: the /dev/null descriptor kept at its start, and the reader on it that the
+# last cell without stdin had (None after a cell with stdin).
+STDIN = {"null_fd": None, "empty": None}
+
+
 def ignore_interrupt(_signum, _frame):
     """SIGINT between cells: an interrupt that arrived late has nothing to interrupt."""
 
@@ -443,6 +449,8 @@ def run_session(chan, main, start):
     sys.path.insert(0, run_dir)
     sys.modules["__main__"] = main
     signal.signal(signal.SIGINT, ignore_interrupt)
+    # fd 0 is /dev/null until the first cell: kept, for the cells without stdin.
+    STDIN["null_fd"] = os.dup(0)
     while True:
         try:
             data, fds, _flags, _addr = socket.recv_fds(chan, MAX_PACKET, 3)
@@ -459,7 +467,7 @@ def run_session(chan, main, start):
             for fd in fds:
                 os.close(fd)
         try:
-            if op == "cell" and len(fds) >= 2:
+            if op == "cell":
                 code = run_cell(chan, main, message, fds)
                 if code is not None:
                     return code  # the cell called sys.exit(): the session ends with it
@@ -477,14 +485,29 @@ def run_session(chan, main, start):
 def run_cell(chan, main, cell, fds):
     """Runs one cell in the session's __main__; the value of a last expression statement is
     reported as its repr(). Returns an exit code if the cell exits the session, else None."""
-    code_fd, stdin_fd = fds[0], fds[1]
-    files_fd = fds[2] if len(fds) > 2 else None
-    os.dup2(stdin_fd, 0)
-    os.close(stdin_fd)
-    sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", closefd=False)
-    source = read_sealed(code_fd)
+    fds = list(fds)
+    text = cell.get("code")
+    if text is None:
+        text = read_sealed(fds.pop(0)).decode("utf-8", errors="replace")
+    if cell.get("stdin"):
+        stdin_fd = fds.pop(0)
+        os.dup2(stdin_fd, 0)
+        os.close(stdin_fd)
+        sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", closefd=False)
+        STDIN["empty"] = None
+    else:
+        # No stdin: end of file at once, from the /dev/null kept at the session's start. The
+        # same reader serves every such cell while the cells leave it alone (reading /dev/null
+        # leaves nothing buffered).
+        os.dup2(STDIN["null_fd"], 0)
+        if STDIN["empty"] is None or sys.stdin is not STDIN["empty"]:
+            STDIN["empty"] = sys.stdin = sys.__stdin__ = open(
+                0, "r", encoding="utf-8", closefd=False
+            )
+    files_fd = fds.pop(0) if cell.get("files") and fds else None
+    for fd in fds:
+        os.close(fd)
     name = "<cell %d>" % int(cell.get("number", 0))
-    text = source.decode("utf-8", errors="replace")
     linecache.cache[name] = (len(text), None, text.splitlines(True), name)
     value, failed, exit_code = None, False, None
     try:

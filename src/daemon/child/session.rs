@@ -47,6 +47,8 @@ use crate::daemon::zygotes::handle::{ChildEvent, ExitReport};
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
 /// Descriptors accepted with a report packet, to be counted and closed (a report carries none).
 const MAX_REPORT_FDS: usize = 8;
+/// Code up to this size is sent inside the cell message rather than as a memfd.
+const INLINE_CODE_BYTES: usize = 16 * 1024;
 /// Reads of a pipe's remains when a cell ends (each up to 64 KiB).
 const DRAIN_READS: usize = 64;
 /// Longest a file listing may be.
@@ -180,24 +182,35 @@ impl SessionChild {
             return Err("the session's child is gone".into());
         }
         self.cells += 1;
-        let code = sys::sealed_memfd("sandfork-code", &cell.code)
-            .map_err(|e| format!("code memfd: {e}"))?;
-        let stdin = sys::sealed_memfd("sandfork-stdin", &cell.stdin)
-            .map_err(|e| format!("stdin memfd: {e}"))?;
-        let mut fds = vec![code.as_raw_fd(), stdin.as_raw_fd()];
-        let files_memfd = if cell.files.is_empty() {
-            None
-        } else {
+        // Small code travels in the message itself (the child decodes it as UTF-8 with
+        // replacement characters either way); larger code, and any stdin, as sealed memfds.
+        let inline_code = (cell.code.len() <= INLINE_CODE_BYTES)
+            .then(|| String::from_utf8_lossy(&cell.code).into_owned());
+        let mut memfds = Vec::new();
+        if inline_code.is_none() {
+            memfds.push(
+                sys::sealed_memfd("sandfork-code", &cell.code)
+                    .map_err(|e| format!("code memfd: {e}"))?,
+            );
+        }
+        if !cell.stdin.is_empty() {
+            memfds.push(
+                sys::sealed_memfd("sandfork-stdin", &cell.stdin)
+                    .map_err(|e| format!("stdin memfd: {e}"))?,
+            );
+        }
+        if !cell.files.is_empty() {
             let blob: Vec<u8> = cell
                 .files
                 .iter()
                 .flat_map(|f| f.content.iter().copied())
                 .collect();
-            let memfd = sys::sealed_memfd("sandfork-files", &blob)
-                .map_err(|e| format!("files memfd: {e}"))?;
-            fds.push(memfd.as_raw_fd());
-            Some(memfd)
-        };
+            memfds.push(
+                sys::sealed_memfd("sandfork-files", &blob)
+                    .map_err(|e| format!("files memfd: {e}"))?,
+            );
+        }
+        let fds: Vec<_> = memfds.iter().map(|m| m.as_raw_fd()).collect();
         let request = ToChild::Cell(CellRequest {
             number: self.cells,
             files: cell
@@ -209,6 +222,8 @@ impl SessionChild {
                 })
                 .collect(),
             value_bytes: limits.output_bytes,
+            code: inline_code,
+            stdin: !cell.stdin.is_empty(),
         });
         let request = sandfork_ipc::encode(&request).map_err(|e| format!("cell message: {e}"))?;
         let overflow = Arc::new(Notify::new());
@@ -224,7 +239,7 @@ impl SessionChild {
             .send(&request, &fds)
             .await
             .map_err(|e| format!("the session's child {} took no cell: {e}", self.pid))?;
-        drop((code, stdin, files_memfd));
+        drop(memfds);
 
         let caps = ReportCaps {
             result_bytes: limits.output_bytes,

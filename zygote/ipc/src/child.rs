@@ -10,8 +10,8 @@
 //!
 //! A session's child, instead of go:
 //! supervisor -> child   session {rlimits}          from now on, cells until the channel closes
-//! supervisor -> child   cell {number, files, value_bytes}
-//!                            (fds: code memfd, stdin memfd[, input files memfd])
+//! supervisor -> child   cell {number, files, value_bytes, code, stdin}
+//!                            (fds: [code memfd unless inline][stdin memfd][input files memfd])
 //! child -> supervisor   result {size} + raw packets   the repr() of the cell's last expression
 //!                       cell_done {failed}          output flushed (not closed); next cell
 //! supervisor -> child   list_files {max_count}      between cells
@@ -69,6 +69,11 @@ pub struct CellRequest {
     pub files: Vec<FileEntry>,
     /// Longest value (repr) the supervisor keeps; a longer one is cut by the child.
     pub value_bytes: u64,
+    /// The code itself, when it is small (decoded as UTF-8 with replacement characters, as the
+    /// child decodes it anyway); `None`: it comes as the first memfd.
+    pub code: Option<String>,
+    /// A stdin memfd comes (after the code's, if any); `false`: stdin is empty.
+    pub stdin: bool,
 }
 
 /// A listing of the working directory.
