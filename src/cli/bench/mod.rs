@@ -224,6 +224,7 @@ async fn load(
         start: started,
         rate,
     });
+    let targets_closed = targets.clone();
     for (client, target) in clients.into_iter().zip(targets) {
         workers.spawn(drive(
             client,
@@ -249,6 +250,15 @@ async fn load(
     }
     let elapsed = started.elapsed();
     workers.abort_all();
+    // Sessions outlive their connections: close the load's own.
+    let sessions: Vec<String> = targets_closed
+        .into_iter()
+        .filter_map(|t| match t {
+            Target::Cell(session) => Some(session),
+            Target::Run => None,
+        })
+        .collect();
+    session::close_all(config, sessions).await;
 
     Ok(tally.into_report(config.requests, connections, elapsed, deadline_hit))
 }

@@ -65,11 +65,19 @@ impl SessionBench {
                     0.0
                 },
             ),
-            format!(
-                "session open ms: {}; a cold run's round trip ms: {}",
-                pct(&self.open),
-                pct(&self.runs_cold)
-            ),
+            if self.runs_cold.is_empty() {
+                format!(
+                    "session open ms: {} (every run of the comparison had a warm child; a \
+                     profile without warm children gives the cold round trip)",
+                    pct(&self.open)
+                )
+            } else {
+                format!(
+                    "session open ms: {}; runs forked for their request, round trip ms: {}",
+                    pct(&self.open),
+                    pct(&self.runs_cold)
+                )
+            },
             format!(
                 "first streamed byte, ms after the child wrote it: {}",
                 pct(&self.first_byte)
@@ -156,6 +164,22 @@ pub(super) async fn probes(config: &BenchConfig, deadline: Instant) -> Result<Pr
     tokio::time::timeout_at(deadline, work)
         .await
         .map_err(|_| BenchError::Deadline(config.deadline))?
+}
+
+/// Closes the load's sessions, on a connection of its own (bounded: a daemon that does not
+/// answer leaves them to their idle timeout).
+pub(super) async fn close_all(config: &BenchConfig, sessions: Vec<String>) {
+    if sessions.is_empty() {
+        return;
+    }
+    let work = async {
+        if let Ok(mut client) = Client::connect(&config.socket).await {
+            for session in sessions {
+                close(&mut client, session).await;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
 }
 
 async fn close(client: &mut Client, session: String) {
