@@ -20,6 +20,8 @@ const ALPHA_KEY: &str = "sf_test_sessions_alpha_0123";
 const BETA_KEY: &str = "sf_test_sessions_beta_0123";
 /// Tenant "lonely": one session at a time.
 const LONELY_KEY: &str = "sf_test_sessions_lonely_0123";
+/// Tenant "narrow": one run (or running cell) at a time.
+const NARROW_KEY: &str = "sf_test_sessions_narrow_0123";
 
 struct Stack {
     base: String,
@@ -47,6 +49,7 @@ fn stack() -> &'static Stack {
             tenant("alpha", ALPHA_KEY, ""),
             tenant("beta", BETA_KEY, ""),
             tenant("lonely", LONELY_KEY, "max_sessions = 1"),
+            tenant("narrow", NARROW_KEY, "max_concurrent = 1"),
         ]
         .join("\n");
         let config = dir.join("config.toml");
@@ -463,4 +466,60 @@ async fn session_bounds_are_enforced_and_visible() {
     assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
     let id = answer.body["session_id"].as_str().unwrap().to_string();
     delete(&format!("/v1/sessions/{id}"), LONELY_KEY).await;
+}
+
+#[tokio::test]
+async fn a_running_cell_counts_against_the_tenants_concurrency() {
+    if !privileged("a_running_cell_counts_against_the_tenants_concurrency") {
+        return;
+    }
+    let id = open(NARROW_KEY, json!({})).await;
+    // An idle session holds no run slot: a run goes through.
+    let answer = post(
+        &stack().base,
+        "/v1/execute",
+        Some(NARROW_KEY),
+        json!({"code": "print(1)"}),
+    )
+    .await;
+    assert_eq!(answer.body["status"], "ok", "{}", answer.body);
+    let busy_cell = {
+        let id = id.clone();
+        tokio::spawn(async move {
+            cell(
+                NARROW_KEY,
+                &id,
+                json!({"code": "import time\ntime.sleep(1.5)"}),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answer = post(
+        &stack().base,
+        "/v1/execute",
+        Some(NARROW_KEY),
+        json!({"code": "print(1)"}),
+    )
+    .await;
+    assert_eq!(
+        (answer.status, answer.kind()),
+        (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(busy_cell.await.unwrap().body["status"], "ok");
+    let answer = post(
+        &stack().base,
+        "/v1/execute",
+        Some(NARROW_KEY),
+        json!({"code": "print(1)"}),
+    )
+    .await;
+    assert_eq!(
+        answer.body["status"], "ok",
+        "the slot came back: {}",
+        answer.body
+    );
+    delete(&format!("/v1/sessions/{id}"), NARROW_KEY).await;
 }

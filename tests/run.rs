@@ -401,3 +401,44 @@ fn cli_ping_and_unreachable_daemon() {
         .unwrap();
     assert_eq!(run_missing.status.code(), Some(125));
 }
+
+#[test]
+fn cli_run_stream_prints_output_as_it_arrives() {
+    if !privileged("cli_run_stream_prints_output_as_it_arrives") {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sandfork"))
+        .args(["run", "--stream", "-"])
+        .env("SANDFORK_SOCKET", &daemon().socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sandfork");
+    let code = b"import sys, time\nprint('first', flush=True)\ntime.sleep(1)\nprint('second')\nsys.exit(4)\n";
+    child.stdin.take().unwrap().write_all(code).unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "first\n");
+    // The program still sleeps: the first line came while it ran.
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "sandfork exited before the program's end"
+    );
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "second\n");
+    assert_eq!(
+        child.wait().unwrap().code(),
+        Some(4),
+        "the exit code as without --stream"
+    );
+    let both = cli(&["run", "--stream", "--json", "-"], b"print(1)");
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "--stream and --json exclude each other"
+    );
+}
