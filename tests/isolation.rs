@@ -337,10 +337,20 @@ chan.detach()
     // 0-2: stdio; 3: the run's own channel to the supervisor (main()'s result and output
     // files travel on it after the program).
     assert_eq!(ok_stdout(&run(code).await), "[0, 1, 2, 3] True True\n");
-    // A session's child holds the same, whatever cell it is at.
+    // A session's child holds the same, and one more: the /dev/null it was started with, kept
+    // read-only as the stdin of cells that have none.
+    let null = r#"
+import os, stat
+st = os.fstat(4)
+print(stat.S_ISCHR(st.st_mode), (os.major(st.st_rdev), os.minor(st.st_rdev)))
+try:
+    os.write(4, b"x")
+except OSError as e:
+    print("read-only", e.errno)
+"#;
     assert_eq!(
-        ok_stdout(&in_session(code).await.0),
-        "[0, 1, 2, 3] True True\n"
+        ok_stdout(&in_session(&format!("{code}{null}")).await.0),
+        "[0, 1, 2, 3, 4] True True\nTrue (1, 3)\nread-only 9\n"
     );
 }
 

@@ -11,11 +11,11 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::sessions::{cell, ended_message, open};
 use common::{in_session_at, privileged, read_log, start_private_daemon, test_config, Daemon};
 use sandfork_protocol::client::{Client, ClientError};
 use sandfork_protocol::{
-    Caller, Cell, ErrorKind, LimitsRequest, Request, Response, RunExtra, RunResult, SessionOp,
-    SessionOpen, SessionReply, Status,
+    Caller, Cell, ErrorKind, LimitsRequest, Request, Response, SessionOp, SessionOpen, Status,
 };
 
 /// The daemons' uid bases: slot uids are above them.
@@ -39,36 +39,6 @@ fn daemon() -> &'static Daemon {
 
 async fn connect() -> Client {
     Client::connect(&daemon().socket).await.expect("connect")
-}
-
-async fn open(client: &mut Client, open: SessionOpen) -> String {
-    match client
-        .session(Caller::default(), SessionOp::Open(open))
-        .await
-    {
-        Ok(SessionReply::Opened(info)) => info.session_id,
-        other => panic!("not opened: {other:?}"),
-    }
-}
-
-async fn cell(client: &mut Client, session: &str, code: &str) -> (RunResult, RunExtra) {
-    let cell = Cell {
-        code: code.as_bytes().to_vec(),
-        ..Cell::default()
-    };
-    client
-        .execute_cell(Caller::default(), session, cell, |_, _| {})
-        .await
-        .expect("cell")
-}
-
-fn ended_error(err: &ClientError) -> String {
-    match err {
-        ClientError::Server(frame) if frame.kind == ErrorKind::SessionEnded => {
-            frame.message.clone()
-        }
-        other => panic!("expected session_ended, got {other:?}"),
-    }
 }
 
 /// Host pids under `daemon` running as a slot uid (above `uid_base`): children of runs and
@@ -147,7 +117,7 @@ async fn a_closed_session_leaves_nothing_behind() {
     }
     let _one = ONE_AT_A_TIME.lock().await;
     let mut client = connect().await;
-    let id = open(&mut client, SessionOpen::default()).await;
+    let id = open(&mut client, SessionOpen::default()).await.session_id;
     cell(&mut client, &id, "import threading, time\nx = 1\nt = threading.Thread(target=time.sleep, args=(60,))\nt.start()\nopen('f', 'w').write('x')").await;
     assert!(
         !slot_processes(daemon(), UID_BASE).is_empty(),
@@ -167,7 +137,7 @@ async fn a_closed_session_leaves_nothing_behind() {
         .session(Caller::default(), SessionOp::ListFiles { session: id })
         .await
         .unwrap_err();
-    assert!(ended_error(&err).contains("closed"));
+    assert!(ended_message(&err).contains("closed"));
 }
 
 #[tokio::test]
@@ -184,7 +154,8 @@ async fn an_idle_session_ends_and_leaves_nothing_behind() {
             ..SessionOpen::default()
         },
     )
-    .await;
+    .await
+    .session_id;
     cell(&mut client, &id, "x = 1").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let (r, _) = cell(&mut client, &id, "x").await;
@@ -203,7 +174,7 @@ async fn an_idle_session_ends_and_leaves_nothing_behind() {
         )
         .await
         .unwrap_err();
-    assert!(ended_error(&err).contains("idle for 1 s"));
+    assert!(ended_message(&err).contains("idle for 1 s"));
 }
 
 #[tokio::test]
@@ -214,7 +185,7 @@ async fn a_session_cannot_outlive_its_lifetime_even_inside_a_cell() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut client = connect().await;
     let opened = Instant::now();
-    let id = open(&mut client, SessionOpen::default()).await;
+    let id = open(&mut client, SessionOpen::default()).await.session_id;
     // The cell's own timeout (15 s) is beyond the session's lifetime (10 s).
     let (r, x) = cell(&mut client, &id, "import time\ntime.sleep(14)").await;
     let lived = opened.elapsed();
@@ -236,7 +207,7 @@ async fn a_cell_misusing_its_channel_ends_its_session_and_nothing_else() {
     }
     let _one = ONE_AT_A_TIME.lock().await;
     let mut client = connect().await;
-    let bystander = open(&mut client, SessionOpen::default()).await;
+    let bystander = open(&mut client, SessionOpen::default()).await.session_id;
     cell(&mut client, &bystander, "kept = 'yes'").await;
     let attacks = [
         ("garbage", "import os\nos.write(3, b'\\xff not json')\nimport time\ntime.sleep(0.3)"),
@@ -258,7 +229,7 @@ async fn a_cell_misusing_its_channel_ends_its_session_and_nothing_else() {
         ),
     ];
     for (name, code) in attacks {
-        let id = open(&mut client, SessionOpen::default()).await;
+        let id = open(&mut client, SessionOpen::default()).await.session_id;
         let (r, x) = cell(&mut client, &id, code).await;
         let message = r.message.clone().unwrap_or_default();
         if name == "an oversized value" {
@@ -277,7 +248,7 @@ async fn a_cell_misusing_its_channel_ends_its_session_and_nothing_else() {
             .ok();
     }
     // A forged "cell_done" ends the cell early: the session's own confusion, nobody else's.
-    let id = open(&mut client, SessionOpen::default()).await;
+    let id = open(&mut client, SessionOpen::default()).await.session_id;
     let (r, _) = cell(
         &mut client,
         &id,
@@ -326,7 +297,8 @@ async fn interrupting_closing_and_timing_out_floods_and_reads_leave_the_daemon_h
                     ..SessionOpen::default()
                 },
             )
-            .await;
+            .await
+            .session_id;
             let cell_id = client.as_mut().unwrap().next_id();
             let request = Request::Session {
                 id: cell_id,
@@ -448,8 +420,8 @@ async fn daemon_shutdown_ends_every_session_cleanly() {
         config(d, SHUTDOWN_UID_BASE)
     });
     let mut client = Client::connect(&daemon.socket).await.unwrap();
-    let idle = open(&mut client, SessionOpen::default()).await;
-    let busy = open(&mut client, SessionOpen::default()).await;
+    let idle = open(&mut client, SessionOpen::default()).await.session_id;
+    let busy = open(&mut client, SessionOpen::default()).await.session_id;
     cell(&mut client, &idle, "x = 1").await;
     let cell_id = client.next_id();
     client

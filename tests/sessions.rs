@@ -7,11 +7,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::sessions::{cell, cell_with, close, open};
 use common::{privileged, runtime, start_private_daemon, test_config, Daemon};
 use sandfork_protocol::client::{Client, ClientError};
 use sandfork_protocol::{
-    Caller, Cell, ErrorKind, FileData, LimitsRequest, OutputStream, Request, Response, RunExtra,
-    RunResult, RunSpec, SessionInfo, SessionOp, SessionOpen, SessionReply, Status,
+    Caller, Cell, ErrorKind, FileData, LimitsRequest, OutputStream, Request, Response, RunSpec,
+    SessionOp, SessionOpen, SessionReply, Status,
 };
 
 fn daemon() -> &'static Daemon {
@@ -25,49 +26,6 @@ fn daemon() -> &'static Daemon {
 
 async fn connect() -> Client {
     Client::connect(&daemon().socket).await.expect("connect")
-}
-
-async fn open(client: &mut Client, open: SessionOpen) -> SessionInfo {
-    match client
-        .session(Caller::default(), SessionOp::Open(open))
-        .await
-        .expect("open")
-    {
-        SessionReply::Opened(info) => info,
-        other => panic!("not opened: {other:?}"),
-    }
-}
-
-async fn cell(client: &mut Client, session: &str, code: &str) -> (RunResult, RunExtra) {
-    cell_with(
-        client,
-        session,
-        Cell {
-            code: code.as_bytes().to_vec(),
-            ..Cell::default()
-        },
-    )
-    .await
-}
-
-async fn cell_with(client: &mut Client, session: &str, cell: Cell) -> (RunResult, RunExtra) {
-    client
-        .execute_cell(Caller::default(), session, cell, |_, _| {})
-        .await
-        .expect("cell")
-}
-
-async fn close(client: &mut Client, session: &str) {
-    let reply = client
-        .session(
-            Caller::default(),
-            SessionOp::Close {
-                session: session.into(),
-            },
-        )
-        .await
-        .expect("close");
-    assert_eq!(reply, SessionReply::Closed);
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -91,17 +91,11 @@ impl Client {
     pub async fn run(&mut self, spec: RunSpec) -> Result<RunResult, ClientError> {
         let id = self.next_id();
         self.send(&Request::Run { id, spec }).await?;
-        loop {
-            match self.recv().await? {
-                Response::Result { id: got, result } if got == id => return Ok(result),
-                Response::Error {
-                    id: Some(got),
-                    error,
-                } if got == id => return Err(ClientError::Server(error)),
-                Response::Error { id: None, error } => return Err(ClientError::Server(error)),
-                _ => continue,
-            }
-        }
+        self.answer(id, |response| match response {
+            Response::Result { result, .. } => Some(result),
+            _ => None,
+        })
+        .await
     }
 
     /// Runs one program with its output streamed: `on_output` is called with every chunk as
@@ -142,14 +136,33 @@ impl Client {
     ) -> Result<SessionReply, ClientError> {
         let id = self.next_id();
         self.send(&Request::Session { id, caller, op }).await?;
+        self.answer(id, |response| match response {
+            Response::Session { reply, .. } => Some(reply),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for the answer to request `id`: every other frame of `id` goes to `pick`, which
+    /// takes it as the answer (`Some`) or passes (`None`); other requests' frames are skipped.
+    /// An error frame for `id` or for the connection is the error.
+    async fn answer<T>(
+        &mut self,
+        id: u64,
+        mut pick: impl FnMut(Response) -> Option<T>,
+    ) -> Result<T, ClientError> {
         loop {
             match self.recv().await? {
-                Response::Session { id: got, reply } if got == id => return Ok(reply),
                 Response::Error {
                     id: Some(got),
                     error,
                 } if got == id => return Err(ClientError::Server(error)),
                 Response::Error { id: None, error } => return Err(ClientError::Server(error)),
+                response if response.id() == Some(id) => {
+                    if let Some(answer) = pick(response) {
+                        return Ok(answer);
+                    }
+                }
                 _ => continue,
             }
         }
@@ -159,17 +172,13 @@ impl Client {
     pub async fn status(&mut self) -> Result<(ServerStatus, Vec<SessionPool>), ClientError> {
         let id = self.next_id();
         self.send(&Request::Status { id }).await?;
-        loop {
-            match self.recv().await? {
-                Response::Status {
-                    id: got,
-                    status,
-                    sessions,
-                } if got == id => return Ok((status, sessions)),
-                Response::Error { error, .. } => return Err(ClientError::Server(error)),
-                _ => continue,
-            }
-        }
+        self.answer(id, |response| match response {
+            Response::Status {
+                status, sessions, ..
+            } => Some((status, sessions)),
+            _ => None,
+        })
+        .await
     }
 
     /// The frames of streamed request `id` until its `Done`.
@@ -178,38 +187,25 @@ impl Client {
         id: u64,
         mut on_output: impl FnMut(OutputStream, &[u8]),
     ) -> Result<(RunResult, RunExtra), ClientError> {
-        loop {
-            match self.recv().await? {
-                Response::Output {
-                    id: got,
-                    stream,
-                    data,
-                } if got == id => on_output(stream, &data),
-                Response::Done {
-                    id: got,
-                    result,
-                    extra,
-                } if got == id => return Ok((result, extra)),
-                Response::Error {
-                    id: Some(got),
-                    error,
-                } if got == id => return Err(ClientError::Server(error)),
-                Response::Error { id: None, error } => return Err(ClientError::Server(error)),
-                _ => continue,
+        self.answer(id, |response| match response {
+            Response::Output { stream, data, .. } => {
+                on_output(stream, &data);
+                None
             }
-        }
+            Response::Done { result, extra, .. } => Some((result, extra)),
+            _ => None,
+        })
+        .await
     }
 
     /// Asks for the server's status.
     pub async fn ping(&mut self) -> Result<ServerStatus, ClientError> {
         let id = self.next_id();
         self.send(&Request::Ping { id }).await?;
-        loop {
-            match self.recv().await? {
-                Response::Pong { id: got, status } if got == id => return Ok(status),
-                Response::Error { error, .. } => return Err(ClientError::Server(error)),
-                _ => continue,
-            }
-        }
+        self.answer(id, |response| match response {
+            Response::Pong { status, .. } => Some(status),
+            _ => None,
+        })
+        .await
     }
 }

@@ -398,12 +398,9 @@ impl Connection {
                 let received = Instant::now();
                 tasks.spawn(async move {
                     let answer = if streamed {
-                        let (sink, mut chunks) = output_queue();
-                        let (admitted, admitted_rx) = oneshot::channel();
-                        let streaming = Streaming { sink, admitted };
+                        let (streaming, forward) = streaming_to(id, &out);
                         let run =
                             supervisor.execute_streamed(&tenant, spec, received, Some(streaming));
-                        let forward = forward_output(id, admitted_rx, &mut chunks, &out);
                         tokio::select! {
                             ((result, extra), ()) = async { tokio::join!(run, forward) } => {
                                 Some(Response::Done { id, result, extra })
@@ -495,11 +492,8 @@ impl Connection {
                 SessionOp::Execute { session, .. } => Some(session.clone()),
                 _ => None,
             };
-            let (sink, mut chunks) = output_queue();
-            let (admitted, admitted_rx) = oneshot::channel();
-            let streaming = Streaming { sink, admitted };
+            let (streaming, forward) = streaming_to(id, &out);
             let work = supervisor.session_op(&tenant, &caller, op, Some(streaming));
-            let forward = forward_output(id, admitted_rx, &mut chunks, &out);
             let both = async { tokio::join!(work, forward).0 };
             tokio::pin!(both);
             let mut cancel_rx = cancel_rx;
@@ -566,13 +560,27 @@ fn stopped_result(stop: Stop) -> RunResult {
     RunResult::new(Status::Killed).with_message(reason)
 }
 
+/// The hooks of streamed request `id`, and the future that forwards what comes through them to
+/// the client (see [`forward_output`]); poll both side by side.
+fn streaming_to(
+    id: u64,
+    out: &mpsc::Sender<Response>,
+) -> (Streaming, impl Future<Output = ()> + '_) {
+    let (sink, chunks) = output_queue();
+    let (admitted, admitted_rx) = oneshot::channel();
+    (
+        Streaming { sink, admitted },
+        forward_output(id, admitted_rx, chunks, out),
+    )
+}
+
 /// Sends a streamed request's `Started` once it is admitted, then its output as `Output`
 /// frames, in order, until every sink is gone (the run or cell is over). The connection's
 /// queue is bounded: a slow client slows this, which fills the sink, which stalls the child.
 async fn forward_output(
     id: u64,
     admitted: oneshot::Receiver<()>,
-    chunks: &mut mpsc::Receiver<OutputChunk>,
+    mut chunks: mpsc::Receiver<OutputChunk>,
     out: &mpsc::Sender<Response>,
 ) {
     if admitted.await.is_ok() && out.send(Response::Started { id }).await.is_err() {

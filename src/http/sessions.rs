@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use sandfork_protocol::{
     Caller, Cell, LimitsRequest, Request, SessionInfo, SessionOp, SessionOpen, SessionReply,
 };
@@ -27,18 +28,39 @@ use super::observe::RequestId;
 use super::{auth, body, stream, Shim};
 use crate::output::CellOutput;
 
-/// Who asks, for the daemon: the key's tenant, the request id, the peer.
-fn caller(
-    shim: &Shim,
-    headers: &HeaderMap,
-    request_id: &RequestId,
-    peer: SocketAddr,
-) -> Result<Caller, ApiError> {
-    Ok(Caller {
-        tenant: Some(auth::authenticate(&shim.tenants, headers)?),
-        request_id: Some(request_id.0.clone()),
-        client_addr: Some(peer.to_string()),
-    })
+/// An authenticated session request: the shim, and who asks for the daemon (the key's tenant,
+/// the request id, the peer). A request without a valid key is answered 401 before its handler.
+pub struct Asker {
+    shim: Arc<Shim>,
+    caller: Caller,
+}
+
+impl FromRequestParts<Arc<Shim>> for Asker {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, shim: &Arc<Shim>) -> Result<Self, ApiError> {
+        let tenant = auth::authenticate(&shim.tenants, &parts.headers)?;
+        let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|peer| peer.0.to_string());
+        Ok(Asker {
+            shim: Arc::clone(shim),
+            caller: Caller {
+                tenant: Some(tenant),
+                request_id,
+                client_addr: peer,
+            },
+        })
+    }
+}
+
+impl Asker {
+    /// Asks the daemon `op` on the caller's behalf.
+    async fn ask(self, op: SessionOp) -> Result<SessionReply, ApiError> {
+        self.shim.upstream.session(self.caller, op).await
+    }
 }
 
 fn unexpected(reply: SessionReply) -> ApiError {
@@ -62,14 +84,11 @@ fn unexpected(reply: SessionReply) -> ApiError {
     )
 )]
 pub async fn open(
-    State(shim): State<Arc<Shim>>,
-    Extension(request_id): Extension<RequestId>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    asker: Asker,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<SessionJson>), ApiError> {
-    let caller = caller(&shim, &headers, &request_id, peer)?;
-    let bytes = body::read(body, &headers, &shim.settings).await?;
+    let bytes = body::read(body, &headers, &asker.shim.settings).await?;
     let request: SessionRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         SessionRequest::default()
     } else {
@@ -85,7 +104,7 @@ pub async fn open(
         },
         idle_timeout_s: request.idle_timeout_s,
     });
-    match shim.upstream.session(caller, op).await? {
+    match asker.ask(op).await? {
         SessionReply::Opened(info) => Ok((StatusCode::CREATED, Json(session_json(info)))),
         SessionReply::Refused { rejection, message } => {
             Err(ApiError::rejected(&rejection, Some(&message)))
@@ -105,14 +124,8 @@ pub async fn open(
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
     )
 )]
-pub async fn list(
-    State(shim): State<Arc<Shim>>,
-    Extension(request_id): Extension<RequestId>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<Json<SessionList>, ApiError> {
-    let caller = caller(&shim, &headers, &request_id, peer)?;
-    match shim.upstream.session(caller, SessionOp::List).await? {
+pub async fn list(asker: Asker) -> Result<Json<SessionList>, ApiError> {
+    match asker.ask(SessionOp::List).await? {
         SessionReply::List(sessions) => Ok(Json(SessionList {
             sessions: sessions.into_iter().map(session_json).collect(),
         })),
@@ -141,14 +154,12 @@ pub async fn list(
     )
 )]
 pub async fn execute(
-    State(shim): State<Arc<Shim>>,
-    Extension(request_id): Extension<RequestId>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    asker: Asker,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&shim, &headers, &request_id, peer)?;
+    let Asker { shim, caller } = asker;
     let request: CellRequest = body::json(body, &headers, &shim.settings).await?;
     let streamed = stream::wanted(request.stream, &headers);
     let cell = Cell {
@@ -190,19 +201,8 @@ pub async fn execute(
         (status = 404, description = "No such session of the caller's, or it has ended", body = ErrorBody),
     )
 )]
-pub async fn interrupt(
-    State(shim): State<Arc<Shim>>,
-    Extension(request_id): Extension<RequestId>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<StatusCode, ApiError> {
-    let caller = caller(&shim, &headers, &request_id, peer)?;
-    match shim
-        .upstream
-        .session(caller, SessionOp::Interrupt { session: id })
-        .await?
-    {
+pub async fn interrupt(asker: Asker, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    match asker.ask(SessionOp::Interrupt { session: id }).await? {
         SessionReply::Interrupted => Ok(StatusCode::ACCEPTED),
         other => Err(unexpected(other)),
     }
@@ -221,19 +221,8 @@ pub async fn interrupt(
         (status = 404, description = "No such session of the caller's, or it has ended already", body = ErrorBody),
     )
 )]
-pub async fn close(
-    State(shim): State<Arc<Shim>>,
-    Extension(request_id): Extension<RequestId>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<StatusCode, ApiError> {
-    let caller = caller(&shim, &headers, &request_id, peer)?;
-    match shim
-        .upstream
-        .session(caller, SessionOp::Close { session: id })
-        .await?
-    {
+pub async fn close(asker: Asker, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    match asker.ask(SessionOp::Close { session: id }).await? {
         SessionReply::Closed => Ok(StatusCode::NO_CONTENT),
         other => Err(unexpected(other)),
     }
@@ -253,19 +242,8 @@ pub async fn close(
         (status = 409, description = "A cell is running (session_busy)", body = ErrorBody),
     )
 )]
-pub async fn files(
-    State(shim): State<Arc<Shim>>,
-    Extension(request_id): Extension<RequestId>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<SessionFiles>, ApiError> {
-    let caller = caller(&shim, &headers, &request_id, peer)?;
-    match shim
-        .upstream
-        .session(caller, SessionOp::ListFiles { session: id })
-        .await?
-    {
+pub async fn files(asker: Asker, Path(id): Path<String>) -> Result<Json<SessionFiles>, ApiError> {
+    match asker.ask(SessionOp::ListFiles { session: id }).await? {
         SessionReply::Files { files, truncated } => Ok(Json(SessionFiles {
             files: files
                 .into_iter()
@@ -299,18 +277,10 @@ pub async fn files(
     )
 )]
 pub async fn file(
-    State(shim): State<Arc<Shim>>,
-    Extension(request_id): Extension<RequestId>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    asker: Asker,
     Path((id, path)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&shim, &headers, &request_id, peer)?;
-    match shim
-        .upstream
-        .session(caller, SessionOp::ReadFile { session: id, path })
-        .await?
-    {
+    match asker.ask(SessionOp::ReadFile { session: id, path }).await? {
         SessionReply::File(file) => Ok((
             [(header::CONTENT_TYPE, "application/octet-stream")],
             file.content,

@@ -13,6 +13,7 @@
 pub mod skip;
 
 pub mod http;
+pub mod sessions;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -210,28 +210,10 @@ impl ReadyChild {
         let stdout = Capture::start(self.stdout, keep(OutputStream::Stdout));
         let stderr = Capture::start(self.stderr, keep(OutputStream::Stderr));
         drop(sink);
-        let manifest: Vec<FileEntry> = spec
-            .files
-            .iter()
-            .map(|f| FileEntry {
-                path: f.path.clone(),
-                size: f.content.len() as u64,
-            })
-            .collect();
+        let (manifest, files_memfd) = input_files(&spec.files)
+            .map_err(|e| ChildError::Sandbox(format!("files memfd: {e}")))?;
         let mut fds = vec![code.as_raw_fd(), stdin.as_raw_fd()];
-        let files_memfd = if spec.files.is_empty() {
-            None
-        } else {
-            let blob: Vec<u8> = spec
-                .files
-                .iter()
-                .flat_map(|f| f.content.iter().copied())
-                .collect();
-            let memfd = sys::sealed_memfd("sandfork-files", &blob)
-                .map_err(|e| ChildError::Sandbox(format!("files memfd: {e}")))?;
-            fds.push(memfd.as_raw_fd());
-            Some(memfd)
-        };
+        fds.extend(files_memfd.as_ref().map(|m| m.as_raw_fd()));
         let caps = ReportCaps {
             result_bytes: limits.output_bytes,
             file_count: limits.max_files,
@@ -426,6 +408,26 @@ impl ReadyChild {
         result.message = message;
         Ok((result, extra))
     }
+}
+
+/// A request's input files for the child: their manifest (path and size, in order) and their
+/// contents back to back in one sealed memfd (none without files).
+fn input_files(files: &[FileData]) -> std::io::Result<(Vec<FileEntry>, Option<OwnedFd>)> {
+    let manifest = files
+        .iter()
+        .map(|f| FileEntry {
+            path: f.path.clone(),
+            size: f.content.len() as u64,
+        })
+        .collect();
+    if files.is_empty() {
+        return Ok((manifest, None));
+    }
+    let blob: Vec<u8> = files
+        .iter()
+        .flat_map(|f| f.content.iter().copied())
+        .collect();
+    Ok((manifest, Some(sys::sealed_memfd("sandfork-files", &blob)?)))
 }
 
 /// Rlimits a child is forked with: the profile's ceilings. Memory is the cgroup's job when there

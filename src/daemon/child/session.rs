@@ -24,8 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sandfork_ipc::child::{
-    CellRequest, FileEntry, ListFilesRequest, ReadFileRequest, SessionStart, ToChild,
-    MAX_CHILD_PACKET,
+    CellRequest, ListFilesRequest, ReadFileRequest, SessionStart, ToChild, MAX_CHILD_PACKET,
 };
 use sandfork_ipc::reports::{Next, Purpose, ReportCaps, ReportDecoder, Reports};
 use sandfork_protocol::{
@@ -37,7 +36,7 @@ use tracing::debug;
 use super::capture::{Keep, OutputSink};
 use super::exit::classify;
 use super::guard::ChildGuard;
-use super::{go_rlimits, ms, ChildError, ReadyChild, MIB, REAP_TIMEOUT};
+use super::{go_rlimits, input_files, ms, ChildError, ReadyChild, MIB, REAP_TIMEOUT};
 use crate::config::Limits;
 use crate::daemon::sys::{self, PidFd, SeqChannel};
 use crate::daemon::zygotes::handle::{ChildEvent, ExitReport};
@@ -199,28 +198,13 @@ impl SessionChild {
                     .map_err(|e| format!("stdin memfd: {e}"))?,
             );
         }
-        if !cell.files.is_empty() {
-            let blob: Vec<u8> = cell
-                .files
-                .iter()
-                .flat_map(|f| f.content.iter().copied())
-                .collect();
-            memfds.push(
-                sys::sealed_memfd("sandfork-files", &blob)
-                    .map_err(|e| format!("files memfd: {e}"))?,
-            );
-        }
+        let (manifest, files_memfd) =
+            input_files(&cell.files).map_err(|e| format!("files memfd: {e}"))?;
+        memfds.extend(files_memfd);
         let fds: Vec<_> = memfds.iter().map(|m| m.as_raw_fd()).collect();
         let request = ToChild::Cell(CellRequest {
             number: self.cells,
-            files: cell
-                .files
-                .iter()
-                .map(|f| FileEntry {
-                    path: f.path.clone(),
-                    size: f.content.len() as u64,
-                })
-                .collect(),
+            files: manifest,
             value_bytes: limits.output_bytes,
             code: inline_code,
             stdin: !cell.stdin.is_empty(),
