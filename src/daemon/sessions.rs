@@ -173,6 +173,12 @@ impl Session {
         lock(&self.ended).clone()
     }
 
+    /// Why it ended, for people (also when it has not been marked yet: its child is gone).
+    pub fn why_ended(&self) -> String {
+        self.ended()
+            .map_or_else(|| "the session has ended".to_string(), |(_, why)| why)
+    }
+
     /// Marks the session ended (the first reason wins); true if this call ended it.
     pub fn mark_ended(&self, end: SessionEnd, why: String) -> bool {
         let mut ended = lock(&self.ended);
@@ -298,6 +304,12 @@ impl<S: Entry> Registry<S> {
         profile_max: u32,
     ) -> Result<Place<S>, Refusal> {
         let mut inner = lock(&self.inner);
+        if profile_max == 0 {
+            return Err((
+                ErrorKind::NoSessionCapacity,
+                format!("profile {profile:?} does not take sessions (its max_sessions is 0)"),
+            ));
+        }
         let held = inner.by_tenant.get(tenant).copied().unwrap_or(0);
         if held >= tenant_max {
             return Err((

@@ -263,6 +263,8 @@ impl Supervisor {
         SessionAnswer::Reply(SessionReply::Opened(session.info()))
     }
 
+    /// One cell, from the request to its audit record: every cell that reached its session is
+    /// recorded and counted, the refused ones (sizes, rate, concurrency) too.
     async fn run_cell(
         self: &Arc<Self>,
         tenant: &Arc<Tenant>,
@@ -273,89 +275,17 @@ impl Supervisor {
     ) -> SessionAnswer {
         let received = Instant::now();
         let code_sha256 = super::hex_sha256(&cell.code);
-        let rejected =
-            |kind, message| SessionAnswer::Cell(run::rejected(kind, message), RunExtra::default());
-        if let Err(message) = validate::code(&cell.code) {
-            return SessionAnswer::Refused(ErrorKind::InvalidRequest, message);
-        }
-        if let Err((kind, message)) =
-            run::check_input(&cell.code, &cell.stdin, &cell.files, &session.limits)
+        let (mut result, extra) = match self
+            .cell_result(tenant, &session, cell, streaming, received)
+            .await
         {
-            return rejected(kind, message);
-        }
-        if !session.try_claim() {
-            return SessionAnswer::Refused(
-                ErrorKind::SessionBusy,
-                format!("session {} is running a cell; one at a time", session.id),
-            );
-        }
-        let claim = Claim {
-            session: &session,
-            cell: false,
+            Ok(ran) => ran,
+            Err((kind, message)) => return SessionAnswer::Refused(kind, message),
         };
-        let permit = match self.admission.admit(tenant, &session.profile).await {
-            Ok(permit) => permit,
-            Err(refusal) => {
-                let mut result = run::admission_refused(&refusal);
-                result.timings.queue_ms = ms(received.elapsed());
-                return SessionAnswer::Cell(result, RunExtra::default());
-            }
-        };
-        let queued = permit.waited();
-        let sink: Option<OutputSink> = match streaming {
-            Some(streaming) => {
-                let _ = streaming.admitted.send(());
-                cell.stream.then_some(streaming.sink)
-            }
-            None => None,
-        };
-        let request_id = caller
+        result.request_id = caller
             .request_id
             .clone()
             .unwrap_or_else(|| crate::service::new_request_id("c"));
-        // The cell runs in a task of its own: a caller that goes away (its future dropped)
-        // interrupts the cell through `Interrupter`, and the session stays consistent.
-        let task = {
-            let session = Arc::clone(&session);
-            tokio::spawn(async move {
-                let _permit = permit;
-                let mut guard = session.child.lock().await;
-                let child = guard.as_mut()?;
-                let end = child.cell(&cell, &session.limits, sink).await;
-                Some(end)
-            })
-        };
-        let interrupter = Interrupter {
-            session: &session,
-            armed: true,
-        };
-        let end = task.await.ok().flatten();
-        let mut interrupter = interrupter;
-        interrupter.armed = false;
-        let mut claim = claim;
-        claim.cell = true;
-        let Some(end) = end else {
-            let why = session
-                .ended()
-                .map_or_else(|| "the session has ended".to_string(), |(_, why)| why);
-            return SessionAnswer::Refused(ErrorKind::SessionEnded, why);
-        };
-        let (mut result, extra) = (end.result, end.extra);
-        if extra.session_ended {
-            let why = result
-                .message
-                .clone()
-                .unwrap_or_else(|| "its child died".into());
-            self.end_session(&session, SessionEnd::Died, why);
-        }
-        // Ended meanwhile by someone else (closed, lifetime, shutdown): say so on the cell.
-        if let Some((end, why)) = session.ended() {
-            if end != SessionEnd::Died {
-                result.message = Some(format!("the session ended: {why}"));
-            }
-        }
-        result.request_id = request_id;
-        result.timings.queue_ms = ms(queued);
         result.timings.total_ms = ms(received.elapsed());
         self.metrics
             .record_cell(&tenant.name, &session.profile, &result);
@@ -369,6 +299,7 @@ impl Supervisor {
             status = result.status.as_str(),
             exit_code = result.exit_code,
             signal = result.signal,
+            rejection = result.rejection.as_ref().map(|r| r.kind.as_str()),
             wall_ms = result.usage.wall_ms,
             cpu_ms = result.usage.cpu_ms,
             stdout_bytes = result.stdout.len() as u64 + extra.stdout_streamed,
@@ -378,8 +309,89 @@ impl Supervisor {
             message = result.message.as_deref().unwrap_or(""),
             "cell"
         );
-        drop(claim);
         SessionAnswer::Cell(result, extra)
+    }
+
+    /// A cell's result (a rejected one included), or why it is not one at all.
+    async fn cell_result(
+        self: &Arc<Self>,
+        tenant: &Arc<Tenant>,
+        session: &Arc<Session>,
+        cell: Cell,
+        streaming: Option<Streaming>,
+        received: Instant,
+    ) -> Result<(RunResult, RunExtra), Refusal> {
+        if let Err(message) = validate::code(&cell.code) {
+            return Err((ErrorKind::InvalidRequest, message));
+        }
+        if let Err((kind, message)) =
+            run::check_input(&cell.code, &cell.stdin, &cell.files, &session.limits)
+        {
+            return Ok((run::rejected(kind, message), RunExtra::default()));
+        }
+        if !session.try_claim() {
+            return Err((
+                ErrorKind::SessionBusy,
+                format!("session {} is running a cell; one at a time", session.id),
+            ));
+        }
+        let mut claim = Claim {
+            session,
+            cell: false,
+        };
+        let permit = match self.admission.admit(tenant, &session.profile).await {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                let mut result = run::admission_refused(&refusal);
+                result.timings.queue_ms = ms(received.elapsed());
+                return Ok((result, RunExtra::default()));
+            }
+        };
+        let queued = permit.waited();
+        let sink: Option<OutputSink> = match streaming {
+            Some(streaming) => {
+                let _ = streaming.admitted.send(());
+                cell.stream.then_some(streaming.sink)
+            }
+            None => None,
+        };
+        // The cell runs in a task of its own: a caller that goes away (this future dropped)
+        // interrupts the cell through `Interrupter`, and the session stays consistent.
+        let task = {
+            let session = Arc::clone(session);
+            tokio::spawn(async move {
+                let _permit = permit;
+                let mut guard = session.child.lock().await;
+                let child = guard.as_mut()?;
+                Some(child.cell(&cell, &session.limits, sink).await)
+            })
+        };
+        let mut interrupter = Interrupter {
+            session,
+            armed: true,
+        };
+        let end = task.await.ok().flatten();
+        interrupter.armed = false;
+        claim.cell = true;
+        let Some(end) = end else {
+            return Err((ErrorKind::SessionEnded, session.why_ended()));
+        };
+        let (mut result, extra) = (end.result, end.extra);
+        if extra.session_ended {
+            let why = result
+                .message
+                .clone()
+                .unwrap_or_else(|| "its child died".into());
+            self.end_session(session, SessionEnd::Died, why);
+        }
+        // Ended meanwhile by someone else (closed, lifetime, shutdown): say so on the cell.
+        if let Some((end, why)) = session.ended() {
+            if end != SessionEnd::Died {
+                result.message = Some(format!("the session ended: {why}"));
+            }
+        }
+        result.timings.queue_ms = ms(queued);
+        Ok((result, extra))
     }
 
     /// Asks the session's child about its files, between cells (`session_busy` while a cell
@@ -425,12 +437,7 @@ impl Supervisor {
             })
         };
         match task.await.ok().flatten() {
-            None => {
-                let why = session
-                    .ended()
-                    .map_or_else(|| "the session has ended".to_string(), |(_, why)| why);
-                SessionAnswer::Refused(ErrorKind::SessionEnded, why)
-            }
+            None => SessionAnswer::Refused(ErrorKind::SessionEnded, session.why_ended()),
             Some((Ok(reply), _)) => SessionAnswer::Reply(reply),
             Some((Err((_, why)), true)) => {
                 self.end_session(session, SessionEnd::Failed, why.clone());
