@@ -625,3 +625,40 @@ fn code_of_any_size_and_stdin_are_each_cells_own() {
         close(&mut client, &id).await;
     });
 }
+
+#[test]
+fn memory_and_pids_are_the_sessions_across_its_cells() {
+    if !privileged("memory_and_pids_are_the_sessions_across_its_cells") {
+        return;
+    }
+    runtime().block_on(async {
+        let mut client = connect().await;
+        // Threads count against the session's pids (64 by default) whichever cell started them.
+        let id = open(&mut client, SessionOpen::default()).await.session_id;
+        let start = "import threading\nstop = threading.Event()\nthreads = []\ndef more(n):\n    for _ in range(n):\n        t = threading.Thread(target=stop.wait)\n        t.start()\n        threads.append(t)\n    return len(threads)";
+        let (r, _) = cell(&mut client, &id, start).await;
+        assert_eq!(r.status, Status::Ok, "{r:?}");
+        let (r, x) = cell(&mut client, &id, "more(40)").await;
+        assert_eq!((r.status, x.value.as_deref()), (Status::Ok, Some("40")), "{r:?}");
+        let (r, _) = cell(&mut client, &id, "more(40)").await;
+        assert_eq!(r.status, Status::Error, "the second 40 threads exceed the session's pids");
+        assert!(text(&r.stderr).contains("can't start new thread"), "{}", text(&r.stderr));
+        let (r, x) = cell(&mut client, &id, "stop.set()\nfor t in threads: t.join()\nlen(threads)").await;
+        assert_eq!(r.status, Status::Ok, "{r:?}");
+        assert!(x.value.unwrap().parse::<u32>().unwrap() < 64);
+        close(&mut client, &id).await;
+
+        // Memory: what earlier cells keep counts when a later cell allocates.
+        let limits = LimitsRequest {
+            memory_mb: Some(200),
+            ..LimitsRequest::default()
+        };
+        let id = open(&mut client, SessionOpen { limits, ..SessionOpen::default() })
+            .await
+            .session_id;
+        let (r, _) = cell(&mut client, &id, "a = bytearray(120 * 1024 * 1024)").await;
+        assert_eq!(r.status, Status::Ok, "120 MiB fit: {r:?}");
+        let (r, x) = cell(&mut client, &id, "b = bytearray(120 * 1024 * 1024)").await;
+        assert_eq!((r.status, x.session_ended), (Status::MemoryLimit, true), "{r:?}");
+    });
+}
