@@ -226,11 +226,12 @@ fn integers_are_varints_and_floats_fixed() {
 
 #[test]
 fn version_constant() {
-    assert_eq!(PROTOCOL_VERSION, 1);
+    assert_eq!(PROTOCOL_VERSION, 2);
+    assert_eq!(OLDEST_PROTOCOL_VERSION, 1);
     // Hello is variant 0, then the version as a varint.
     assert_eq!(
         &encode(&Request::Hello(Hello::new(""))).unwrap(),
-        &[0, 1, 0]
+        &[0, 2, 0]
     );
 }
 
