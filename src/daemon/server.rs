@@ -332,10 +332,7 @@ impl Connection {
         done: &mpsc::UnboundedSender<u64>,
         tasks: &mut JoinSet<()>,
     ) {
-        let request_kind = match &request {
-            Request::StreamRun { .. } => RequestKind::Stream,
-            _ => RequestKind::Plain,
-        };
+        let streamed = matches!(request, Request::StreamRun { .. });
         match request {
             Request::Hello(_) => {
                 let message = "hello was already received on this connection".to_string();
@@ -380,7 +377,6 @@ impl Connection {
                     .await;
             }
             Request::Run { id, spec } | Request::StreamRun { id, spec } => {
-                let streamed = matches!(request_kind, RequestKind::Stream);
                 if let Err(message) = validate::code(&spec.code) {
                     self.refuse(out, Some(id), ErrorKind::InvalidRequest, message)
                         .await;
@@ -543,12 +539,6 @@ fn starts_work(request: &Request) -> bool {
         }
         _ => false,
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum RequestKind {
-    Plain,
-    Stream,
 }
 
 /// The result of a run stopped before its end.

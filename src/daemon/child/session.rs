@@ -158,10 +158,8 @@ impl SessionChild {
             Ok(end) => end,
             Err(why) => {
                 self.end();
-                let mut result = RunResult::new(Status::InternalError).with_message(why);
-                result.timings = Timings::default();
                 CellEnd {
-                    result,
+                    result: RunResult::new(Status::InternalError).with_message(why),
                     extra: RunExtra {
                         session_ended: true,
                         ..RunExtra::default()
