@@ -246,6 +246,29 @@ async fn output_bomb_is_output_limit() {
     assert!(result.stdout_truncated);
 }
 
+/// A program that writes past the cap in one write and exits at once often ends before the
+/// supervisor notices the overflow: it still went over, so its status says `output_limit`, never
+/// `ok` with the truncation flag set (that was one run in ten).
+#[tokio::test]
+async fn output_over_the_cap_is_output_limit_even_when_the_program_ends_first() {
+    if !privileged("output_over_the_cap_is_output_limit_even_when_the_program_ends_first") {
+        return;
+    }
+    for code in [
+        "print('x' * 5000)",
+        "import sys\nsys.stderr.write('y' * 5000)",
+    ] {
+        for _ in 0..30 {
+            let mut request = quick(code);
+            request.limits.output_bytes = Some(1000);
+            let result = run(request).await;
+            let truncated = result.stdout_truncated || result.stderr_truncated;
+            assert!(truncated, "{:?} {:?}", result.status, result.message);
+            assert_eq!(result.status, Status::OutputLimit, "{:?}", result.message);
+        }
+    }
+}
+
 fn daemon_rss_kb() -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", daemon().pid)).unwrap();
     status

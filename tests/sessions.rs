@@ -338,6 +338,40 @@ fn a_cell_over_its_time_is_interrupted_and_one_that_will_not_stop_ends_its_sessi
     });
 }
 
+/// A cell that writes past the cap and ends before the overflow is noticed still went over it:
+/// `output_limit`, never `ok` with the truncation flag set; the session goes on.
+#[test]
+fn a_cell_over_its_output_cap_is_output_limit_even_when_it_ends_first() {
+    if !privileged("a_cell_over_its_output_cap_is_output_limit_even_when_it_ends_first") {
+        return;
+    }
+    runtime().block_on(async {
+        let mut client = connect().await;
+        let limits = LimitsRequest {
+            output_bytes: Some(1000),
+            ..LimitsRequest::default()
+        };
+        let id = open(
+            &mut client,
+            SessionOpen {
+                limits,
+                ..SessionOpen::default()
+            },
+        )
+        .await
+        .session_id;
+        for _ in 0..30 {
+            let (r, x) = cell(&mut client, &id, "print('x' * 5000)").await;
+            assert!(r.stdout_truncated, "{:?}", r.message);
+            assert_eq!(r.status, Status::OutputLimit, "{:?}", r.message);
+            assert!(!x.session_ended);
+        }
+        let (r, x) = cell(&mut client, &id, "1 + 1").await;
+        assert_eq!((r.status, x.value.as_deref()), (Status::Ok, Some("2")));
+        close(&mut client, &id).await;
+    });
+}
+
 #[test]
 fn a_session_crash_ends_it_with_a_clear_status() {
     if !privileged("a_session_crash_ends_it_with_a_clear_status") {

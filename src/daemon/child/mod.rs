@@ -299,6 +299,11 @@ impl ReadyChild {
         let run_time = run_started.elapsed();
         let out = stdout.finish(OutputStream::Stdout).await;
         let err = stderr.finish(OutputStream::Stderr).await;
+        // A program that wrote past the cap and ended before the overflow was noticed here
+        // still went over it: the status says so, whichever came first.
+        if stopped.is_none() && (out.truncated || err.truncated) {
+            stopped = Some(Status::OutputLimit);
+        }
         let reports = reports.finish().await;
         // The cgroup's view (final once the exit is reported: the kernel counts an OOM kill
         // before it delivers the SIGKILL).

@@ -287,6 +287,11 @@ impl SessionChild {
         let dead = exit.is_some() || killed;
         let out = self.stdout.finish(OutputStream::Stdout).await;
         let err = self.stderr.finish(OutputStream::Stderr).await;
+        // A cell that wrote past the cap and ended before the overflow was noticed still went
+        // over it (as for runs).
+        if stopped.is_none() && (out.truncated || err.truncated) {
+            stopped = Some(Status::OutputLimit);
+        }
         let usage = self.guard.cgroup().and_then(|c| c.usage().ok());
         let cpu_ns = usage.as_ref().map(|u| u.cpu_ns);
         let cell_cpu_ms = cpu_ns.map_or(0.0, |now| {
