@@ -28,6 +28,8 @@ pub mod config;
 pub mod daemon;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(any(feature = "cli", feature = "http"))]
+pub mod mcp;
 pub mod output;
 pub mod service;
 pub mod tenants;

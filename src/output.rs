@@ -13,7 +13,8 @@ use serde_json::value::RawValue;
 #[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct RunOutput {
     /// How the run ended: ok, error, timeout, cpu_limit, memory_limit, output_limit, killed,
-    /// internal_error (rejections are HTTP errors, never a 200).
+    /// internal_error; `rejected` only from `sandfork run --json` (over HTTP a rejection is an
+    /// error response, never a 200).
     pub status: String,
     /// Exit code, if the program exited on its own.
     pub exit_code: Option<i32>,
@@ -49,6 +50,21 @@ pub struct RunOutput {
     /// A streamed run: bytes of stderr sent as `stderr` events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stderr_streamed: Option<u64>,
+    /// Status `rejected` (`sandfork run --json`; over HTTP a rejection is an error response):
+    /// why, machine-readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejection: Option<RejectionJson>,
+}
+
+/// Why a run was refused before it started.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
+pub struct RejectionJson {
+    /// unknown_profile, profile_not_allowed, invalid_limits, limit_above_ceiling, too_large,
+    /// invalid_files, rate_limited, busy, queue_timeout.
+    pub kind: String,
+    /// For rate_limited and busy: milliseconds after which a retry may succeed.
+    pub retry_after_ms: Option<u64>,
 }
 
 /// A session cell's result: a run's, plus the cell's value and whether the session ended.
@@ -151,6 +167,10 @@ impl RunOutput {
             files_truncated: result.files_truncated,
             stdout_streamed: None,
             stderr_streamed: None,
+            rejection: result.rejection.map(|r| RejectionJson {
+                kind: r.kind.as_str().to_string(),
+                retry_after_ms: r.retry_after_ms,
+            }),
         }
     }
 

@@ -5,17 +5,14 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::http::{client, post, send, spawn_forever, sse_events, start_shim, Answer};
-use common::{privileged, read_log, start_daemon_process, test_config, wait_ready};
+use common::http::{client, post, send, sse_events, Answer, Stack};
+use common::{privileged, read_log};
 use reqwest::StatusCode;
-use sandfork::tenants::hash_key;
 use serde_json::{json, Value};
 
-const SHIM_UID: u32 = 65_534;
 const ALPHA_KEY: &str = "sf_test_sessions_alpha_0123";
 const BETA_KEY: &str = "sf_test_sessions_beta_0123";
 /// Tenant "lonely": one session at a time.
@@ -23,43 +20,18 @@ const LONELY_KEY: &str = "sf_test_sessions_lonely_0123";
 /// Tenant "narrow": one run (or running cell) at a time.
 const NARROW_KEY: &str = "sf_test_sessions_narrow_0123";
 
-struct Stack {
-    base: String,
-    daemon_log: PathBuf,
-}
-
 fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
     STACK.get_or_init(|| {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new()
-            .prefix("sandfork-http-sessions-")
-            .tempdir()
-            .expect("tempdir")
-            .keep();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let tenant = |name: &str, key: &str, policy: &str| {
-            format!(
-                "[[tenants]]\nname = \"{name}\"\napi_key_sha256 = [\"{}\"]\n[tenants.policy]\n{policy}\n",
-                hash_key(key)
-            )
-        };
-        let extra = [
-            format!("proxy_uids = [{SHIM_UID}]\n"),
-            tenant("alpha", ALPHA_KEY, ""),
-            tenant("beta", BETA_KEY, ""),
-            tenant("lonely", LONELY_KEY, "max_sessions = 1"),
-            tenant("narrow", NARROW_KEY, "max_concurrent = 1"),
-        ]
-        .join("\n");
-        let config = dir.join("config.toml");
-        std::fs::write(&config, test_config(&dir, &extra)).unwrap();
-        let daemon_log = dir.join("daemon.log");
-        let (config2, log2) = (config.clone(), daemon_log.clone());
-        spawn_forever(move || start_daemon_process(&config2, &log2));
-        wait_ready(&dir.join("sandfork.sock"), &daemon_log, Duration::from_secs(90));
-        let base = start_shim(&config, &[], &dir.join("shim.log"), SHIM_UID);
-        Stack { base, daemon_log }
+        Stack::start(
+            "sandfork-http-sessions-",
+            &[
+                ("alpha", ALPHA_KEY, ""),
+                ("beta", BETA_KEY, ""),
+                ("lonely", LONELY_KEY, "max_sessions = 1"),
+                ("narrow", NARROW_KEY, "max_concurrent = 1"),
+            ],
+        )
     })
 }
 

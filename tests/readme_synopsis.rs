@@ -63,11 +63,12 @@ fn help(binary: &str, subcommand: Option<&str>) -> String {
 
 #[test]
 fn every_synopsis_matches_its_commands_help() {
-    let commands: [(&str, Option<&str>); 8] = [
+    let commands: [(&str, Option<&str>); 9] = [
         ("sandforkd", None),
         ("sandfork-http", None),
         ("sandfork", Some("run")),
         ("sandfork", Some("repl")),
+        ("sandfork", Some("mcp")),
         ("sandfork", Some("ping")),
         ("sandfork", Some("bench")),
         ("sandfork", Some("keygen")),

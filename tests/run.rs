@@ -381,6 +381,98 @@ fn cli_run_passes_output_and_exit_code_through() {
     assert_eq!(timeout.status.code(), Some(124), "{timeout:?}");
 }
 
+/// What `POST /v1/execute` can do, `sandfork run` can: function mode, input files, returned
+/// files written (path-safe) to a directory, the output cap, `--arg`, and a `--json` with the
+/// request id, `warm`, the result and files, and the rejection kind.
+#[test]
+fn cli_run_does_what_http_can() {
+    if !privileged("cli_run_does_what_http_can") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.csv");
+    std::fs::write(&data, "a,1\nb,2\n").unwrap();
+    let helper = dir.path().join("helper.py");
+    std::fs::write(&helper, "def twice(x):\n    return 2 * x\n").unwrap();
+    let program = dir.path().join("prog.py");
+    std::fs::write(
+        &program,
+        "import os, sys, helper\n\
+         def main():\n\
+         \x20   rows = open('in/data.csv').read().split()\n\
+         \x20   os.makedirs('out/deep')\n\
+         \x20   open('out/deep/r.txt', 'w').write('written')\n\
+         \x20   print('printed')\n\
+         \x20   return {'rows': helper.twice(len(rows)), 'argv': sys.argv[1:]}\n",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("got");
+    let data_arg = format!("{}:in/data.csv", data.display());
+    let output = cli(
+        &[
+            "run",
+            "--function",
+            "--file",
+            &data_arg,
+            "--file",
+            helper.to_str().unwrap(),
+            "--out-dir",
+            out_dir.to_str().unwrap(),
+            "--arg",
+            "--looks-like-a-flag",
+            program.to_str().unwrap(),
+            "tail",
+        ],
+        b"",
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "printed\n{\"rows\": 4, \"argv\": [\"--looks-like-a-flag\", \"tail\"]}\n"
+    );
+    let written = std::fs::read_to_string(out_dir.join("out/deep/r.txt")).unwrap();
+    assert_eq!(written, "written");
+
+    let json = cli(
+        &["run", "--json", "--function", "--file", &data_arg, "-"],
+        b"def main():\n    open('o.txt', 'w').write('x')\n    return len(open('in/data.csv').read())\n",
+    );
+    assert!(json.status.success(), "{json:?}");
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["result"], 8, "{value}");
+    assert_eq!(value["files"][0]["path"], "o.txt");
+    assert!(value["warm"].is_boolean() && value["request_id"].as_str().unwrap().starts_with("r-"));
+    assert!(value.get("rejection").is_none(), "{value}");
+
+    let capped = cli(
+        &["run", "--json", "--output-bytes", "10", "-"],
+        b"print('x' * 100)",
+    );
+    assert_eq!(capped.status.code(), Some(137), "{capped:?}");
+    let value: serde_json::Value = serde_json::from_slice(&capped.stdout).unwrap();
+    assert_eq!(
+        (value["status"].as_str(), value["stdout"].as_str()),
+        (Some("output_limit"), Some("xxxxxxxxxx"))
+    );
+
+    let refused = cli(
+        &["run", "--json", "--timeout-ms", "999999999", "-"],
+        b"print(1)",
+    );
+    assert_eq!(refused.status.code(), Some(125), "{refused:?}");
+    let value: serde_json::Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert_eq!(value["status"], "rejected");
+    assert_eq!(value["rejection"]["kind"], "limit_above_ceiling", "{value}");
+
+    let unreadable = cli(
+        &["run", "--json", "--file", "/nonexistent/in.txt", "-"],
+        b"print(1)",
+    );
+    assert_eq!(unreadable.status.code(), Some(125));
+    let value: serde_json::Value = serde_json::from_slice(&unreadable.stdout).unwrap();
+    assert_eq!(value["error"]["kind"], "invalid_input", "{value}");
+}
+
 #[test]
 fn cli_ping_and_unreachable_daemon() {
     if !privileged("cli_ping_and_unreachable_daemon") {

@@ -5,21 +5,17 @@
 //! `output_limit`, …); 125 when the run did not happen or the sandbox failed (`rejected`,
 //! `internal_error`, daemon unreachable, protocol error).
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use sandfork::config::default_socket_path;
-use sandfork::output::RunOutput;
 use sandfork_protocol::client::Client;
-use sandfork_protocol::{LimitsRequest, OutputStream, RunResult, RunSpec, Status};
+use sandfork_protocol::LimitsRequest;
 
-/// Exit code when sandfork itself could not run the program.
-const EXIT_SANDFORK_FAILED: u8 = 125;
-/// Exit code for a wall-clock timeout (as timeout(1)).
-const EXIT_TIMEOUT: u8 = 124;
+use sandfork::cli::run::EXIT_SANDFORK_FAILED;
 
 #[derive(Debug, Parser)]
 #[command(name = "sandfork", version, about = "Client of the sandfork daemon")]
@@ -35,6 +31,9 @@ enum Command {
     /// An interactive Python prompt over one sandboxed session (Ctrl-C interrupts a cell,
     /// Ctrl-D closes the session)
     Repl(ReplArgs),
+    /// Serve the sandbox to an AI agent as MCP tools over stdio (run_python, session_open,
+    /// session_execute, session_close, list_profiles), as the caller's own tenant
+    Mcp(McpArgs),
     /// Exit 0 once the daemon is ready to run code
     Ping(PingArgs),
     /// Measure round trips through the daemon (bounded load; optional python3 -c baseline)
@@ -77,9 +76,27 @@ struct RunArgs {
     /// Run on behalf of this tenant (only proxy uids may; see README "Tenants and keys")
     #[arg(long, value_name = "NAME")]
     tenant: Option<String>,
+    /// Cap on captured stdout, and on stderr, each in bytes (may only lower the profile's)
+    #[arg(long, value_name = "N")]
+    output_bytes: Option<u64>,
     /// File whose content becomes the program's stdin (default: empty)
     #[arg(long, value_name = "FILE")]
     stdin: Option<PathBuf>,
+    /// A local file written into the run's directory first, at PATH (default: its file name);
+    /// repeatable
+    #[arg(long = "file", value_name = "LOCAL[:PATH]")]
+    file: Vec<String>,
+    /// Call the program's main() and print its return value as JSON (after its own output)
+    #[arg(long)]
+    function: bool,
+    /// Write the files the program left in its directory under DIR (relative paths only;
+    /// never through a symlink)
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// An argument for the program, before the trailing ARGS (repeatable; for values that
+    /// look like flags)
+    #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
+    arg: Vec<String>,
     /// Print exactly one JSON object with the whole result instead of the program's output
     #[arg(long, conflicts_with = "stream")]
     json: bool,
@@ -88,7 +105,7 @@ struct RunArgs {
     stream: bool,
     /// The program: a file, or - for standard input
     #[arg(value_name = "FILE")]
-    file: PathBuf,
+    program: PathBuf,
     /// Arguments for the program (its sys.argv[1:])
     #[arg(
         value_name = "ARGS",
@@ -117,6 +134,16 @@ struct ReplArgs {
     /// Open the session on behalf of this tenant (only proxy uids may)
     #[arg(long, value_name = "NAME")]
     tenant: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct McpArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Profile of the tools' runs and sessions when the agent names none (default: the
+    /// daemon's default profile)
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +256,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::Repl(args) => repl(args).await,
+            Command::Mcp(args) => mcp(args).await,
             Command::Ping(args) => ping(args).await,
             Command::Bench(args) => {
                 let config = args.config();
@@ -259,82 +287,27 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> ExitCode {
-    let code = match read_input(&args.file) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("sandfork: cannot read {}: {err}", args.file.display());
-            return ExitCode::from(EXIT_SANDFORK_FAILED);
-        }
-    };
-    let stdin = match &args.stdin {
-        Some(path) => match read_input(path) {
-            Ok(data) => data,
-            Err(err) => {
-                eprintln!("sandfork: cannot read {}: {err}", path.display());
-                return ExitCode::from(EXIT_SANDFORK_FAILED);
-            }
-        },
-        None => Vec::new(),
-    };
-    let spec = RunSpec {
-        profile: args.profile.clone(),
-        code,
-        stdin,
-        argv: args.args.clone(),
+    let mut argv = args.arg;
+    argv.extend(args.args);
+    let options = sandfork::cli::run::RunOptions {
+        socket: args.socket.path(),
+        profile: args.profile,
         limits: LimitsRequest {
             timeout_ms: args.timeout_ms,
             memory_mb: args.memory_mb,
-            output_bytes: None,
+            output_bytes: args.output_bytes,
         },
-        tenant: args.tenant.clone(),
-        ..RunSpec::default()
+        tenant: args.tenant,
+        program: args.program,
+        stdin: args.stdin,
+        args: argv,
+        files: args.file,
+        function: args.function,
+        out_dir: args.out_dir,
+        json: args.json,
+        stream: args.stream,
     };
-    let socket = args.socket.path();
-    let stream = args.stream;
-    let result = async {
-        let mut client = Client::connect(&socket).await?;
-        if stream {
-            let print = |stream, data: &[u8]| {
-                let _ = match stream {
-                    OutputStream::Stdout => write_flush(&mut std::io::stdout(), data),
-                    OutputStream::Stderr => write_flush(&mut std::io::stderr(), data),
-                };
-            };
-            return client
-                .stream_run(spec, print)
-                .await
-                .map(|(result, _)| result);
-        }
-        client.run(spec).await
-    }
-    .await;
-    let result = match result {
-        Ok(result) => result,
-        Err(err) => {
-            eprintln!("sandfork: {err}");
-            return ExitCode::from(EXIT_SANDFORK_FAILED);
-        }
-    };
-    if args.json {
-        let output = RunOutput::new(result.clone(), false);
-        println!("{}", serde_json::to_string(&output).unwrap_or_default());
-    } else {
-        let _ = std::io::stdout().write_all(&result.stdout);
-        let _ = std::io::stderr().write_all(&result.stderr);
-        if let Some(message) = result
-            .message
-            .as_deref()
-            .filter(|_| result.status != Status::Error)
-        {
-            eprintln!("sandfork: {}: {message}", result.status.as_str());
-        }
-    }
-    ExitCode::from(exit_code(&result))
-}
-
-fn write_flush(out: &mut dyn Write, data: &[u8]) -> std::io::Result<()> {
-    out.write_all(data)?;
-    out.flush()
+    ExitCode::from(sandfork::cli::run::run(options).await)
 }
 
 async fn repl(args: ReplArgs) -> ExitCode {
@@ -358,27 +331,27 @@ async fn repl(args: ReplArgs) -> ExitCode {
     }
 }
 
-fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
-    if path == Path::new("-") {
-        let mut data = Vec::new();
-        std::io::stdin().read_to_end(&mut data)?;
-        Ok(data)
-    } else {
-        std::fs::read(path)
-    }
-}
-
-/// Maps a result to this command's exit code (see the module docs).
-fn exit_code(result: &RunResult) -> u8 {
-    match (result.status, result.exit_code, result.signal) {
-        (Status::Ok | Status::Error, Some(code), _) => u8::try_from(code).unwrap_or(1),
-        (Status::Timeout, _, _) => EXIT_TIMEOUT,
-        // SIGKILL's 137 whether the cgroup's OOM killer sent it or (rootless) the run died of a
-        // MemoryError at its address-space limit.
-        (Status::MemoryLimit, _, _) => 128 + 9,
-        (Status::Rejected | Status::InternalError, _, _) => EXIT_SANDFORK_FAILED,
-        (_, _, Some(signal)) => 128u8.saturating_add(u8::try_from(signal).unwrap_or(0)),
-        _ => EXIT_SANDFORK_FAILED,
+async fn mcp(args: McpArgs) -> ExitCode {
+    use rmcp::ServiceExt;
+    let tools = sandfork::mcp::SandforkMcp::new(
+        args.socket.path(),
+        args.profile,
+        sandfork::mcp::Identity::Peer,
+    );
+    let served = match tools.serve(rmcp::transport::stdio()).await {
+        Ok(served) => served
+            .waiting()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sandfork: mcp: {err}");
+            ExitCode::from(EXIT_SANDFORK_FAILED)
+        }
     }
 }
 

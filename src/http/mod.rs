@@ -35,6 +35,7 @@ pub mod compat;
 pub mod error;
 pub mod execute;
 pub mod listener;
+pub mod mcp;
 pub mod metrics;
 pub mod observe;
 pub mod probes;
@@ -135,8 +136,8 @@ impl Settings {
 /// The shim's shared state: settings, the tenants' key lookup, metrics, the OpenAPI document.
 pub struct Shim {
     pub settings: Settings,
-    /// Key → tenant, from the same config the daemon reads.
-    pub tenants: Tenants,
+    /// Key → tenant, from the same config the daemon reads (shared with the MCP tools).
+    pub tenants: Arc<Tenants>,
     /// Where runs go.
     pub upstream: upstream::Upstream,
     /// The shim's own request counters.
@@ -156,7 +157,7 @@ impl Shim {
         Ok(Shim {
             upstream: upstream::Upstream::new(settings.socket.clone()),
             settings,
-            tenants,
+            tenants: Arc::new(tenants),
             metrics: metrics::HttpMetrics::new(),
             openapi_json,
         })
@@ -198,6 +199,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(shim: Arc<Shim>) -> Router {
     let (router, _) = routes().split_for_parts();
     router
+        .merge(mcp::routes(&shim))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

@@ -138,3 +138,49 @@ pub fn sse_events(body: &[u8]) -> Vec<(String, Value)> {
         })
         .collect()
 }
+
+/// The shim's user in the end-to-end stacks: nobody, a proxy of the test daemon.
+pub const SHIM_UID: u32 = 65_534;
+
+/// A test stack: a root `sandforkd` of its own and `sandfork-http` as nobody in front of it.
+pub struct Stack {
+    /// The shim's base URL, `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The daemon's socket.
+    pub socket: std::path::PathBuf,
+    pub daemon_log: std::path::PathBuf,
+}
+
+impl Stack {
+    /// Starts a stack whose config has the test settings, the shim as a proxy, and `tenants`:
+    /// (name, API key, extra `[tenants.policy]` lines).
+    pub fn start(prefix: &str, tenants: &[(&str, &str, &str)]) -> Stack {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut extra = format!("proxy_uids = [{SHIM_UID}]\n");
+        for (name, key, policy) in tenants {
+            extra.push_str(&format!(
+                "[[tenants]]\nname = \"{name}\"\napi_key_sha256 = [\"{}\"]\n[tenants.policy]\n{policy}\n",
+                sandfork::tenants::hash_key(key)
+            ));
+        }
+        let config = dir.join("config.toml");
+        std::fs::write(&config, super::test_config(&dir, &extra)).unwrap();
+        let daemon_log = dir.join("daemon.log");
+        let socket = dir.join("sandfork.sock");
+        let (config2, log2) = (config.clone(), daemon_log.clone());
+        spawn_forever(move || super::start_daemon_process(&config2, &log2));
+        super::wait_ready(&socket, &daemon_log, Duration::from_secs(90));
+        let base = start_shim(&config, &[], &dir.join("shim.log"), SHIM_UID);
+        Stack {
+            base,
+            socket,
+            daemon_log,
+        }
+    }
+}

@@ -299,3 +299,19 @@ pub fn find_marked_child(root: u32, marker: &str) -> Option<u32> {
     }
     None
 }
+
+/// The Python of the client tests' venv (`scripts/clients-venv`: the `mcp` SDK, pytest, mypy and
+/// the client package), from `SANDFORK_CLIENTS_PYTHON` as `scripts/test` sets it; None (the test
+/// skipped, or failed under CI) when it is not set.
+pub fn clients_python(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("SANDFORK_CLIENTS_PYTHON") {
+        Some(python) => Some(PathBuf::from(python)),
+        None => {
+            skip::skip(
+                test,
+                "SANDFORK_CLIENTS_PYTHON is not set (scripts/test sets it from scripts/clients-venv)",
+            );
+            None
+        }
+    }
+}
