@@ -18,10 +18,16 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 const KEY: &str = "sf_test_mcp_agent_0123456789";
+const OTHER_KEY: &str = "sf_test_mcp_other_0123456789";
 
 fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
-    STACK.get_or_init(|| Stack::start("sandfork-mcp-", &[("agent", KEY, "")]))
+    STACK.get_or_init(|| {
+        Stack::start(
+            "sandfork-mcp-",
+            &[("agent", KEY, ""), ("other", OTHER_KEY, "")],
+        )
+    })
 }
 
 /// Runs tests/mcp/client.py with `args`; returns its JSON report.
@@ -225,4 +231,38 @@ fn hostile_tool_calls_are_errors_and_the_server_goes_on() {
     }
     assert_eq!(report["cases"].as_array().unwrap().len(), 5);
     assert_eq!(report["after"], "ok", "{report}");
+}
+
+/// Another tenant's agent knows a session's id: it can neither run in it, read it, nor close it
+/// (the same `session_not_found` as for an id that never existed), and its code cannot reach
+/// the shim from inside the sandbox.
+#[test]
+fn another_tenants_agent_cannot_use_a_session() {
+    const TEST: &str = "another_tenants_agent_cannot_use_a_session";
+    if !privileged(TEST) {
+        return;
+    }
+    let Some(python) = clients_python(TEST) else {
+        return;
+    };
+    let url = format!("{}/mcp", stack().base);
+    let report = drive(&python, &["steal", &url, KEY, OTHER_KEY]);
+    assert_eq!(report["read"]["error"], true, "{report}");
+    assert!(
+        report["read"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("session_not_found"),
+        "{report}"
+    );
+    assert!(!report["read"]["text"].as_str().unwrap().contains("a-only"));
+    assert_eq!(report["close"]["error"], true, "{report}");
+    assert_eq!(
+        report["still"], "'a-only'",
+        "the owner's session survived: {report}"
+    );
+    assert!(
+        report["reach"].as_str().unwrap().starts_with("blocked"),
+        "{report}"
+    );
 }

@@ -4,6 +4,7 @@ usage: client.py stdio SANDFORK_BINARY SOCKET           the whole flow over stdi
        client.py http URL API_KEY                     the whole flow over streamable HTTP
        client.py stdio-nodaemon SANDFORK_BINARY SOCKET one call to a server with no daemon
        client.py hostile URL API_KEY                  malformed calls, then a good one
+       client.py steal URL KEY_A KEY_B                tenant B goes after tenant A's session
 
 Prints one JSON object: what each step returned (the Rust test, tests/mcp.rs, checks it).
 """
@@ -108,8 +109,45 @@ async def hostile(session):
     return {"cases": cases, "after": text_of(after)}
 
 
+async def steal(url, key_a, key_b):
+    """A opens a session and keeps a secret in it; B, with its own key, tries to read it, run in
+    it and close it by its id; code of B's tries to reach the shim from inside the sandbox."""
+
+    def connect(key):
+        return streamablehttp_client(url, headers={"Authorization": "Bearer " + key})
+
+    async with connect(key_a) as (ra, wa, _), connect(key_b) as (rb, wb, _):
+        async with ClientSession(ra, wa) as a, ClientSession(rb, wb) as b:
+            await a.initialize()
+            await b.initialize()
+            opened = await a.call_tool("session_open", {})
+            sid = opened.structuredContent["session_id"]
+            await a.call_tool("session_execute", {"session_id": sid, "code": "secret = 'a-only'"})
+            read = await b.call_tool("session_execute", {"session_id": sid, "code": "secret"})
+            close = await b.call_tool("session_close", {"session_id": sid})
+            still = await a.call_tool("session_execute", {"session_id": sid, "code": "secret"})
+            port = url.split(":")[2].split("/")[0]
+            reach = await b.call_tool(
+                "run_python",
+                {
+                    "code": "import socket\ntry:\n    socket.create_connection(('127.0.0.1', %s), timeout=2)\n"
+                    "    print('connected')\nexcept OSError as e:\n    print('blocked', e.errno)" % port
+                },
+            )
+            await a.call_tool("session_close", {"session_id": sid})
+            return {
+                "read": {"error": read.isError, "text": text_of(read)},
+                "close": {"error": close.isError, "text": text_of(close)},
+                "still": (still.structuredContent or {}).get("value"),
+                "reach": text_of(reach),
+            }
+
+
 async def main():
     mode = sys.argv[1]
+    if mode == "steal":
+        print(json.dumps(await steal(sys.argv[2], sys.argv[3], sys.argv[4])))
+        return
     steps = {"stdio": flow, "http": flow, "stdio-nodaemon": no_daemon, "hostile": hostile}[mode]
     if mode.startswith("stdio"):
         params = StdioServerParameters(command=sys.argv[2], args=["mcp", "--socket", sys.argv[3]])
