@@ -2,8 +2,9 @@
 //!
 //! Start-up: config → mode (root: full; otherwise rootless, if unprivileged user namespaces
 //! work, with a warning per lost protection) → runtime files → probe profiles → start zygotes →
-//! bind the socket → serve until SIGTERM/SIGINT → stop accepting, let runs finish within the
-//! grace period, kill the rest, remove the socket, exit 0.
+//! bind the socket (or take the one systemd passed: socket activation) → tell systemd it is
+//! ready (`Type=notify`) → serve until SIGTERM/SIGINT → stop accepting, let runs finish within
+//! the grace period, kill the rest, remove the socket (unless systemd owns it), exit 0.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,9 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     sandfork::daemon::sys::pin_malloc_mmap_threshold();
     let args = Args::parse();
+    // First, before any other thread exists: this unsets LISTEN_FDS and LISTEN_PID.
+    let inherited = sandfork::daemon::sys::inherited_listener()
+        .context("taking the socket systemd passed (LISTEN_FDS)")?;
     let config = Config::load_or_default(args.config.as_deref())?;
     sandfork::service::init(config.log_format);
     match sandfork::daemon::sys::raise_nofile_limit() {
@@ -45,10 +49,13 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?
-        .block_on(serve(args, config))
+        .block_on(serve(args, config, inherited))
 }
 
-async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
+/// A socket systemd passed, and its path.
+type Inherited = (std::os::unix::net::UnixListener, PathBuf);
+
+async fn serve(args: Args, config: Config, inherited: Option<Inherited>) -> anyhow::Result<()> {
     // Root: the full sandbox. Anyone else: rootless mode, if user namespaces allow it.
     let rootless = rootless::is_rootless();
     if rootless {
@@ -61,10 +68,26 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
             warn!("rootless: {loss}");
         }
     }
-    let socket = args
+    let configured = args
         .socket
         .or_else(|| config.socket.clone())
         .unwrap_or_else(default_socket_path);
+    // Socket activation: systemd's socket (sandforkd.socket's ListenStream) is the one served.
+    let socket = match &inherited {
+        Some((_, path)) => {
+            if *path != configured {
+                warn!(
+                    passed = %path.display(),
+                    configured = %configured.display(),
+                    "systemd passed a socket at another path than the configured one; serving the passed one"
+                );
+            }
+            path.clone()
+        }
+        None => configured,
+    };
+    // Whose the socket file is: ours to remove at exit, or systemd's (it removes it).
+    let owns_socket = inherited.is_none();
     let runtime_dir = config
         .runtime_dir
         .clone()
@@ -81,6 +104,7 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     };
     info!(
         socket = %socket.display(),
+        activated = !owns_socket,
         zygote_init = %paths.zygote_init.display(),
         runtime_dir = %paths.runtime_dir.display(),
         slots = config.slot_count(),
@@ -90,7 +114,17 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     // do not come up) must still stop the daemon cleanly, not kill it with its cgroups behind.
     let shutdown = sandfork::service::shutdown_signal()?;
     tokio::pin!(shutdown);
-    let listener = bind(&socket).await?;
+    let listener = match inherited {
+        Some((listener, _)) => {
+            UnixListener::from_std(listener).context("serving the socket systemd passed")?
+        }
+        None => bind(&socket).await?,
+    };
+    let remove_socket = |socket: &Path| {
+        if owns_socket {
+            remove_socket(socket);
+        }
+    };
     // The same per-layer summary `sandfork doctor` prints.
     let doctor_config = config.clone();
     if let Ok(report) =
@@ -130,6 +164,9 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
             } else {
                 warn!(status = ?supervisor.status(), "not every profile has a zygote yet; serving anyway");
             }
+            notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(
+                if ready { "serving" } else { "serving; not every profile has a zygote yet" },
+            )]);
             false
         }
         _ = &mut shutdown => true,
@@ -137,10 +174,21 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     if !stopped_early {
         server::run(listener, std::sync::Arc::clone(&supervisor), shutdown).await;
     }
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping"),
+    ]);
     supervisor.shutdown().await;
     remove_socket(&socket);
     info!("stopped");
     Ok(())
+}
+
+/// Tells systemd (`NOTIFY_SOCKET`, set for `Type=notify` services; nothing without it).
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(err) = sd_notify::notify(states) {
+        warn!(cause = %err, "could not notify systemd");
+    }
 }
 
 fn remove_socket(socket: &Path) {

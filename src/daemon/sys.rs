@@ -458,3 +458,49 @@ pub fn write_file_once(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests;
+
+/// The listening socket systemd passed (socket activation: `LISTEN_PID` is this process,
+/// `LISTEN_FDS` = 1, the socket at fd 3), with its path; None when none was passed. Anything
+/// else is an error: more than one socket, or fd 3 not a listening Unix stream socket with a
+/// path. The variables are unset (no child inherits them) and the fd is close-on-exec. Call it
+/// before any other thread exists (it changes the environment).
+#[allow(clippy::type_complexity)]
+pub fn inherited_listener(
+) -> io::Result<Option<(std::os::unix::net::UnixListener, std::path::PathBuf)>> {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, UnixAddr};
+    use std::path::Path;
+    // SAFETY: unsetting environment variables is sound only while no other thread reads the
+    // environment; the caller runs this before any other thread exists. The crate also sets
+    // FD_CLOEXEC on the passed fds.
+    let fds: Vec<RawFd> = unsafe { sd_notify::listen_fds_and_unset_env() }?.collect();
+    let fd = match fds.as_slice() {
+        [] => return Ok(None),
+        [fd] => *fd,
+        more => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("systemd passed {} sockets; sandforkd takes one", more.len()),
+            ))
+        }
+    };
+    // SAFETY: LISTEN_PID named this process, so fd 3 was passed to it to own, and nothing
+    // else in the process has taken it (this runs once, at start-up, before other threads).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+    let kind = getsockopt(&owned, sockopt::SockType).map_err(io::Error::from)?;
+    let listening = getsockopt(&owned, sockopt::AcceptConn).map_err(io::Error::from)?;
+    let address: UnixAddr = getsockname(owned.as_raw_fd())
+        .map_err(|e| invalid(format!("the passed socket is not a Unix socket: {e}")))?;
+    let Some(path) = address.path().map(Path::to_path_buf) else {
+        return Err(invalid("the passed Unix socket has no path".into()));
+    };
+    if kind != SockType::Stream || !listening {
+        return Err(invalid(format!(
+            "the passed socket {} is not a listening stream socket",
+            path.display()
+        )));
+    }
+    let listener = std::os::unix::net::UnixListener::from(owned);
+    listener.set_nonblocking(true)?;
+    Ok(Some((listener, path)))
+}
