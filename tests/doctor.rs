@@ -44,6 +44,39 @@ fn doctor_binary_reports_every_layer_and_exits_zero() {
     assert_eq!(text.lines().last(), Some("full isolation: yes"));
 }
 
+/// The cgroups line names the hierarchy this host mounts (v1 here, v2 under scripts/cgroup-v2)
+/// and, on v2, says whether runs get their own peak memory (a resettable `memory.peak`, Linux
+/// 6.12 on) or not: the degradation is reported, never silent.
+#[test]
+fn doctor_names_the_cgroup_hierarchy_the_host_mounts() {
+    if !nix::unistd::geteuid().is_root() {
+        let reason = "needs root (the cgroup probe creates a cgroup)";
+        if std::env::var_os("CI").is_some() {
+            panic!("doctor_names_the_cgroup_hierarchy_the_host_mounts: cannot run on CI: {reason}");
+        }
+        println!("SKIPPED: doctor_names_the_cgroup_hierarchy_the_host_mounts: {reason}");
+        return;
+    }
+    let text = stdout(&doctor(&[]));
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("cgroups "))
+        .unwrap_or_else(|| panic!("no cgroups line:\n{text}"));
+    let v2 = nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .map(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false);
+    if v2 {
+        assert!(line.contains(" ok ") && line.contains("v2:"), "{line}");
+        assert!(
+            line.contains("per-run peak memory: memory.peak reset per descriptor")
+                || line.contains("no per-run peak memory"),
+            "{line}"
+        );
+    } else {
+        assert!(line.contains("v1:"), "{line}");
+    }
+}
+
 #[test]
 fn doctor_binary_exits_one_when_the_uid_range_belongs_to_an_account() {
     // A uid range starting at a real account's uid (any non-root entry of /etc/passwd).

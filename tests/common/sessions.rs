@@ -5,15 +5,25 @@ use sandfork_protocol::{
     Caller, Cell, ErrorKind, RunExtra, RunResult, SessionInfo, SessionOp, SessionOpen, SessionReply,
 };
 
-/// Opens a session; panics if it is not opened.
+/// Opens a session; panics if it is not opened. The tests of a binary share one daemon and its
+/// few session places: when they are all taken by tests running alongside, it waits for one as
+/// a client would ("retry later"), for a bounded time.
 pub async fn open(client: &mut Client, open: SessionOpen) -> SessionInfo {
-    match client
-        .session(Caller::default(), SessionOp::Open(open))
-        .await
-        .expect("open")
-    {
-        SessionReply::Opened(info) => info,
-        other => panic!("not opened: {other:?}"),
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match client
+            .session(Caller::default(), SessionOp::Open(open.clone()))
+            .await
+        {
+            Ok(SessionReply::Opened(info)) => return info,
+            Err(ClientError::Server(frame))
+                if frame.kind == ErrorKind::NoSessionCapacity
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => panic!("not opened: {other:?}"),
+        }
     }
 }
 
