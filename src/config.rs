@@ -166,6 +166,11 @@ pub struct Config {
     pub proxy_uids: Vec<u32>,
     /// Sessions' timeouts (`[sessions]`); how many a profile may hold is its `max_sessions`.
     pub sessions: SessionsConfig,
+    /// This machine's name among several behind one load balancer (1–32 of `a-z`, `0-9`, `-`).
+    /// Session ids then carry it (`s_<node>_<hex>`), so the balancer can send a session's
+    /// requests to the machine that holds it by matching the id in the path. `--node` and
+    /// `SANDFORK_NODE` override it.
+    pub node: Option<String>,
 }
 
 /// How long sessions live (`[sessions]`).
@@ -209,6 +214,7 @@ impl Default for Config {
             tenants: Vec::new(),
             proxy_uids: Vec::new(),
             sessions: SessionsConfig::default(),
+            node: None,
         }
     }
 }
@@ -414,6 +420,9 @@ impl Config {
         if self.slots == Some(0) {
             return Err(ConfigError::Invalid("slots must be at least 1".into()));
         }
+        if let Some(node) = &self.node {
+            check_node_name(node).map_err(ConfigError::Invalid)?;
+        }
         for (name, profile) in &self.profiles {
             if profile.warm_children > 0 && profile.warm_idle_ms < 100 {
                 return Err(ConfigError::Invalid(format!(
@@ -528,6 +537,22 @@ pub fn default_socket_path() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) => PathBuf::from(dir).join("sandfork.sock"),
         None => std::env::temp_dir().join(format!("sandfork-{}.sock", nix::unistd::getuid())),
+    }
+}
+
+/// Checks a node name (the `node` key, `--node`): 1–32 of `a-z`, `0-9`, `-`, so it fits in a
+/// session id and a load balancer's pattern without quoting.
+pub fn check_node_name(node: &str) -> Result<(), String> {
+    let fits = (1..=32).contains(&node.len())
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "node {node:?} must be 1 to 32 of a-z, 0-9 and '-' (it goes into session ids)"
+        ))
     }
 }
 

@@ -31,6 +31,11 @@ struct Args {
     /// as root or $XDG_RUNTIME_DIR/sandfork.sock; SANDFORK_SOCKET overrides the default)
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// This machine's name among several behind one load balancer: session ids carry it
+    /// (`s_<node>_<hex>`) so the balancer can route on them (default: the config's `node`;
+    /// SANDFORK_NODE overrides the config)
+    #[arg(long, value_name = "NAME", env = "SANDFORK_NODE")]
+    node: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,7 +44,11 @@ fn main() -> anyhow::Result<()> {
     // First, before any other thread exists: this unsets LISTEN_FDS and LISTEN_PID.
     let inherited = sandfork::daemon::sys::inherited_listener()
         .context("taking the socket systemd passed (LISTEN_FDS)")?;
-    let config = Config::load_or_default(args.config.as_deref())?;
+    let mut config = Config::load_or_default(args.config.as_deref())?;
+    if let Some(node) = &args.node {
+        sandfork::config::check_node_name(node).map_err(anyhow::Error::msg)?;
+        config.node = Some(node.clone());
+    }
     sandfork::service::init(config.log_format);
     match sandfork::daemon::sys::raise_nofile_limit() {
         Ok(nofile) => info!(nofile, "open files limit"),

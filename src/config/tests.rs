@@ -46,3 +46,13 @@ fn unknown_keys_and_bad_values_are_refused() {
         toml::from_str("max_frame_len = 4000000\n[limits]\noutput_bytes = 1000000").unwrap();
     assert!(output_over_frame.validated().is_err());
 }
+
+#[test]
+fn a_node_name_must_fit_in_a_session_id() {
+    let named: Config = toml::from_str("node = \"web-2\"").unwrap();
+    assert_eq!(named.validated().unwrap().node.as_deref(), Some("web-2"));
+    for bad in ["", "Web", "a_b", "a/b", "a.b", &"x".repeat(33)] {
+        let config: Config = toml::from_str(&format!("node = {bad:?}")).unwrap();
+        assert!(config.validated().is_err(), "{bad:?} accepted");
+    }
+}

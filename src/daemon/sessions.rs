@@ -415,13 +415,16 @@ impl<S: Entry> Registry<S> {
 }
 
 /// A fresh session id: 128 bits from the kernel's generator, or nothing (never a weaker id).
-pub fn new_session_id() -> Result<String, String> {
+/// With a node name (the `node` key) it is `s_<node>_<hex>`, for a load balancer to route on;
+/// otherwise `s_<hex>`.
+pub fn new_session_id(node: Option<&str>) -> Result<String, String> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a session id: {e}"))?;
-    Ok(format!(
-        "s_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ))
+    let hex = bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    Ok(match node {
+        Some(node) => format!("s_{node}_{hex}"),
+        None => format!("s_{hex}"),
+    })
 }
 
 fn unix_ms(at: SystemTime) -> u64 {

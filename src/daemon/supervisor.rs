@@ -84,6 +84,8 @@ pub struct Supervisor {
     /// Live sessions (see `sessions.rs` here for their operations).
     sessions: Arc<Registry>,
     sessions_config: SessionsConfig,
+    /// This machine's name among several (the `node` key), carried in session ids.
+    node: Option<String>,
 }
 
 /// A profile's zygote pool and warm children.
@@ -188,6 +190,7 @@ impl Supervisor {
             stop,
             sessions: Arc::new(Registry::default()),
             sessions_config: config.sessions,
+            node: config.node.clone(),
         }))
     }
 

@@ -28,29 +28,39 @@ pub fn spawn_forever(start: impl FnOnce() -> Child + Send + 'static) -> u32 {
 }
 
 /// Starts `sandfork-http` as `uid` on a free loopback port with `--config config` and `args`;
-/// returns its base URL once it listens (the port is read from its log).
+/// returns its base URL once it listens. It lives as long as the test process.
 pub fn start_shim(config: &Path, args: &[&str], log: &Path, uid: u32) -> String {
-    let mut argv: Vec<String> = vec![
-        "--config".into(),
-        config.to_str().unwrap().into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-    ];
-    argv.extend(args.iter().map(|s| s.to_string()));
-    let log_file = std::fs::File::create(log).unwrap();
+    let (config, log_path) = (config.to_owned(), log.to_owned());
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     spawn_forever(move || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sandfork-http"));
-        command
-            .args(&argv)
-            .env("RUST_LOG", "info")
-            .uid(uid)
-            .gid(uid)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        sandfork::daemon::sys::die_with_parent(&mut command, libc::SIGTERM);
-        command.spawn().expect("spawn sandfork-http")
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        spawn_shim(&config, &args, &log_path, uid)
     });
+    shim_url(log)
+}
+
+/// Spawns `sandfork-http` as `uid` on a free loopback port, with PR_SET_PDEATHSIG tied to the
+/// calling thread; [`shim_url`] waits for it to listen.
+pub fn spawn_shim(config: &Path, args: &[&str], log: &Path, uid: u32) -> Child {
+    let log_file = std::fs::File::create(log).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sandfork-http"));
+    command
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .uid(uid)
+        .gid(uid)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file);
+    sandfork::daemon::sys::die_with_parent(&mut command, libc::SIGTERM);
+    command.spawn().expect("spawn sandfork-http")
+}
+
+/// The base URL of the shim logging to `log`, once it listens (the port is read from its log).
+pub fn shim_url(log: &Path) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let text = read_log(log);

@@ -30,7 +30,7 @@ impl Entry for Fake {
 fn open(registry: &Arc<Registry<Fake>>, tenant: &str, profile: &str) -> Result<Arc<Fake>, Refusal> {
     let place = registry.reserve(tenant, 2, profile, 3)?;
     let session = Arc::new(Fake {
-        id: new_session_id().unwrap(),
+        id: new_session_id(None).unwrap(),
         tenant: tenant.into(),
         profile: profile.into(),
         why: Mutex::new(None),
@@ -41,11 +41,15 @@ fn open(registry: &Arc<Registry<Fake>>, tenant: &str, profile: &str) -> Result<A
 
 #[test]
 fn ids_are_128_random_bits() {
-    let a = new_session_id().unwrap();
-    let b = new_session_id().unwrap();
+    let a = new_session_id(None).unwrap();
+    let b = new_session_id(None).unwrap();
     assert_ne!(a, b);
     assert_eq!(a.len(), 2 + 32);
     assert!(a.starts_with("s_") && a[2..].chars().all(|c| c.is_ascii_hexdigit()));
+    // With a node name, the id carries it where a load balancer's pattern finds it.
+    let c = new_session_id(Some("node-2")).unwrap();
+    let hex = c.strip_prefix("s_node-2_").expect("s_<node>_<hex>");
+    assert!(hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()));
 }
 
 #[test]

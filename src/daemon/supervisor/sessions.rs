@@ -217,7 +217,7 @@ impl Supervisor {
         let lifetime = Duration::from_secs(config.max_lifetime_s);
         // CPU over the whole session: at most its lifetime (a cell's own bound is its timeout).
         limits.cpu_seconds = Some(config.max_lifetime_s);
-        let id = match new_session_id() {
+        let id = match new_session_id(self.node.as_deref()) {
             Ok(id) => id,
             Err(why) => return SessionAnswer::Refused(ErrorKind::Internal, why),
         };
