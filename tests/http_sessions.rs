@@ -431,6 +431,23 @@ async fn session_bounds_are_enforced_and_visible() {
         (answer.status, answer.kind()),
         (StatusCode::BAD_REQUEST, "limit_above_ceiling")
     );
+    // Less memory than an interpreter needs to start: a clear refusal, not a child killed
+    // while it locks down (found by fuzzing: it was a 502).
+    for memory_mb in [1, 15] {
+        let answer = post(
+            &stack().base,
+            "/v1/sessions",
+            Some(LONELY_KEY),
+            json!({"limits": {"memory_mb": memory_mb}}),
+        )
+        .await;
+        assert_eq!(
+            (answer.status, answer.kind()),
+            (StatusCode::BAD_REQUEST, "invalid_limits"),
+            "{}",
+            answer.body
+        );
+    }
     let answer = post(&stack().base, "/v1/sessions", None, json!({})).await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
     // An empty body opens with the defaults.

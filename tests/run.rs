@@ -318,8 +318,22 @@ fn cli(args: &[&str], stdin: &[u8]) -> std::process::Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn sandfork");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    feed(&mut child, stdin);
     child.wait_with_output().expect("sandfork output")
+}
+
+/// Writes `bytes` to the child's stdin and closes it; if the child has already gone, fails
+/// with what it printed, not a bare broken pipe.
+fn feed(child: &mut std::process::Child, bytes: &[u8]) {
+    let written = child.stdin.take().unwrap().write_all(bytes);
+    if let Err(error) = written {
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+        }
+        panic!("sandfork did not take its stdin ({error}); it exited {status}: {stderr}");
+    }
 }
 
 #[test]
@@ -509,7 +523,7 @@ fn cli_run_stream_prints_output_as_it_arrives() {
         .spawn()
         .expect("spawn sandfork");
     let code = b"import sys, time\nprint('first', flush=True)\ntime.sleep(1)\nprint('second')\nsys.exit(4)\n";
-    child.stdin.take().unwrap().write_all(code).unwrap();
+    feed(&mut child, code);
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();

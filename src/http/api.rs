@@ -46,6 +46,7 @@ impl Modify for KeySchemes {
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
     /// The Python source: non-empty, no NUL character.
+    #[schema(min_length = 1)]
     pub code: String,
     /// Given to the program on standard input.
     #[serde(default)]
@@ -96,10 +97,13 @@ pub struct InputFile {
 #[serde(deny_unknown_fields)]
 pub struct RequestLimits {
     /// Wall-clock limit in milliseconds (a session's: of each cell).
+    #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
-    /// Memory limit in MiB (a session's: of the whole session).
+    /// Memory limit in MiB (a session's: of the whole session); at least 16.
+    #[schema(minimum = 16)]
     pub memory_mb: Option<u64>,
     /// Cap on stdout, and on stderr, each, in bytes.
+    #[schema(minimum = 1)]
     pub output_bytes: Option<u64>,
 }
 
@@ -167,6 +171,7 @@ pub struct EvalOutputFile {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ScriptRequest {
     /// Python source defining `main()`, whose JSON-serializable return value is the result.
+    #[schema(min_length = 1)]
     pub script: String,
 }
 
@@ -183,6 +188,39 @@ pub struct ScriptResponse {
 pub struct ScriptError {
     pub error: String,
     pub stdout: String,
+}
+
+/// A 400 of `POST /execute`: the script failed (its API's own shape), or the request was not
+/// valid (the shape of every other error).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // the document's shape; the handlers answer with its two variants
+pub enum ScriptFailure {
+    Script(ScriptError),
+    Request(ErrorBody),
+}
+
+/// One server-sent event of a streamed run or cell (the `text/event-stream` answer).
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // the document's shape; stream.rs writes the events
+pub struct StreamEvent {
+    /// `stdout` and `stderr` as the program writes, then one `result`; `error` instead if the
+    /// daemon fails after the stream began.
+    pub event: StreamEventName,
+    /// JSON text: `{"text"}` for output, the run's (or cell's) result for `result`,
+    /// `{"error": {"kind", "message"}}` for `error`.
+    #[schema(content_media_type = "application/json")]
+    pub data: String,
+}
+
+/// The name of a server-sent event.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamEventName {
+    Stdout,
+    Stderr,
+    Result,
+    Error,
 }
 
 /// `GET /healthz`.
@@ -228,6 +266,7 @@ pub struct SessionRequest {
     /// Seconds without a cell after which the session ends (default and maximum: the daemon's
     /// `[sessions]` config).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub idle_timeout_s: Option<u64>,
 }
 
@@ -260,6 +299,7 @@ pub struct SessionList {
 #[serde(deny_unknown_fields)]
 pub struct CellRequest {
     /// Python source, run in the session's `__main__`: non-empty, no NUL character.
+    #[schema(min_length = 1)]
     pub code: String,
     /// What `input()` reads in this cell.
     #[serde(default)]

@@ -24,8 +24,8 @@ use base64::Engine as _;
 use sandfork_protocol::{FileData, Mode, RunResult, RunSpec, Status};
 
 use super::api::{
-    ErrorBody, EvalOutputFile, EvalRequest, EvalResponse, ScriptError, ScriptRequest,
-    ScriptResponse,
+    ErrorBody, EvalOutputFile, EvalRequest, EvalResponse, ScriptError, ScriptFailure,
+    ScriptRequest, ScriptResponse,
 };
 use super::error::ApiError;
 use super::execute::{checked_code, decode_file, run};
@@ -165,7 +165,7 @@ pub fn eval_response(result: RunResult) -> EvalResponse {
     security(("bearer" = []), ("api_key" = [])),
     responses(
         (status = 200, description = "main()'s value and the output", body = ScriptResponse),
-        (status = 400, description = "The script failed: no main(), an exception, a value JSON cannot encode, a limit", body = ScriptError),
+        (status = 400, description = "The script failed (no main(), an exception, a value JSON cannot encode, a limit: `{error, stdout}`), or the request is not valid (`{\"error\": {kind, message}}`)", body = ScriptFailure),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 413, description = "Over a size cap", body = ErrorBody),
         (status = 429, description = "Over the tenant's rate", body = ErrorBody),

@@ -18,7 +18,7 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use sandfork_protocol::{FileData, LimitsRequest, Mode, Request, RunResult, RunSpec, Status};
 
-use super::api::{ErrorBody, ExecuteRequest, RunMode};
+use super::api::{ErrorBody, ExecuteRequest, RunMode, StreamEvent};
 use super::error::ApiError;
 use super::observe::RequestId;
 use super::{auth, body, stream, Shim};
@@ -39,7 +39,7 @@ const BASE64_IN: GeneralPurpose = GeneralPurpose::new(
     security(("bearer" = []), ("api_key" = [])),
     responses(
         (status = 200, description = "The run happened (whatever its status). With `stream` (or `Accept: text/event-stream`): server-sent events `stdout` and `stderr` with `{\"text\"}` as the program writes, then one `result` with this JSON (stdout/stderr empty, `stdout_streamed`/`stderr_streamed` counting what was sent); an `error` event if the daemon fails after the stream began",
-            content((RunOutput = "application/json"), (String = "text/event-stream"))),
+            content((RunOutput = "application/json"), (StreamEvent = "text/event-stream"))),
         (status = 400, description = "Malformed JSON, code, files, base64 or limits; unknown profile; a limit above a ceiling", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 403, description = "The tenant may not use this profile", body = ErrorBody),

@@ -21,6 +21,7 @@ use sandfork_protocol::{
 
 use super::api::{
     CellRequest, ErrorBody, SessionFile, SessionFiles, SessionJson, SessionList, SessionRequest,
+    StreamEvent,
 };
 use super::error::ApiError;
 use super::execute::{checked_code, decode_file, json, refusal};
@@ -143,7 +144,7 @@ pub async fn list(asker: Asker) -> Result<Json<SessionList>, ApiError> {
     security(("bearer" = []), ("api_key" = [])),
     responses(
         (status = 200, description = "The cell ran (whatever its status): the run result JSON plus `value` (the repr() of its last expression, or null) and `session_ended`. With `stream` (or `Accept: text/event-stream`): `stdout`/`stderr` events, then one `result` event with this JSON",
-            content((CellOutput = "application/json"), (String = "text/event-stream"))),
+            content((CellOutput = "application/json"), (StreamEvent = "text/event-stream"))),
         (status = 400, description = "Malformed JSON, code, files or base64", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 404, description = "No such session of the caller's (session_not_found), or it has ended (session_ended)", body = ErrorBody),

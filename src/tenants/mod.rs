@@ -21,7 +21,7 @@ mod policy;
 use keys::{decode_digest, digest_key, digests_equal};
 pub use keys::{generate_key, hash_key, keygen_fragment};
 use policy::check_policy;
-pub use policy::{PolicyConfig, PolicyError, MAX_QUEUE_WAIT};
+pub use policy::{PolicyConfig, PolicyError, MAX_QUEUE_WAIT, MIN_MEMORY_MB};
 use std::collections::{BTreeSet, HashMap};
 
 use std::sync::{Arc, Mutex};

@@ -54,6 +54,11 @@ impl Default for PolicyConfig {
     }
 }
 
+/// The least memory a request may ask for, in MiB. A child is attached to its slot's cgroup
+/// before it locks down, and a session's memory limit applies from then on: below this, the
+/// interpreter is killed while it starts, before the caller's code could run.
+pub const MIN_MEMORY_MB: u64 = 16;
+
 /// Why a request does not fit its tenant's policy (the run is `rejected` with this message).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
@@ -61,6 +66,14 @@ pub enum PolicyError {
     ProfileNotAllowed { tenant: String, profile: String },
     #[error("{limit} must be positive")]
     NotPositive { limit: &'static str },
+    #[error(
+        "{limit} {asked} is below the floor of {floor}: the interpreter needs that much to start"
+    )]
+    BelowFloor {
+        limit: &'static str,
+        asked: u64,
+        floor: u64,
+    },
     #[error("{limit} {asked} exceeds tenant {tenant:?}'s ceiling of {ceiling}")]
     OverTenantCeiling {
         tenant: String,
@@ -104,6 +117,13 @@ impl Tenant {
             limits.timeout_ms,
             self.policy.max_timeout_ms,
         )?;
+        if let Some(asked) = request.memory_mb.filter(|&m| m > 0 && m < MIN_MEMORY_MB) {
+            return Err(PolicyError::BelowFloor {
+                limit: "memory_mb",
+                asked,
+                floor: MIN_MEMORY_MB,
+            });
+        }
         out.memory_mb = self.lower(
             "memory_mb",
             request.memory_mb,

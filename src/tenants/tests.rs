@@ -286,6 +286,24 @@ fn requests_may_lower_limits_but_not_exceed_the_tenants_ceilings() {
         ..LimitsRequest::default()
     };
     assert!(acme.effective_limits("default", &profile, &zero).is_err());
+    // Less memory than the interpreter needs to start is refused, the floor itself is not.
+    let tiny = |memory_mb| LimitsRequest {
+        memory_mb: Some(memory_mb),
+        ..LimitsRequest::default()
+    };
+    assert_eq!(
+        acme.effective_limits("default", &profile, &tiny(MIN_MEMORY_MB - 1))
+            .unwrap_err()
+            .to_string(),
+        format!(
+            "memory_mb {} is below the floor of {MIN_MEMORY_MB}: the interpreter needs that much to start",
+            MIN_MEMORY_MB - 1
+        )
+    );
+    let at_floor = acme
+        .effective_limits("default", &profile, &tiny(MIN_MEMORY_MB))
+        .unwrap();
+    assert_eq!(at_floor.memory_mb, MIN_MEMORY_MB);
     assert_eq!(
         acme.effective_limits("big", &profile, &none).unwrap_err(),
         PolicyError::ProfileNotAllowed {

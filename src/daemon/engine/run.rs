@@ -117,7 +117,9 @@ pub fn admission_refused(refusal: &Refusal) -> RunResult {
 pub fn reject_kind(err: &PolicyError) -> RejectKind {
     match err {
         PolicyError::ProfileNotAllowed { .. } => RejectKind::ProfileNotAllowed,
-        PolicyError::NotPositive { .. } => RejectKind::InvalidLimits,
+        PolicyError::NotPositive { .. } | PolicyError::BelowFloor { .. } => {
+            RejectKind::InvalidLimits
+        }
         _ => RejectKind::LimitAboveCeiling,
     }
 }
