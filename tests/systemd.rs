@@ -139,14 +139,7 @@ fn socket_activation_serves_a_run_and_notifies_readiness() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "systemd-socket-activate did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(&socket);
     let runtime = common::runtime();
     let result = runtime.block_on(async {
         // The connection waits in the passed socket's backlog while the daemon starts.
@@ -227,14 +220,7 @@ fn a_passed_socket_of_the_wrong_kind_is_refused() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "systemd-socket-activate did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(&socket);
     // A datagram wakes the activator, which execs the daemon.
     let sender = UnixDatagram::unbound().unwrap();
     sender.send_to(b"wake", &socket).unwrap();
@@ -254,4 +240,16 @@ fn a_passed_socket_of_the_wrong_kind_is_refused() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not a listening stream socket"), "{stderr}");
+}
+
+/// Waits (10 s at most) for systemd-socket-activate to create its socket.
+fn wait_listening(socket: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "systemd-socket-activate did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
