@@ -75,7 +75,9 @@ def status_of(result: sandfork.Result) -> Outcome:
 def ok(client: sandfork.Client) -> Outcome:
     n = random.randrange(1000)
     result = client.run(f"print({n} * 2)")
-    return status_of(result) if result.stdout != f"{n * 2}\n" or result.status != "ok" else "ok"
+    if result.status == "ok" and result.stdout != f"{n * 2}\n":
+        return f"ok_with_wrong_output:{result.stdout[:40]!r}"
+    return status_of(result)
 
 
 def error(client: sandfork.Client) -> Outcome:
@@ -107,7 +109,9 @@ def killed(client: sandfork.Client) -> Outcome:
 def fork_bomb(client: sandfork.Client) -> Outcome:
     code = "import os\nwhile True:\n    os.fork()"
     result = client.run(code)
-    return "error" if result.status == "error" and "PermissionError" in result.stderr else status_of(result)
+    if result.status == "error" and "PermissionError" not in result.stderr:
+        return "error_without_PermissionError"
+    return status_of(result)
 
 
 def rejected(client: sandfork.Client) -> Outcome:
