@@ -16,20 +16,6 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The tools venv's interpreter, or None (the test then skips; under CI it fails).
-fn tools_python(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("SANDFORK_TOOLS_PYTHON") {
-        Some(path) => Some(PathBuf::from(path)),
-        None => {
-            common::skip::skip(
-                test,
-                "needs SANDFORK_TOOLS_PYTHON (scripts/tools-venv; scripts/test sets it)",
-            );
-            None
-        }
-    }
-}
-
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -58,7 +44,7 @@ fn kubernetes_validate(python: &Path, files: &[PathBuf]) -> Output {
 
 #[test]
 fn kubernetes_manifests_validate_strictly() {
-    let Some(python) = tools_python("kubernetes_manifests_validate_strictly") else {
+    let Some(python) = common::tools_python("kubernetes_manifests_validate_strictly") else {
         return;
     };
     let files = manifests();
@@ -109,35 +95,10 @@ fn config_map_files(python: &Path, file: &Path, name: &str, dir: &Path) {
     assert!(output.status.success(), "{}", text(&output));
 }
 
-fn nginx_test(conf_dir: &Path, server_conf: &Path) -> Output {
-    let d = conf_dir.display();
-    let main = conf_dir.join("nginx.conf");
-    std::fs::write(
-        &main,
-        format!(
-            "pid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-             include {};\n}}\n",
-            server_conf.display()
-        ),
-    )
-    .unwrap();
-    Command::new("nginx")
-        .arg("-p")
-        .arg(conf_dir)
-        .arg("-c")
-        .arg(&main)
-        .arg("-e")
-        .arg(conf_dir.join("error.log"))
-        .arg("-t")
-        .output()
-        .expect("nginx (Debian's package; scripts/test installs it)")
-}
-
 #[test]
 fn the_clusters_router_is_the_tested_nginx_config() {
-    let Some(python) = tools_python("the_clusters_router_is_the_tested_nginx_config") else {
+    let Some(python) = common::tools_python("the_clusters_router_is_the_tested_nginx_config")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -185,7 +146,10 @@ fn the_clusters_router_is_the_tested_nginx_config() {
             ),
     )
     .unwrap();
-    let output = nginx_test(dir.path(), &conf);
+    let output = common::nginx_command(dir.path(), &conf)
+        .arg("-t")
+        .output()
+        .expect("nginx");
     assert!(output.status.success(), "{}", text(&output));
 }
 
@@ -222,7 +186,7 @@ fn cloud_init_schema() -> PathBuf {
 
 #[test]
 fn ec2_user_data_matches_cloud_inits_schema() {
-    let Some(python) = tools_python("ec2_user_data_matches_cloud_inits_schema") else {
+    let Some(python) = common::tools_python("ec2_user_data_matches_cloud_inits_schema") else {
         return;
     };
     if !common::privileged("ec2_user_data_matches_cloud_inits_schema") {

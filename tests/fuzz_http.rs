@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -29,11 +28,7 @@ fn the_http_api_survives_fuzzing_and_matches_its_document() {
     if !common::privileged(test) {
         return;
     }
-    let Some(python) = std::env::var_os("SANDFORK_TOOLS_PYTHON").map(PathBuf::from) else {
-        common::skip::skip(
-            test,
-            "needs SANDFORK_TOOLS_PYTHON (scripts/tools-venv; scripts/test sets it)",
-        );
+    let Some(python) = common::tools_python(test) else {
         return;
     };
     let seconds: u64 = std::env::var("SANDFORK_FUZZ_SECONDS")

@@ -135,26 +135,8 @@ impl Nginx {
             conf = conf.replace(placeholder, &format!("127.0.0.1:{}", node.port()));
         }
         std::fs::write(dir.join("sandfork.conf"), conf).unwrap();
-        let d = dir.display();
-        std::fs::write(
-            dir.join("nginx.conf"),
-            format!(
-                "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-                 events {{ worker_connections 512; }}\n\
-                 http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  \
-                 proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  \
-                 scgi_temp_path {d}/scgi;\n  include {d}/sandfork.conf;\n}}\n"
-            ),
-        )
-        .unwrap();
-        let mut command = Command::new("nginx");
+        let mut command = common::nginx_command(&dir, &dir.join("sandfork.conf"));
         command
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-e")
-            .arg(dir.join("error.log"))
             .args(["-g", "daemon off;"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -213,6 +195,17 @@ async fn cell(lb: &str, id: &str, code: &str) -> Answer {
         json!({ "code": code }),
     )
     .await
+}
+
+/// Closes a session through the balancer.
+async fn close(lb: &str, id: &str) {
+    let closed = common::http::client()
+        .delete(format!("{lb}/v1/sessions/{id}"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status(), 204, "closing {id}");
 }
 
 /// Which node a session id names: `s_<node>_<hex>`.
@@ -340,13 +333,7 @@ fn two_nodes_behind_nginx_share_runs_keep_sessions_and_survive_a_lost_node() {
         assert_eq!(a.runs().await - before_a, 20);
         let opened = open(&lb).await;
         assert_eq!(node_of(&opened), a.name);
-        let closed = common::http::client()
-            .delete(format!("{lb}/v1/sessions/{opened}"))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(closed.status(), 204);
+        close(&lb, &opened).await;
 
         // b comes back (on a new port, as a replaced machine would): it starts clean, knows
         // nothing of its old sessions, and serves runs again.
@@ -367,13 +354,7 @@ fn two_nodes_behind_nginx_share_runs_keep_sessions_and_survive_a_lost_node() {
         .await;
         assert_eq!(gone.status, 404, "{}", gone.body);
         for id in sessions.iter().filter(|id| node_of(id) == a.name) {
-            let closed = common::http::client()
-                .delete(format!("{lb}/v1/sessions/{id}"))
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(closed.status(), 204);
+            close(&lb, id).await;
         }
     });
     drop(nginx);

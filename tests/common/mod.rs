@@ -304,14 +304,55 @@ pub fn find_marked_child(root: u32, marker: &str) -> Option<u32> {
 /// the client package), from `SANDFORK_CLIENTS_PYTHON` as `scripts/test` sets it; None (the test
 /// skipped, or failed under CI) when it is not set.
 pub fn clients_python(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("SANDFORK_CLIENTS_PYTHON") {
+    venv_python(test, "SANDFORK_CLIENTS_PYTHON", "scripts/clients-venv")
+}
+
+/// The Python of the operations checks' venv (`scripts/tools-venv`: kubernetes-validate,
+/// schemathesis, jsonschema), from `SANDFORK_TOOLS_PYTHON`; None as for [`clients_python`].
+pub fn tools_python(test: &str) -> Option<PathBuf> {
+    venv_python(test, "SANDFORK_TOOLS_PYTHON", "scripts/tools-venv")
+}
+
+/// The interpreter `variable` names (scripts/test sets it from `script`), or None after the
+/// skip rule.
+fn venv_python(test: &str, variable: &str, script: &str) -> Option<PathBuf> {
+    match std::env::var_os(variable) {
         Some(python) => Some(PathBuf::from(python)),
         None => {
             skip::skip(
                 test,
-                "SANDFORK_CLIENTS_PYTHON is not set (scripts/test sets it from scripts/clients-venv)",
+                &format!("{variable} is not set (scripts/test sets it from {script})"),
             );
             None
         }
     }
+}
+
+/// nginx (Debian's package; scripts/test installs it) with everything of its own in `dir`: a
+/// main config there that includes `server_conf` in its `http` block (pid, logs and temporary
+/// files in `dir`), and the command that runs it (`-p`, `-c`, `-e` set; add `-t` or `-g`).
+pub fn nginx_command(dir: &Path, server_conf: &Path) -> Command {
+    let d = dir.display();
+    let main = dir.join("nginx.conf");
+    std::fs::write(
+        &main,
+        format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  \
+             proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  \
+             scgi_temp_path {d}/scgi;\n  include {};\n}}\n",
+            server_conf.display()
+        ),
+    )
+    .expect("nginx.conf");
+    let mut command = Command::new("nginx");
+    command
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&main)
+        .arg("-e")
+        .arg(dir.join("error.log"));
+    command
 }
