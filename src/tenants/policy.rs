@@ -114,25 +114,21 @@ impl Tenant {
         out.timeout_ms = self.lower(
             "timeout_ms",
             request.timeout_ms,
+            1,
             limits.timeout_ms,
             self.policy.max_timeout_ms,
         )?;
-        if let Some(asked) = request.memory_mb.filter(|&m| m > 0 && m < MIN_MEMORY_MB) {
-            return Err(PolicyError::BelowFloor {
-                limit: "memory_mb",
-                asked,
-                floor: MIN_MEMORY_MB,
-            });
-        }
         out.memory_mb = self.lower(
             "memory_mb",
             request.memory_mb,
+            MIN_MEMORY_MB,
             limits.memory_mb,
             self.policy.max_memory_mb,
         )?;
         out.output_bytes = self.lower(
             "output_bytes",
             request.output_bytes,
+            1,
             limits.output_bytes,
             self.policy.max_output_bytes,
         )?;
@@ -140,11 +136,12 @@ impl Tenant {
         Ok(out)
     }
 
-    /// One limit: `asked` (if any) must be positive and within both ceilings.
+    /// One limit: `asked` (if any) must be positive, at least `floor` and within both ceilings.
     fn lower(
         &self,
         limit: &'static str,
         asked: Option<u64>,
+        floor: u64,
         profile_ceiling: u64,
         tenant_ceiling: Option<u64>,
     ) -> Result<u64, PolicyError> {
@@ -152,6 +149,11 @@ impl Tenant {
         match asked {
             None => Ok(ceiling),
             Some(0) => Err(PolicyError::NotPositive { limit }),
+            Some(asked) if asked < floor => Err(PolicyError::BelowFloor {
+                limit,
+                asked,
+                floor,
+            }),
             Some(asked) if asked <= ceiling => Ok(asked),
             Some(asked) => match tenant_ceiling {
                 Some(tenant_ceiling) if tenant_ceiling < profile_ceiling => {
