@@ -56,9 +56,11 @@ async fn warm_children_ready(n: u32) {
     profile_warm_children_ready("default", n).await;
 }
 
-/// Waits until `profile` has `n` warm children.
+/// Waits until `profile` has `n` warm children. The wait is generous: a refill
+/// forks and locks down a child in the background, and under the software
+/// emulation of `scripts/cgroup-v2` that alone can take seconds.
 async fn profile_warm_children_ready(profile: &str, n: u32) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut client = Client::connect(socket()).await.unwrap();
         let status = client.ping().await.unwrap();
