@@ -284,6 +284,9 @@ impl Limits {
     }
 }
 
+/// The most processes (and threads) a profile may let one run have at once.
+pub const MAX_PROCESSES: u64 = 4096;
+
 /// One profile: an interpreter, what its zygotes preload, and its limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -315,6 +318,12 @@ pub struct ProfileConfig {
     /// Sessions this profile may hold at once. Each holds a uid and a cgroup of its own, busy
     /// or idle, so this many identities are set aside for them; 0 disables sessions here.
     pub max_sessions: u32,
+    /// 0 (the default): a run cannot start processes (`subprocess`, `multiprocessing`,
+    /// `os.fork` fail with PermissionError). N > 0: it can, with at most N processes and threads
+    /// alive at once (the kernel counts both as tasks; N is the run's `pids` ceiling), each run
+    /// as PID 1 of a pid namespace of its own, with a private `/dev/shm`, exec only beneath the
+    /// interpreter's prefix, and the rest of the sandbox unchanged (DESIGN §3).
+    pub processes: u64,
     /// Per-profile overrides of the global limits.
     pub limits: LimitOverrides,
 }
@@ -332,6 +341,7 @@ impl Default for ProfileConfig {
             zygote_max_age_s: 3600,
             warmup: DEFAULT_WARMUP.into(),
             max_sessions: 4,
+            processes: 0,
             limits: LimitOverrides::default(),
         }
     }
@@ -444,7 +454,17 @@ impl Config {
                     "profile {name}: zygotes must be at least 1"
                 )));
             }
-            let limits = profile.limits.apply(self.limits);
+            if profile.processes > MAX_PROCESSES {
+                return Err(ConfigError::Invalid(format!(
+                    "profile {name}: processes must be at most {MAX_PROCESSES}"
+                )));
+            }
+            if profile.processes > 0 && profile.limits.pids.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "profile {name}: set processes or limits.pids, not both (processes is the run's pids ceiling)"
+                )));
+            }
+            let limits = self.profile_limits(profile);
             if limits.timeout_ms == 0 || limits.output_bytes == 0 || limits.tmpfs_mb == 0 {
                 return Err(ConfigError::Invalid(format!(
                     "profile {name}: timeout_ms, output_bytes and tmpfs_mb must be positive"
@@ -519,9 +539,13 @@ impl Config {
         modules
     }
 
-    /// Effective limits of a profile.
+    /// Effective limits of a profile: `processes`, when set, is its `pids` ceiling.
     pub fn profile_limits(&self, profile: &ProfileConfig) -> Limits {
-        profile.limits.apply(self.limits)
+        let mut limits = profile.limits.apply(self.limits);
+        if profile.processes > 0 {
+            limits.pids = profile.processes;
+        }
+        limits
     }
 }
 

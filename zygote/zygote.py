@@ -15,7 +15,7 @@ child.rs), decoded strictly on the other side; the supervisor's test suite runs 
 below against those types (tests/ipc_shapes.rs).
 
   supervisor -> zygote
-    {"op": "spawn", "id", "uid", "gid", "tmpfs_bytes", "rlimits": {...}}
+    {"op": "spawn", "id", "uid", "gid", "tmpfs_bytes", "rlimits": {...}, "own_pid_namespace"}
         fds: [child control socket, stdout write end, stderr write end]
     {"op": "shutdown"}
   zygote -> supervisor
@@ -252,6 +252,9 @@ class Zygote:
             "gid": message["gid"],
             "rlimits": message["rlimits"],
         }
+        if self.config.get("shm_dir"):
+            # A profile with processes: the run's private /dev/shm (the jail links it here).
+            params["shm_dir"] = self.config["shm_dir"]
         rootless = self.config.get("rootless")
         if rootless:
             # Rootless mode: the namespace maps only the daemon's own ids, so every child stays

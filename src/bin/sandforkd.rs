@@ -76,6 +76,12 @@ async fn serve(args: Args, config: Config, inherited: Option<Inherited>) -> anyh
         for loss in rootless::rootless_losses() {
             warn!("rootless: {loss}");
         }
+        for (name, profile) in config.profiles.iter().filter(|(_, p)| p.processes > 0) {
+            warn!(
+                "rootless: profile {name}: {}",
+                rootless::processes_setting(profile.processes, true)
+            );
+        }
     }
     let configured = args
         .socket

@@ -56,3 +56,24 @@ fn a_node_name_must_fit_in_a_session_id() {
         assert!(config.validated().is_err(), "{bad:?} accepted");
     }
 }
+
+#[test]
+fn processes_is_off_by_default_and_is_the_pids_ceiling_when_set() {
+    let config: Config = toml::from_str(
+        "[profiles.procs]\npython = \"python3\"\nprocesses = 16\n[profiles.plain]\npython = \"python3\"\n",
+    )
+    .unwrap();
+    let config = config.validated().unwrap();
+    assert_eq!(config.profiles["plain"].processes, 0);
+    assert_eq!(config.profile_limits(&config.profiles["plain"]).pids, 64);
+    assert_eq!(config.profile_limits(&config.profiles["procs"]).pids, 16);
+    for (text, why) in [
+        ("processes = 8\nlimits = { pids = 32 }", "not both"),
+        ("processes = 5000", "at most 4096"),
+    ] {
+        let config: Config =
+            toml::from_str(&format!("[profiles.bad]\npython = \"python3\"\n{text}\n")).unwrap();
+        let err = config.validated().unwrap_err().to_string();
+        assert!(err.contains(why), "{text}: {err}");
+    }
+}

@@ -133,6 +133,26 @@ pub fn rootless_losses() -> Vec<String> {
     losses
 }
 
+/// A profile's `processes` setting in words, for the doctor's interpreter line and the
+/// start-up log: what a run may do, and in rootless mode what caps it instead of a cgroup.
+pub fn processes_setting(processes: u64, rootless: bool) -> String {
+    if processes == 0 {
+        return "processes: off (a run cannot start processes)".into();
+    }
+    let mut text = format!(
+        "processes: up to {processes} processes and threads per run (own pid namespace, \
+         private /dev/shm, exec only beneath the interpreter's prefix)"
+    );
+    if rootless {
+        text.push_str(
+            "; rootless, so no cgroup counts a run's processes: RLIMIT_NPROC caps them (shared \
+             by every run of a zygote), and RLIMIT_AS caps each process's memory on its own, so \
+             a run of N processes may use N × memory_mb",
+        );
+    }
+    text
+}
+
 /// Fails, naming the sysctls to check, unless this user can create a user namespace and map
 /// its own ids in it (what zygote-init does for every rootless zygote). Runs two throwaway
 /// processes; nothing in this process changes.

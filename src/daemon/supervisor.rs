@@ -99,8 +99,10 @@ impl Supervisor {
     /// Prepares runtime files, probes every profile and starts its zygotes (without waiting
     /// for them; see `wait_ready`).
     pub async fn start(config: &Config, paths: Paths) -> Result<Arc<Supervisor>, StartError> {
-        sandfork_lockdown::seccomp::child_filters()
-            .map_err(|e| StartError::Seccomp(e.to_string()))?;
+        for processes in [false, true] {
+            sandfork_lockdown::seccomp::child_filters(processes)
+                .map_err(|e| StartError::Seccomp(e.to_string()))?;
+        }
         sandfork_lockdown::seccomp::zygote_filters()
             .map_err(|e| StartError::Seccomp(e.to_string()))?;
         paths.install_runtime()?;
@@ -149,6 +151,7 @@ impl Supervisor {
                 python = %profile.interpreter.executable.display(),
                 version = %profile.interpreter.version,
                 binds = profile.spec.binds.len(),
+                processes = profile.processes,
                 probe_ms = started.elapsed().as_millis() as u64,
                 "profile prepared"
             );

@@ -78,18 +78,22 @@ pub struct ReadyChild {
     events: mpsc::UnboundedReceiver<ChildEvent>,
     stdout: OwnedFd,
     stderr: OwnedFd,
+    /// PID 1 of a pid namespace of its own (a profile with processes): its run ends only on
+    /// the zygote's exit report, which comes once every process of the namespace is gone.
+    own_pid_namespace: bool,
     /// When the child reported ready; warm children are discarded after an idle limit.
     pub ready_at: Instant,
 }
 
 impl ReadyChild {
     /// Forks a child of `zygote` into `slot` with the profile's ceilings as its limits, and waits
-    /// until it is locked down.
+    /// until it is locked down. `own_pid_namespace`: the profile lets runs start processes.
     pub async fn fork(
         zygote: Arc<Zygote>,
         slot: Identity,
         child_id: u64,
         ceiling: &Limits,
+        own_pid_namespace: bool,
     ) -> Result<ReadyChild, ChildError> {
         let sandbox =
             |what: &str, err: std::io::Error| ChildError::Sandbox(format!("{what}: {err}"));
@@ -103,6 +107,7 @@ impl ReadyChild {
             gid: slot.inner_uid(),
             tmpfs_bytes: ceiling.tmpfs_mb * MIB,
             rlimits: spawn_rlimits(ceiling, slot.cgroup().is_some()),
+            own_pid_namespace,
         };
         // The ceiling until the request says otherwise (and counters reset for this child).
         if let Some(cgroup) = slot.cgroup() {
@@ -163,6 +168,7 @@ impl ReadyChild {
             events,
             stdout: out_r,
             stderr: err_r,
+            own_pid_namespace,
             ready_at: Instant::now(),
         })
     }
@@ -258,8 +264,11 @@ impl ReadyChild {
         // (`sys::exiting_status`), and the run can end without waiting for the teardown. A
         // forged "done" leads only to a look that finds a running process, and the run goes on.
         // This needs a cgroup (CPU and memory accounting that does not wait for the exit
-        // report) and the right to read the child's exit code.
-        let look_on_done = self.guard.cgroup().is_some() && *MAY_READ_EXIT_CODES;
+        // report) and the right to read the child's exit code. Not for PID 1 of a pid namespace:
+        // it is exiting before the kernel has killed and reaped the processes it started, and
+        // its exit report is what says they are gone.
+        let look_on_done =
+            !self.own_pid_namespace && self.guard.cgroup().is_some() && *MAY_READ_EXIT_CODES;
         let (mut looking, mut looked) = (false, false);
         let mut seen_exiting = false;
         let exit = loop {

@@ -170,14 +170,17 @@ pub(super) fn seccomp(probe: &Probe) -> Check {
     }
     match (
         sandfork_lockdown::seccomp::zygote_filters(),
-        sandfork_lockdown::seccomp::child_filters(),
+        sandfork_lockdown::seccomp::child_filters(false),
+        sandfork_lockdown::seccomp::child_filters(true),
     ) {
-        (Ok(zygote), Ok(child)) => facts.push(format!(
-            "zygote and child policies compile ({} + {} programs)",
+        (Ok(zygote), Ok(child), Ok(_)) => facts.push(format!(
+            "zygote and child policies compile ({} + {} programs; with processes too)",
             zygote.len(),
             child.len()
         )),
-        (Err(err), _) | (_, Err(err)) => problems.push(format!("policy: {err}")),
+        (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
+            problems.push(format!("policy: {err}"))
+        }
     }
     let available = problems.is_empty();
     let detail = if available {

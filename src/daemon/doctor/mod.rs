@@ -160,8 +160,14 @@ pub fn check(config: &Config) -> Report {
     } else {
         config.profiles.iter().collect()
     };
+    let rootless = !nix::unistd::geteuid().is_root();
     for (name, profile) in profiles {
-        checks.push(interpreter(name, &profile.python));
+        let mut check = interpreter(name, &profile.python);
+        check.detail.push_str(&format!(
+            "; {}",
+            crate::daemon::rootless::processes_setting(profile.processes, rootless)
+        ));
+        checks.push(check);
     }
     Report::new(checks)
 }

@@ -19,8 +19,8 @@ use crate::config::{Config, Limits, ProfileConfig};
 use crate::daemon::rootless;
 use crate::daemon::zygotes::handle::{RecyclePolicy, Spawner, Zygote, ZygoteError};
 use crate::daemon::zygotes::jail::{
-    self, Bind, ExecSpec, IdMapping, Interpreter, JailSpec, RootPlan, JAIL_DEVICES,
-    JAIL_RUNTIME_DIR, JAIL_WORK_DIR, JAIL_WORK_PARENT,
+    self, Bind, ExecSpec, IdMapping, Interpreter, JailSpec, RootPlan, Symlink, JAIL_DEVICES,
+    JAIL_RUNTIME_DIR, JAIL_SHM_DIR, JAIL_WORK_DIR, JAIL_WORK_PARENT,
 };
 
 /// File names inside the runtime dir.
@@ -49,6 +49,9 @@ pub struct Profile {
     pub recycle: RecyclePolicy,
     /// Sessions this profile may hold at once.
     pub max_sessions: u32,
+    /// A run may start this many processes and threads (0: none; see `ProfileConfig`). Each
+    /// child is then PID 1 of its own pid namespace.
+    pub processes: u64,
     /// How long a child of a replaced zygote may still live: the longest run, or the longest
     /// session when the profile has sessions. The replaced zygote is stopped after it.
     pub longest_child: Duration,
@@ -80,18 +83,20 @@ impl Profile {
         let plan = RootPlan::for_interpreter(&interpreter)?;
         // Not JAIL_RUNTIME_DIR: the child needs nothing there (the lockdown library is already
         // mapped), so it cannot read the zygote's files either.
-        let read_exec: Vec<PathBuf> = plan.read_exec_paths();
+        let mut read_paths: Vec<PathBuf> = plan.read_paths();
+        read_paths.extend(["/dev/urandom", "/dev/random", "/dev/zero"].map(PathBuf::from));
+        let processes = profile.processes > 0;
         let zygote_config = ZygoteConfig {
             lockdown_lib: PathBuf::from(format!("{JAIL_RUNTIME_DIR}/{LOCKDOWN_LIB}")),
             lockdown_init: InitConfig {
-                read_exec_paths: read_exec,
-                read_paths: ["/dev/urandom", "/dev/random", "/dev/zero"]
-                    .map(PathBuf::from)
-                    .to_vec(),
+                read_exec_paths: interpreter.exec_paths(),
+                read_paths,
                 read_write_paths: vec![PathBuf::from("/dev/null")],
                 work_parent: PathBuf::from(JAIL_WORK_PARENT),
                 landlock_required: true,
+                processes,
             },
+            shm_dir: processes.then(|| PathBuf::from(JAIL_SHM_DIR)),
             preload: preload.into_iter().cloned().collect(),
             warmup: profile.warmup.clone(),
             work_dir: PathBuf::from(JAIL_WORK_DIR),
@@ -126,6 +131,15 @@ impl Profile {
             path: runtime_dir.to_owned(),
             dest: Some(PathBuf::from(JAIL_RUNTIME_DIR)),
         });
+        let mut symlinks = plan.symlinks();
+        let mut dirs = vec![PathBuf::from(JAIL_WORK_DIR)];
+        if processes {
+            dirs.push(PathBuf::from(JAIL_SHM_DIR));
+            symlinks.push(Symlink {
+                path: PathBuf::from("/dev/shm"),
+                target: PathBuf::from(JAIL_SHM_DIR),
+            });
+        }
         let spec = JailSpec {
             uid_map,
             gid_map,
@@ -133,9 +147,9 @@ impl Profile {
             keep_fds: vec![3],
             root_size_bytes: 4 * 1024 * 1024,
             binds,
-            symlinks: plan.symlinks(),
+            symlinks,
             devices: JAIL_DEVICES.iter().map(PathBuf::from).collect(),
-            dirs: vec![PathBuf::from(JAIL_WORK_DIR)],
+            dirs,
             cwd: PathBuf::from(JAIL_WORK_PARENT),
             seccomp: true,
             exec: ExecSpec {
@@ -167,6 +181,7 @@ impl Profile {
                 max_age: Duration::from_secs(profile.zygote_max_age_s),
             },
             max_sessions: profile.max_sessions,
+            processes: profile.processes,
             longest_child: longest_child(config, profile),
         })
     }

@@ -218,7 +218,8 @@ pub async fn fork_into(
         .await
         .ok_or_else(|| format!("no zygote of profile {} is ready", pool.profile.name))?;
     let id = child_ids.fetch_add(1, Ordering::Relaxed);
-    ReadyChild::fork(zygote, slot, id, ceiling)
+    let own_pid_namespace = pool.profile.processes > 0;
+    ReadyChild::fork(zygote, slot, id, ceiling, own_pid_namespace)
         .await
         .map_err(|e| e.to_string())
 }

@@ -268,9 +268,10 @@ impl WarmPool<ReadyChild> {
                 let id = child_ids.fetch_add(1, Ordering::Relaxed);
                 let preparation = Preparation::start(Arc::clone(&self));
                 let limits = pool.profile.limits;
+                let own_pid_namespace = pool.profile.processes > 0;
                 let profile = pool.profile.name.clone();
                 preparations.spawn(async move {
-                    match ReadyChild::fork(zygote, slot, id, &limits).await {
+                    match ReadyChild::fork(zygote, slot, id, &limits, own_pid_namespace).await {
                         Ok(child) => {
                             // A request waiting for a preparation takes this child at once:
                             // a rehearsal would only delay it and spend CPU the next requests

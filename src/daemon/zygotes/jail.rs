@@ -25,6 +25,10 @@ pub const JAIL_RUNTIME_DIR: &str = "/sandfork";
 pub const JAIL_WORK_PARENT: &str = "/sandbox";
 /// Each child's private tmpfs working directory.
 pub const JAIL_WORK_DIR: &str = "/sandbox/work";
+/// A profile with processes: each child's private shared-memory tmpfs, below the landlock rule
+/// on [`JAIL_WORK_PARENT`]; the jail's `/dev/shm` is a link to it (glibc's `shm_open` and
+/// `sem_open` use `/dev/shm`).
+pub const JAIL_SHM_DIR: &str = "/sandbox/shm";
 /// Device nodes every Python needs.
 pub const JAIL_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"];
 /// Host files bound besides the interpreter: the dynamic loader's cache.
@@ -107,6 +111,26 @@ impl Interpreter {
     }
 
     /// The ELF interpreter (`PT_INTERP`) the executable asks for, e.g. /lib64/ld-linux-x86-64.so.2.
+    /// Where a child may execute files (landlock's execute right): beneath the interpreter's
+    /// prefixes, and its ELF loader, which the kernel opens for execution with every program.
+    /// Shared libraries need no execute right (the kernel checks it on `execve` only), so the
+    /// rest of the jail is read-only for a child.
+    pub fn exec_paths(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = Vec::new();
+        let prefixes = [
+            &self.prefix,
+            &self.base_prefix,
+            &self.exec_prefix,
+            &self.base_exec_prefix,
+        ];
+        for path in prefixes.into_iter().cloned().chain(self.elf_interpreter()) {
+            if !paths.contains(&path) {
+                paths.push(path);
+            }
+        }
+        paths
+    }
+
     pub fn elf_interpreter(&self) -> Option<PathBuf> {
         let data = std::fs::read(&self.executable).ok()?;
         elf_interp(&data).map(PathBuf::from)
@@ -256,8 +280,8 @@ impl RootPlan {
             .collect()
     }
 
-    /// Paths the child may read and execute (landlock), the same set the jail binds.
-    pub fn read_exec_paths(&self) -> Vec<PathBuf> {
+    /// Paths the child may read (landlock), the same set the jail binds.
+    pub fn read_paths(&self) -> Vec<PathBuf> {
         self.binds()
     }
 }

@@ -28,6 +28,11 @@ pub struct InitConfig {
     /// Fail init when the kernel has no landlock, instead of running children without it.
     #[serde(default = "landlock_required_default")]
     pub landlock_required: bool,
+    /// The profile lets a run start processes: children get the `child_processes` seccomp
+    /// filter instead of `child` (clone without namespace flags, exec, wait). Landlock decides
+    /// what may be executed: only files beneath `read_exec_paths`.
+    #[serde(default)]
+    pub processes: bool,
 }
 
 fn landlock_required_default() -> bool {
@@ -54,6 +59,11 @@ pub struct ChildParams {
     pub rootless: bool,
     /// Step 4's limits.
     pub rlimits: RlimitParams,
+    /// A profile with processes: step 2 also mounts a private tmpfs here (`tmpfs_bytes`,
+    /// noexec), the target of the jail's `/dev/shm` link, for POSIX shared memory and
+    /// semaphores (multiprocessing). Must lie inside `work_parent` and outside `work_dir`.
+    #[serde(default)]
+    pub shm_dir: Option<PathBuf>,
 }
 
 /// Resource limits applied in step 4.
@@ -102,6 +112,13 @@ pub enum ParamsError {
     /// Relative paths would depend on the zygote's cwd.
     #[error("work_dir {work_dir} is not an absolute path")]
     RelativeWorkDir { work_dir: PathBuf },
+    /// The shared-memory dir must be a place of its own below the landlock rule, not the work
+    /// dir or anything in it (its files would come back as output files).
+    #[error("shm_dir {shm_dir} must be inside work_parent {work_parent} and outside work_dir")]
+    ShmDirPlacement {
+        shm_dir: PathBuf,
+        work_parent: PathBuf,
+    },
 }
 
 impl ChildParams {
@@ -138,6 +155,19 @@ impl ChildParams {
                 work_dir: self.work_dir.clone(),
                 work_parent: work_parent.to_path_buf(),
             });
+        }
+        if let Some(shm_dir) = &self.shm_dir {
+            let placed = shm_dir.is_absolute()
+                && shm_dir != work_parent
+                && shm_dir.starts_with(work_parent)
+                && !shm_dir.starts_with(&self.work_dir)
+                && !self.work_dir.starts_with(shm_dir);
+            if !placed {
+                return Err(ParamsError::ShmDirPlacement {
+                    shm_dir: shm_dir.clone(),
+                    work_parent: work_parent.to_path_buf(),
+                });
+            }
         }
         Ok(())
     }
@@ -206,6 +236,33 @@ mod tests {
             !ChildParams::from_json(PARAMS).unwrap().rootless,
             "off by default"
         );
+    }
+
+    #[test]
+    fn the_shm_dir_is_its_own_place_below_work_parent() {
+        let with = |dir: &str| {
+            let json = PARAMS.replace("\"uid\": 5", &format!("\"shm_dir\": \"{dir}\", \"uid\": 5"));
+            ChildParams::from_json(&json).unwrap()
+        };
+        with("/sandbox/shm")
+            .validate(Path::new("/sandbox"))
+            .unwrap();
+        for bad in [
+            "/sandbox/work/shm",
+            "/sandbox",
+            "/dev/shm",
+            "/sandbox/work",
+            "shm",
+        ] {
+            assert!(
+                matches!(
+                    with(bad).validate(Path::new("/sandbox")),
+                    Err(ParamsError::ShmDirPlacement { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(ChildParams::from_json(PARAMS).unwrap().shm_dir, None);
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct ZygoteConfig {
     /// Rootless mode: children stay uid 0 without capabilities.
     #[serde(default)]
     pub rootless: Option<RootlessConfig>,
+    /// A profile with processes: each child's private `/dev/shm` (its `ChildParams::shm_dir`).
+    #[serde(default)]
+    pub shm_dir: Option<PathBuf>,
 }
 
 /// What a rootless zygote does differently for its children.
@@ -79,6 +82,10 @@ pub struct SpawnRequest {
     pub tmpfs_bytes: u64,
     /// The profile's ceilings; the child may only lower them when its request arrives.
     pub rlimits: RlimitParams,
+    /// Fork the child as PID 1 of a pid namespace of its own (a profile with processes): when
+    /// it exits, the kernel kills every process it started, and none can outlive the run.
+    #[serde(default)]
+    pub own_pid_namespace: bool,
 }
 
 /// Zygote → supervisor.
@@ -167,11 +174,13 @@ mod tests {
                 nproc: 8,
                 as_bytes: None,
             },
+            own_pid_namespace: true,
         });
         let json = serde_json::to_value(&spawn).unwrap();
         assert_eq!(json["op"], "spawn");
         assert_eq!(json["id"], 7);
         assert_eq!(json["rlimits"]["nofile"], 64);
+        assert_eq!(json["own_pid_namespace"], true);
         let back: ToZygote = serde_json::from_value(json).unwrap();
         assert_eq!(back, spawn);
         assert_eq!(

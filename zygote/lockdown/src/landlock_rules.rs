@@ -275,6 +275,7 @@ mod tests {
             read_write_paths: vec!["/dev/null".into()],
             work_parent: "/tmp".into(),
             landlock_required: required,
+            processes: false,
         }
     }
 

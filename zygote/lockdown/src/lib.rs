@@ -14,7 +14,8 @@
 //! landlock ruleset without enforcing it; forked children inherit both (memory and one fd). Then
 //! in each child, [`Lockdown::enforce`] runs, in this order (DESIGN §3):
 //! 1. close every fd but `keep_fds` (and the ruleset fd, until step 6) — [`fds`];
-//! 2. unshare the mount namespace, mount the run's tmpfs, chdir into it — [`mounts`];
+//! 2. unshare the mount namespace, mount the run's tmpfs (and, with processes, its private
+//!    `/dev/shm` tmpfs), chdir into it — [`mounts`];
 //! 3. setsid — [`session`];
 //! 4. CPU, FSIZE, NOFILE, NPROC, CORE=0, AS if asked — [`rlimits`];
 //! 5. setgroups([]), setresgid, setresuid (all capabilities gone), not dumpable — [`creds`];
@@ -153,7 +154,7 @@ pub struct Lockdown {
 impl Lockdown {
     /// Compile the child seccomp programs and build (not enforce) the landlock ruleset.
     pub fn prepare(config: &InitConfig) -> Result<Self, InitError> {
-        let child_filters = seccomp::child_filters()?;
+        let child_filters = seccomp::child_filters(config.processes)?;
         let ruleset = landlock_rules::build(config, landlock_rules::probe_abi())?;
         let report = Report {
             initialized: true,
@@ -189,6 +190,9 @@ impl Lockdown {
         params.validate(&self.work_parent)?;
         fds::close_all_except(&params.keep_fds, self.ruleset_fd())?;
         mounts::mount_work_dir(&params.work_dir, params.tmpfs_bytes, params.uid, params.gid)?;
+        if let Some(shm_dir) = &params.shm_dir {
+            mounts::mount_shm(shm_dir, params.tmpfs_bytes, params.uid, params.gid)?;
+        }
         session::new_session()?;
         rlimits::apply(&params.rlimits)?;
         if params.rootless {

@@ -51,6 +51,27 @@ pub fn tmpfs_data(bytes: u64, uid: u32, gid: u32) -> String {
     format!("size={bytes},mode=0700,uid={uid},gid={gid}")
 }
 
+/// A profile with processes: mount the run's private shared-memory tmpfs on `shm_dir` (the
+/// jail's `/dev/shm` links there), with the work dir's size and flags. Called after
+/// [`mount_work_dir`], in the mount namespace it made. Its own mount, not a directory of the
+/// work dir: shared-memory objects are no output files. Its pages are charged to the run's
+/// memory cgroup like the work dir's.
+pub fn mount_shm(shm_dir: &Path, bytes: u64, uid: u32, gid: u32) -> Result<(), MountsError> {
+    let data = tmpfs_data(bytes, uid, gid);
+    mount(
+        Some("tmpfs"),
+        shm_dir,
+        Some("tmpfs"),
+        TMPFS_FLAGS,
+        Some(data.as_str()),
+    )
+    .map_err(|source| MountsError::Tmpfs {
+        path: shm_dir.to_path_buf(),
+        data,
+        source,
+    })
+}
+
 /// Unshare the mount namespace, mount the run's tmpfs on `work_dir` and make it the cwd.
 pub fn mount_work_dir(work_dir: &Path, bytes: u64, uid: u32, gid: u32) -> Result<(), MountsError> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(MountsError::Unshare)?;

@@ -19,11 +19,20 @@
 //! so no Python lock can be held at the fork; C-level `pthread_atfork` handlers run as usual
 //! (this is libc's `fork()`).
 //!
+//! # A pid namespace per run
+//! A spawn with `own_pid_namespace` (a profile with processes) forks the child as PID 1 of a
+//! new pid namespace: `unshare(CLONE_NEWPID)` points the zygote's next child at a new namespace,
+//! `fork()` makes it, and `setns` on the zygote's own pidfd points later children back at the
+//! zygote's namespace. The child's processes live in its namespace and die with it: when PID 1
+//! exits, the kernel kills every other process there and reaps them before PID 1's pidfd
+//! becomes readable. It is still libc's `fork()`, so the child returns into Python as above.
+//!
 //! # Reaping
 //! Each child's pidfd is polled; a readable one is collected with `wait4` (status and rusage for
-//! the `exit` report). Only children this loop forked are collected: they cannot create
-//! processes of their own (their seccomp filter allows `clone` for threads only), so no orphan is
-//! ever reparented to the zygote, PID 1 of their namespace.
+//! the `exit` report). Only children this loop forked are collected: without processes their
+//! seccomp filter allows `clone` for threads only, and with processes each child is PID 1 of its
+//! own namespace and adopts its orphans itself, so no orphan is ever reparented to the zygote,
+//! PID 1 of their namespace.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
@@ -61,6 +70,8 @@ struct Child {
 /// zygote is PID 1 of their namespace).
 pub fn serve(ctrl: BorrowedFd<'_>) -> io::Result<Served> {
     let mut children: Vec<Child> = Vec::new();
+    // The zygote's own pidfd, opened at the first spawn that needs it (see the module docs).
+    let mut own_pidfd: Option<OwnedFd> = None;
     let mut packet = vec![0u8; MAX_PACKET];
     loop {
         let (ctrl_ready, exited) = wait_for_events(ctrl, &children)?;
@@ -76,7 +87,7 @@ pub fn serve(ctrl: BorrowedFd<'_>) -> io::Result<Served> {
         };
         match sandfork_ipc::decode::<ToZygote>(&packet[..len], MAX_PACKET) {
             Ok(ToZygote::Spawn(request)) => {
-                if let Some(served) = spawn(ctrl, request, fds, &mut children)? {
+                if let Some(served) = spawn(ctrl, request, fds, &mut children, &mut own_pidfd)? {
                     return Ok(served);
                 }
             }
@@ -159,6 +170,7 @@ fn spawn(
     request: SpawnRequest,
     fds: Vec<OwnedFd>,
     children: &mut Vec<Child>,
+    own_pidfd: &mut Option<OwnedFd>,
 ) -> io::Result<Option<Served>> {
     let id = request.id;
     let failed =
@@ -167,9 +179,21 @@ fn spawn(
         Ok(fds) => fds,
         Err(fds) => return failed(format!("expected {SPAWN_FDS} fds, got {}", fds.len())),
     };
-    let pid = match sys::fork_zygote() {
+    let forked = if request.own_pid_namespace {
+        let own = match own_pidfd {
+            Some(fd) => fd,
+            None => match sys::pidfd_open(nix::unistd::getpid().as_raw()) {
+                Ok(fd) => own_pidfd.insert(fd),
+                Err(errno) => return failed(format!("pidfd_open(self): {errno}")),
+            },
+        };
+        fork_in_own_pid_namespace(own)?
+    } else {
+        sys::fork_zygote().map_err(|errno| io::Error::from(errno).to_string())
+    };
+    let pid = match forked {
         Ok(pid) => pid,
-        Err(errno) => return failed(io::Error::from(errno).to_string()),
+        Err(why) => return failed(why),
     };
     if pid == 0 {
         // The siblings' pidfds close with `children`, in the caller's unwinding.
@@ -185,6 +209,27 @@ fn spawn(
     send(ctrl, &spawned, &[pidfd.as_raw_fd()])?;
     children.push(Child { pid, id, pidfd });
     Ok(None)
+}
+
+/// Forks a child that is PID 1 of a new pid namespace (see the module docs). The inner result
+/// is a failed fork, reported to the supervisor; the outer one a zygote that could not point
+/// its later children back at its own namespace — they would be born inside this child's, so
+/// the zygote must stop (its pid namespace then takes every child with it).
+fn fork_in_own_pid_namespace(own: &OwnedFd) -> io::Result<Result<libc::pid_t, String>> {
+    use nix::sched::{setns, unshare, CloneFlags};
+    if let Err(errno) = unshare(CloneFlags::CLONE_NEWPID) {
+        return Ok(Err(format!("unshare(CLONE_NEWPID): {errno}")));
+    }
+    let forked = sys::fork_zygote();
+    if forked == Ok(0) {
+        return Ok(Ok(0));
+    }
+    setns(own, CloneFlags::CLONE_NEWPID).map_err(|errno| {
+        io::Error::other(format!(
+            "setns(own pid namespace) after a fork into a new one: {errno}"
+        ))
+    })?;
+    Ok(forked.map_err(|errno| io::Error::from(errno).to_string()))
 }
 
 /// Collects an exited child and reports its status and resource use.

@@ -38,6 +38,7 @@ fn profile(zygotes: u32, max_forks: u64) -> Arc<Profile> {
             max_age: Duration::from_secs(3600),
         },
         max_sessions: 0,
+        processes: 0,
         longest_child: Duration::from_secs(15),
     })
 }

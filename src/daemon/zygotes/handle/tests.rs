@@ -19,6 +19,7 @@ fn request(id: u64) -> SpawnRequest {
             nproc: 4,
             as_bytes: None,
         },
+        own_pid_namespace: false,
     }
 }
 

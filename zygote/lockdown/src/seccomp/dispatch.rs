@@ -132,8 +132,7 @@ pub fn compile_dispatched(
     policy: &Policy,
     filter: &'static str,
 ) -> Result<BpfProgram, SeccompError> {
-    let doc: Value = serde_json::from_str(policy.json)
-        .map_err(|e| invalid(policy.file, format!("json: {e}")))?;
+    let doc: Value = super::document(policy)?;
     let spec = doc.get(filter).ok_or(SeccompError::MissingFilter {
         file: policy.file,
         filter,
@@ -163,13 +162,7 @@ pub fn compile_dispatched(
         source,
     })?;
     // The complete filter as seccompiler builds it: its prefix and actions are reused as is.
-    let mut whole =
-        seccompiler::compile_from_json(policy.json.as_bytes(), policy.arch).map_err(|source| {
-            SeccompError::Compile {
-                file: policy.file,
-                source,
-            }
-        })?;
+    let mut whole = super::compile(policy)?;
     let whole = whole.remove(filter).ok_or(SeccompError::MissingFilter {
         file: policy.file,
         filter,

@@ -137,6 +137,7 @@ impl WorkTree {
             read_write_paths: vec![PathBuf::from("/dev/null")],
             work_parent: self.work_parent.clone(),
             landlock_required: true,
+            processes: false,
         }
     }
 
@@ -168,6 +169,7 @@ impl WorkTree {
                 nproc: 64,
                 as_bytes: None,
             },
+            shm_dir: None,
         }
     }
 }
