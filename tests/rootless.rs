@@ -89,7 +89,9 @@ fn write_config(dir: &Path) -> PathBuf {
     let text = format!(
         "socket = \"{}\"\nruntime_dir = \"{}\"\nslots = 4\nshutdown_grace_ms = 3000\n\
          [profiles.default]\npython = \"{SYSTEM_PYTHON}\"\npreload = [\"json\"]\n\
-         warm_children = 1\nlimits = {{ timeout_ms = 5000, output_bytes = 65536 }}\n",
+         warm_children = 1\nlimits = {{ timeout_ms = 5000, output_bytes = 65536 }}\n\
+         [profiles.procs]\npython = \"{SYSTEM_PYTHON}\"\npreload = [\"json\"]\n\
+         warm_children = 0\nprocesses = 8\nlimits = {{ timeout_ms = 5000 }}\n",
         dir.join("sandfork.sock").display(),
         dir.join("runtime").display(),
     );
@@ -476,4 +478,54 @@ fn sigterm_stops_a_rootless_daemon_cleanly() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::fs::remove_dir_all(&daemon.dir).expect("remove the daemon's directory");
+}
+
+#[test]
+fn a_rootless_run_with_processes_works_and_the_log_says_what_caps_them() {
+    let test = "a_rootless_run_with_processes_works_and_the_log_says_what_caps_them";
+    let Some(daemon) = daemon_or_skip(test) else {
+        return;
+    };
+    let log = read_log(&daemon.log);
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("rootless: profile procs: processes: up to 8")
+            && l.contains("RLIMIT_NPROC")),
+        "the log must say what caps a rootless run's processes:\n{log}"
+    );
+    let before = descendants(daemon.pid);
+    let code = r#"
+import os, subprocess, sys, time
+from multiprocessing import Pool
+
+def square(x):
+    return x * x
+
+if __name__ == "__main__":
+    print(os.getpid(), subprocess.run([sys.executable, "-c", "print(7)"], capture_output=True).stdout)
+    with Pool(2) as pool:
+        print(pool.map(square, [1, 2, 3]))
+    if os.fork() == 0:
+        os.setsid()
+        time.sleep(600)
+"#;
+    let (code, result) = run(daemon, code, &["--profile", "procs"]);
+    assert_eq!(
+        (code, result["status"].as_str()),
+        (0, Some("ok")),
+        "{result}"
+    );
+    assert_eq!(result["stdout"], "1 b'7\\n'\n[1, 4, 9]\n");
+    // The other tests share the daemon (its default profile refills a warm child): only the
+    // procs zygote's processes count, and its zygote was there before.
+    let of_procs = |pid: &u32| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            String::from_utf8_lossy(&cmdline).contains("\"profile\":\"procs\"")
+        })
+    };
+    let left: Vec<u32> = descendants(daemon.pid)
+        .into_iter()
+        .filter(|pid| !before.contains(pid) && of_procs(pid))
+        .collect();
+    assert!(left.is_empty(), "left after the result: {left:?}");
 }

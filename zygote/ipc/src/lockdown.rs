@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InitConfig {
-    /// Read and execute: the interpreter's prefix and the directories its libraries load from.
+    /// Read and execute: the interpreter's prefixes and its ELF loader (the only files a run of
+    /// a profile with processes may execute).
     #[serde(default)]
     pub read_exec_paths: Vec<PathBuf>,
-    /// Read only: single files such as /etc/ld.so.cache and /dev/urandom.
+    /// Read only: everything else the jail binds (library directories, /etc/ld.so.cache) and
+    /// devices such as /dev/urandom.
     #[serde(default)]
     pub read_paths: Vec<PathBuf>,
     /// Read and write, no creation: devices such as /dev/null.

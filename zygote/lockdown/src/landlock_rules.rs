@@ -3,8 +3,10 @@
 //! child (DESIGN §8).
 //!
 //! Rules (everything else the handled rights cover is denied):
-//! - read + execute beneath `read_exec_paths` (the interpreter, its libraries);
-//! - read beneath `read_paths`; read + write (no creation) on `read_write_paths`;
+//! - read + execute beneath `read_exec_paths` (the interpreter's prefixes and its ELF loader:
+//!   what a profile with processes may execute; mapping libraries needs no execute right);
+//! - read beneath `read_paths` (everything else the jail binds); read + write (no creation) on
+//!   `read_write_paths`;
 //! - every file right but execute beneath `work_parent`, the parent of the per-child tmpfs mount
 //!   point (landlock ignores a rule on a directory that is later mounted over);
 //! - TCP bind and connect handled with no port rule: all TCP denied (ABI ≥ 4);
@@ -107,7 +109,7 @@ pub struct PreparedRuleset {
     pub summary: LandlockSummary,
 }
 
-/// Read and execute: the interpreter and shared libraries.
+/// Read and execute: the interpreter's prefixes and its loader.
 pub fn read_exec_rights() -> BitFlags<AccessFs> {
     AccessFs::from_read(TARGET_ABI)
 }
@@ -122,8 +124,9 @@ pub fn read_write_rights() -> BitFlags<AccessFs> {
     AccessFs::ReadFile | AccessFs::ReadDir | AccessFs::WriteFile | AccessFs::Truncate
 }
 
-/// Everything on files and directories except execute. The tmpfs is mounted noexec and execve
-/// is refused by seccomp, so granting execute would only weaken a layer.
+/// Everything on files and directories except execute. The tmpfs mounts are noexec, and
+/// execve is refused by seccomp unless the profile allows processes, which may then execute
+/// only beneath `read_exec_paths`: granting execute here would only weaken a layer.
 pub fn work_rights() -> BitFlags<AccessFs> {
     AccessFs::from_all(TARGET_ABI) & !AccessFs::Execute
 }
