@@ -171,6 +171,30 @@ pub struct Config {
     /// requests to the machine that holds it by matching the id in the path. `--node` and
     /// `SANDFORK_NODE` override it.
     pub node: Option<String>,
+    /// snekbox's `POST /eval` on the HTTP shim (`[eval]`): which profile runs a request, by its
+    /// `executable_path`.
+    pub eval: EvalConfig,
+}
+
+/// `[eval]`: snekbox callers name an interpreter by path (`executable_path`); here each path
+/// names a profile. A path not listed is refused (400), as snekbox refuses a path it cannot
+/// run, without telling whether it exists on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// The profile of a request without `executable_path`.
+    pub profile: String,
+    /// `executable_path` → profile.
+    pub executables: BTreeMap<String, String>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            profile: DEFAULT_PROFILE.to_string(),
+            executables: BTreeMap::new(),
+        }
+    }
 }
 
 /// How long sessions live (`[sessions]`).
@@ -215,6 +239,7 @@ impl Default for Config {
             proxy_uids: Vec::new(),
             sessions: SessionsConfig::default(),
             node: None,
+            eval: EvalConfig::default(),
         }
     }
 }
@@ -484,6 +509,13 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "profile {name}: code_bytes + stdin_bytes + files_bytes must fit in max_frame_len ({}) with 64 KiB to spare",
                     self.max_frame_len
+                )));
+            }
+        }
+        for profile in std::iter::once(&self.eval.profile).chain(self.eval.executables.values()) {
+            if !self.profiles.contains_key(profile) {
+                return Err(ConfigError::Invalid(format!(
+                    "eval: profile {profile:?} is not configured"
                 )));
             }
         }

@@ -780,7 +780,7 @@ async fn eval_speaks_snekbox() {
         base,
         "/eval",
         Some(ALPHA_KEY),
-        json!({"args": ["-m", "this"]}),
+        json!({"args": ["-u", "-c", "print(1)"]}),
     )
     .await;
     assert_eq!(

@@ -10,19 +10,9 @@ use common::{ok_stdout, privileged, spec, test_config};
 use sandfork_protocol::client::Client;
 use sandfork_protocol::{RunResult, RunSpec};
 
-/// The venv interpreter, or None after printing SKIPPED (a failure under CI).
+/// The venv interpreter, or None after the skip rule (a failure under CI).
 fn venv_python(test: &str) -> Option<String> {
-    match std::env::var("SANDFORK_TEST_VENV_PYTHON") {
-        Ok(python) if !python.is_empty() => Some(python),
-        _ => {
-            let reason = "SANDFORK_TEST_VENV_PYTHON is not set (scripts/test sets it to scripts/venv's interpreter)";
-            if std::env::var_os("CI").is_some() {
-                panic!("{test}: cannot run on CI: {reason}");
-            }
-            println!("SKIPPED: {test}: {reason}");
-            None
-        }
-    }
+    common::test_venv_python(test).map(|python| python.display().to_string())
 }
 
 fn socket(python: &str) -> &'static PathBuf {

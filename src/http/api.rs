@@ -136,6 +136,10 @@ pub struct EvalRequest {
     /// Files for the working directory.
     #[serde(default)]
     pub files: Vec<EvalFile>,
+    /// The interpreter, by the path a snekbox caller knows it by: the `[eval]` config maps each
+    /// such path to a profile; absent or empty, the `[eval]` default profile.
+    #[serde(default)]
+    pub executable_path: Option<String>,
 }
 
 /// A snekbox file: `content` is base64.
@@ -154,7 +158,8 @@ pub struct EvalResponse {
     pub stdout: String,
     /// The exit code; 128 + N after signal N (137 for a timeout); null when the sandbox failed.
     pub returncode: Option<i32>,
-    /// Files the program created or changed (not those whose name starts with `_`).
+    /// Files the program created or changed, sorted by path (not hidden ones, not those whose
+    /// name starts with `_`).
     pub files: Vec<EvalOutputFile>,
 }
 

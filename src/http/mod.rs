@@ -19,7 +19,7 @@
 //! - [`execute`] (`/v1/execute`), [`sessions`] (`/v1/sessions…`), [`compat`] (`/eval` as
 //!   snekbox, `/execute` as the python-sandbox-api style), [`probes`] (`/healthz`, `/readyz`,
 //!   `/metrics`, `/openapi.json`): the handlers; each builds a request for the daemon and shapes
-//!   its answer.
+//!   its answer. [`snekbox`]: what a snekbox `/eval` request means and how it is answered.
 //! - [`stream`]: a streamed run's or cell's answer as server-sent events.
 //! - [`upstream`]: the shim's side of the daemon's socket: one connection per request (connect,
 //!   Hello, Run) and its errors.
@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod observe;
 pub mod probes;
 pub mod sessions;
+pub mod snekbox;
 pub mod stream;
 pub mod upstream;
 
@@ -144,6 +145,8 @@ pub struct Shim {
     pub metrics: metrics::HttpMetrics,
     /// `/openapi.json`, rendered once.
     pub openapi_json: String,
+    /// `[eval]`: the profile of each snekbox `executable_path`.
+    pub eval: crate::config::EvalConfig,
 }
 
 impl Shim {
@@ -160,6 +163,7 @@ impl Shim {
             tenants: Arc::new(tenants),
             metrics: metrics::HttpMetrics::new(),
             openapi_json,
+            eval: config.eval.clone(),
         })
     }
 }
@@ -200,6 +204,7 @@ pub fn router(shim: Arc<Shim>) -> Router {
     let (router, _) = routes().split_for_parts();
     router
         .merge(mcp::routes(&shim))
+        .route("/eval", axum::routing::options(compat::eval_options))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

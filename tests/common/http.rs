@@ -165,6 +165,12 @@ impl Stack {
     /// Starts a stack whose config has the test settings, the shim as a proxy, and `tenants`:
     /// (name, API key, extra `[tenants.policy]` lines).
     pub fn start(prefix: &str, tenants: &[(&str, &str, &str)]) -> Stack {
+        Stack::start_with(prefix, tenants, "")
+    }
+
+    /// [`Stack::start`] with `more` in the config: its top-level keys first, then its tables
+    /// (profiles, `[eval]`, …); the tenants' tables follow it.
+    pub fn start_with(prefix: &str, tenants: &[(&str, &str, &str)], more: &str) -> Stack {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new()
             .prefix(prefix)
@@ -172,7 +178,7 @@ impl Stack {
             .expect("tempdir")
             .keep();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut extra = format!("proxy_uids = [{SHIM_UID}]\n");
+        let mut extra = format!("proxy_uids = [{SHIM_UID}]\n{more}");
         for (name, key, policy) in tenants {
             extra.push_str(&format!(
                 "[[tenants]]\nname = \"{name}\"\napi_key_sha256 = [\"{}\"]\n[tenants.policy]\n{policy}\n",

@@ -313,6 +313,12 @@ pub fn tools_python(test: &str) -> Option<PathBuf> {
     venv_python(test, "SANDFORK_TOOLS_PYTHON", "scripts/tools-venv")
 }
 
+/// The Python of `scripts/venv` (numpy, pandas), from `SANDFORK_TEST_VENV_PYTHON`; None as for
+/// [`clients_python`].
+pub fn test_venv_python(test: &str) -> Option<PathBuf> {
+    venv_python(test, "SANDFORK_TEST_VENV_PYTHON", "scripts/venv")
+}
+
 /// The interpreter `variable` names (scripts/test sets it from `script`), or None after the
 /// skip rule.
 fn venv_python(test: &str, variable: &str, script: &str) -> Option<PathBuf> {

@@ -446,11 +446,13 @@ fn input_files(files: &[FileData]) -> std::io::Result<(Vec<FileEntry>, Option<Ow
 
 /// Rlimits a child is forked with: the profile's ceilings. Memory is the cgroup's job when there
 /// is one (RLIMIT_AS counts address space, not memory, and trips numpy's reservations); it is
-/// the fallback otherwise.
+/// the fallback otherwise. File size is not limited (RLIM_INFINITY): the tmpfs sizes bound what
+/// a run can store, and a sparse file larger than its tmpfs costs nothing (snekbox sets the
+/// same; its tests create one, and a shared-memory object one byte larger than `/dev/shm`).
 fn spawn_rlimits(limits: &Limits, memory_by_cgroup: bool) -> RlimitParams {
     RlimitParams {
         cpu_seconds: limits.cpu_seconds(),
-        fsize_bytes: limits.tmpfs_mb * MIB,
+        fsize_bytes: libc::RLIM_INFINITY,
         nofile: limits.nofile,
         nproc: limits.pids,
         as_bytes: (!memory_by_cgroup).then_some(limits.memory_mb * MIB),
