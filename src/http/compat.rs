@@ -43,7 +43,6 @@ const FUNCTION_MODE_PREFIX: &str = "sandfork: function mode: ";
         (status = 400, description = "Neither input nor args, unsupported args, an unknown executable_path, bad files or base64", body = ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = ErrorBody),
         (status = 413, description = "Over a size cap", body = ErrorBody),
-        (status = 415, description = "A Content-Type other than JSON", body = ErrorBody),
         (status = 429, description = "Over the tenant's rate", body = ErrorBody),
         (status = 503, description = "Busy or daemon unavailable", body = ErrorBody),
     )
@@ -56,7 +55,6 @@ pub async fn eval(
     body: Body,
 ) -> Result<Json<EvalResponse>, ApiError> {
     let tenant = auth::authenticate(&shim.tenants, &headers)?;
-    json_content_type(&headers)?;
     let request: EvalRequest = body::json(body, &headers, &shim.settings).await?;
     match snekbox::plan(request, &shim.eval)? {
         snekbox::Plan::Answer(answer) => Ok(Json(answer)),
@@ -70,24 +68,6 @@ pub async fn eval(
 /// `OPTIONS /eval`: snekbox (falcon) answers 200 with the methods the resource takes.
 pub async fn eval_options() -> Response {
     (StatusCode::OK, [(axum::http::header::ALLOW, "POST")]).into_response()
-}
-
-/// snekbox takes JSON only: a body declared as anything else is 415, as falcon answers it. No
-/// `Content-Type` at all is read as JSON (falcon's default media type).
-fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(declared) = headers.get(axum::http::header::CONTENT_TYPE) else {
-        return Ok(());
-    };
-    let text = declared.to_str().unwrap_or("");
-    let essence = text.split(';').next().unwrap_or("").trim();
-    if essence.eq_ignore_ascii_case("application/json") {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        format!("{text} is an unsupported media type."),
-    ))
 }
 
 /// Runs a script's `main()`, python-sandbox-api style.
