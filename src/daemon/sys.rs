@@ -341,7 +341,7 @@ pub fn pin_malloc_mmap_threshold() {
 }
 
 /// Raises the soft limit on open files to the hard limit, as Go's runtime and nginx do, and
-/// returns the limit now in force. Each slot keeps its cgroup control files open (up to eleven
+/// returns the limit now in force. Each slot keeps its cgroup control files open (up to twelve
 /// on v1), and each run and client connection holds a few descriptors more: systemd's default
 /// soft limit of 1,024 would cap a daemon at about a hundred slots. Zygotes inherit the raised
 /// limit; children set their own (the profile's `nofile`) in their lockdown.

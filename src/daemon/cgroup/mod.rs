@@ -302,6 +302,15 @@ impl SlotCgroup {
         }
     }
 
+    /// Tasks (threads) charged to the slot right now: `pids.current`. A task stays charged
+    /// until the kernel frees it, after it has been reaped.
+    pub fn tasks(&self) -> Result<u64, CgroupError> {
+        match &self.inner {
+            SlotInner::V1(slot) => slot.tasks(),
+            SlotInner::V2(slot) => slot.tasks(),
+        }
+    }
+
     /// Processes in the slot right now (pids in the daemon's pid namespace).
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         match &self.inner {

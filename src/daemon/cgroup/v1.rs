@@ -152,6 +152,8 @@ struct Files {
     failcnt: Control,
     oom_control: Control,
     pids_max: Control,
+    /// Tasks charged to the slot (uncharged when the kernel frees a task, after its reaping).
+    pids_current: Control,
     cpu_usage: Control,
 }
 
@@ -177,6 +179,7 @@ impl Files {
             failcnt: Control::open(fs, memory.join("memory.failcnt"), Access::Write)?,
             oom_control: Control::open(fs, memory.join("memory.oom_control"), Access::Read)?,
             pids_max: Control::open(fs, pids.join("pids.max"), Access::Write)?,
+            pids_current: Control::open(fs, pids.join("pids.current"), Access::Read)?,
             cpu_usage: Control::open(fs, cpuacct.join("cpuacct.usage"), Access::ReadWrite)?,
         })
     }
@@ -385,6 +388,10 @@ impl Identity {
 
     pub(super) fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         read_procs(self.fs.as_ref(), &self.memory)
+    }
+
+    pub(super) fn tasks(&self) -> Result<u64, CgroupError> {
+        self.files.pids_current.read_u64()
     }
 
     fn oom_kills(&self) -> Result<u64, CgroupError> {

@@ -149,6 +149,8 @@ pub(super) struct Identity {
 struct Files {
     memory_max: Control,
     pids_max: Control,
+    /// Tasks charged to the slot (uncharged when the kernel frees a task, after its reaping).
+    pids_current: Control,
     events: Control,
     cpu_stat: Control,
 }
@@ -158,6 +160,7 @@ impl Files {
         Ok(Files {
             memory_max: Control::open(fs, dir.join("memory.max"), Access::Write)?,
             pids_max: Control::open(fs, dir.join("pids.max"), Access::Write)?,
+            pids_current: Control::open(fs, dir.join("pids.current"), Access::Read)?,
             events: Control::open(fs, dir.join("memory.events"), Access::Read)?,
             cpu_stat: Control::open(fs, dir.join("cpu.stat"), Access::Read)?,
         })
@@ -458,6 +461,10 @@ impl Identity {
 
     pub(super) fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         read_procs(self.fs.as_ref(), &self.dir)
+    }
+
+    pub(super) fn tasks(&self) -> Result<u64, CgroupError> {
+        self.files.pids_current.read_u64()
     }
 
     fn oom_kills(&self) -> Result<u64, CgroupError> {

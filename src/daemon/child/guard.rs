@@ -40,6 +40,15 @@ impl ChildGuard {
             .filter(|&pid| pid > 0)
     }
 
+    /// Whether the slot's cgroup has no task charged but the child itself: for a child that is
+    /// PID 1 of its own pid namespace and seen exiting, every process it started is then gone,
+    /// reaped and freed (a task is uncharged only then). False when unknown (no cgroup, an
+    /// unreadable count).
+    pub(super) fn alone_in_cgroup(&self) -> bool {
+        self.cgroup()
+            .is_some_and(|cgroup| cgroup.tasks().is_ok_and(|tasks| tasks <= 1))
+    }
+
     pub(super) fn has_exited(&self) -> bool {
         self.pidfd.as_ref().is_none_or(PidFd::has_exited)
     }

@@ -78,8 +78,9 @@ pub struct ReadyChild {
     events: mpsc::UnboundedReceiver<ChildEvent>,
     stdout: OwnedFd,
     stderr: OwnedFd,
-    /// PID 1 of a pid namespace of its own (a profile with processes): its run ends only on
-    /// the zygote's exit report, which comes once every process of the namespace is gone.
+    /// PID 1 of a pid namespace of its own (a profile with processes): its run ends early on
+    /// "done" only when nothing else of it is left in the slot's cgroup, else on the zygote's
+    /// exit report, which comes once every process of the namespace is gone.
     own_pid_namespace: bool,
     /// When the child reported ready; warm children are discarded after an idle limit.
     pub ready_at: Instant,
@@ -264,11 +265,11 @@ impl ReadyChild {
         // (`sys::exiting_status`), and the run can end without waiting for the teardown. A
         // forged "done" leads only to a look that finds a running process, and the run goes on.
         // This needs a cgroup (CPU and memory accounting that does not wait for the exit
-        // report) and the right to read the child's exit code. Not for PID 1 of a pid namespace:
-        // it is exiting before the kernel has killed and reaped the processes it started, and
-        // its exit report is what says they are gone.
-        let look_on_done =
-            !self.own_pid_namespace && self.guard.cgroup().is_some() && *MAY_READ_EXIT_CODES;
+        // report) and the right to read the child's exit code. PID 1 of a pid namespace (a
+        // profile with processes) is seen exiting before the kernel has killed the processes it
+        // started: its look counts only when the slot's cgroup holds no other process of the
+        // run; otherwise the run waits for the exit report, which comes once they are all gone.
+        let look_on_done = self.guard.cgroup().is_some() && *MAY_READ_EXIT_CODES;
         let (mut looking, mut looked) = (false, false);
         let mut seen_exiting = false;
         let exit = loop {
@@ -283,6 +284,8 @@ impl ReadyChild {
                 }
                 status = kernel_exit_status(&self.guard), if looking && stopped.is_none() => {
                     (looking, looked) = (false, true);
+                    let status =
+                        status.filter(|_| !self.own_pid_namespace || self.guard.alone_in_cgroup());
                     debug!(child = self.pid, early = status.is_some(), "looked for the exit");
                     if let Some(report) = status {
                         seen_exiting = true;
