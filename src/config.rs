@@ -179,22 +179,14 @@ pub struct Config {
 /// `[eval]`: snekbox callers name an interpreter by path (`executable_path`); here each path
 /// names a profile. A path not listed is refused (400), as snekbox refuses a path it cannot
 /// run, without telling whether it exists on this host.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvalConfig {
-    /// The profile of a request without `executable_path`.
-    pub profile: String,
+    /// The profile of a request without `executable_path`; unset, the daemon's default profile
+    /// (as for a run that names none).
+    pub profile: Option<String>,
     /// `executable_path` → profile.
     pub executables: BTreeMap<String, String>,
-}
-
-impl Default for EvalConfig {
-    fn default() -> Self {
-        EvalConfig {
-            profile: DEFAULT_PROFILE.to_string(),
-            executables: BTreeMap::new(),
-        }
-    }
 }
 
 /// How long sessions live (`[sessions]`).
@@ -512,7 +504,12 @@ impl Config {
                 )));
             }
         }
-        for profile in std::iter::once(&self.eval.profile).chain(self.eval.executables.values()) {
+        for profile in self
+            .eval
+            .profile
+            .iter()
+            .chain(self.eval.executables.values())
+        {
             if !self.profiles.contains_key(profile) {
                 return Err(ConfigError::Invalid(format!(
                     "eval: profile {profile:?} is not configured"

@@ -123,3 +123,40 @@ fn doctor_binary_exits_two_on_an_unreadable_config() {
         "{stderr}"
     );
 }
+
+/// Each profile's interpreter line says what its `processes` setting lets a run do.
+#[test]
+fn doctor_reports_each_profile_processes_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[profiles.plain]\npython = \"python3\"\n[profiles.procs]\npython = \"python3\"\nprocesses = 12\n",
+    )
+    .unwrap();
+    let text = stdout(&doctor(&["--config", config.to_str().unwrap()]));
+    let line = |profile: &str| {
+        text.lines()
+            .find(|line| {
+                line.starts_with("interpreter ") && line.contains(&format!("profile {profile}:"))
+            })
+            .unwrap_or_else(|| panic!("no interpreter line for {profile}:\n{text}"))
+            .to_string()
+    };
+    assert!(
+        line("plain").contains("processes: off (a run cannot start processes)"),
+        "{}",
+        line("plain")
+    );
+    let procs = line("procs");
+    assert!(
+        procs.contains("processes: up to 12 processes and threads per run (own pid namespace"),
+        "{procs}"
+    );
+    // Rootless, the line says what caps them instead of a cgroup.
+    assert_eq!(
+        procs.contains("RLIMIT_NPROC"),
+        !nix::unistd::geteuid().is_root(),
+        "{procs}"
+    );
+}

@@ -874,3 +874,33 @@ async fn disallowed_method_405_and_options_allow_post_only() {
         Some("POST")
     );
 }
+
+// ---- the same profile through /v1/execute ----------------------------------------------------
+
+/// A multi-file program with a `multiprocessing.Pool`, through our own API on the profile
+/// `/eval` uses (issue 13: both endpoints run it).
+#[tokio::test]
+async fn v1_execute_runs_a_multi_file_pool_program() {
+    let Some(base) = base("v1_execute_runs_a_multi_file_pool_program") else {
+        return;
+    };
+    let main = r#"
+from multiprocessing import Pool
+import lib
+
+if __name__ == "__main__":
+    with Pool(2) as pool:
+        print(pool.map(lib.square, [1, 2, 3]))
+"#;
+    let answer = post(
+        base,
+        "/v1/execute",
+        Some(KEY),
+        json!({"code": main, "profile": "snekbox",
+               "files": [{"path": "lib.py", "content_b64": b64("def square(x):\n    return x * x\n")}]}),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["status"], "ok", "{}", answer.body);
+    assert_eq!(answer.body["stdout"], "[1, 4, 9]\n");
+}

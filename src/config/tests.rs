@@ -77,3 +77,18 @@ fn processes_is_off_by_default_and_is_the_pids_ceiling_when_set() {
         assert!(err.contains(why), "{text}: {err}");
     }
 }
+
+#[test]
+fn eval_profiles_must_exist_and_are_optional() {
+    // No [eval] and no profile named "default": fine (/eval then uses the daemon's default).
+    let config: Config = toml::from_str("[profiles.only]\npython = \"python3\"\n").unwrap();
+    assert_eq!(config.validated().unwrap().eval, EvalConfig::default());
+    for text in [
+        "[eval]\nprofile = \"missing\"\n",
+        "[eval.executables]\n\"/usr/bin/python\" = \"missing\"\n",
+    ] {
+        let config: Config = toml::from_str(text).unwrap();
+        let err = config.validated().unwrap_err().to_string();
+        assert!(err.contains("eval: profile \"missing\""), "{err}");
+    }
+}

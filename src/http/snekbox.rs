@@ -51,18 +51,19 @@ fn failed(stdout: impl Into<String>) -> EvalResponse {
     }
 }
 
-/// The profile for `executable_path`: the `[eval]` default without one, the configured one for
-/// a listed path; any other path is refused without saying whether it exists on this host.
+/// The profile for `executable_path`: the `[eval]` default without one (`None`: the daemon's
+/// default profile), the configured one for a listed path; any other path is refused without
+/// saying whether it exists on this host.
 pub fn profile_for<'a>(
     eval: &'a EvalConfig,
     executable_path: Option<&str>,
-) -> Result<&'a str, ApiError> {
+) -> Result<Option<&'a str>, ApiError> {
     match executable_path {
-        None | Some("") => Ok(&eval.profile),
+        None | Some("") => Ok(eval.profile.as_deref()),
         Some(path) => eval
             .executables
             .get(path)
-            .map(String::as_str)
+            .map(|profile| Some(profile.as_str()))
             .ok_or_else(|| {
                 let known: Vec<&String> = eval.executables.keys().collect();
                 ApiError::bad_request(
@@ -170,7 +171,7 @@ fn missing_file(path: &str) -> String {
 
 /// What an `/eval` request means here (see the module documentation).
 pub fn plan(request: EvalRequest, eval: &EvalConfig) -> Result<Plan, ApiError> {
-    let profile = profile_for(eval, request.executable_path.as_deref())?.to_string();
+    let profile = profile_for(eval, request.executable_path.as_deref())?.map(str::to_string);
     let mut args = match (&request.args, &request.input) {
         (Some(args), _) => args.clone(),
         (None, Some(_)) => vec!["-c".to_string()],
@@ -216,7 +217,7 @@ pub fn plan(request: EvalRequest, eval: &EvalConfig) -> Result<Plan, ApiError> {
         None => return Err(ApiError::bad_request("invalid_args", "`args` is empty")),
     };
     Ok(Plan::Run(RunSpec {
-        profile: Some(profile),
+        profile,
         code: checked_code(code)?,
         argv: args.collect(),
         files,

@@ -25,7 +25,7 @@ fn eval(input: Option<&str>, args: Option<&[&str]>, files: &[(&str, &str)]) -> E
 
 fn config() -> EvalConfig {
     EvalConfig {
-        profile: "snek".into(),
+        profile: Some("snek".into()),
         executables: BTreeMap::from([
             ("/snekbin/python/default/bin/python".into(), "snek".into()),
             ("/snekbin/python/3.13/bin/python".into(), "older".into()),
@@ -115,6 +115,15 @@ fn executable_path_picks_a_configured_profile_and_nothing_else() {
     let mut request = eval(Some("1"), None, &[]);
     request.executable_path = Some(String::new());
     assert_eq!(run_of(request).profile.as_deref(), Some("snek"));
+    let unset = EvalConfig::default();
+    let spec = match plan(eval(Some("1"), None, &[]), &unset).unwrap() {
+        Plan::Run(spec) => spec,
+        Plan::Answer(answer) => panic!("{answer:?}"),
+    };
+    assert_eq!(
+        spec.profile, None,
+        "no [eval]: the daemon's default profile"
+    );
     for path in ["/abc/def", "/snekbin", "/etc/hostname", "/usr/bin/python3"] {
         let mut request = eval(Some("1"), None, &[]);
         request.executable_path = Some(path.into());

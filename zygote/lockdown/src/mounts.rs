@@ -57,19 +57,7 @@ pub fn tmpfs_data(bytes: u64, uid: u32, gid: u32) -> String {
 /// work dir: shared-memory objects are no output files. Its pages are charged to the run's
 /// memory cgroup like the work dir's.
 pub fn mount_shm(shm_dir: &Path, bytes: u64, uid: u32, gid: u32) -> Result<(), MountsError> {
-    let data = tmpfs_data(bytes, uid, gid);
-    mount(
-        Some("tmpfs"),
-        shm_dir,
-        Some("tmpfs"),
-        TMPFS_FLAGS,
-        Some(data.as_str()),
-    )
-    .map_err(|source| MountsError::Tmpfs {
-        path: shm_dir.to_path_buf(),
-        data,
-        source,
-    })
+    mount_tmpfs(shm_dir, bytes, uid, gid)
 }
 
 /// Unshare the mount namespace, mount the run's tmpfs on `work_dir` and make it the cwd.
@@ -83,21 +71,26 @@ pub fn mount_work_dir(work_dir: &Path, bytes: u64, uid: u32, gid: u32) -> Result
         None::<&str>,
     )
     .map_err(MountsError::MakePrivate)?;
+    mount_tmpfs(work_dir, bytes, uid, gid)?;
+    nix::unistd::chdir(work_dir).map_err(|source| MountsError::Chdir {
+        path: work_dir.to_path_buf(),
+        source,
+    })
+}
+
+/// One of the run's tmpfs mounts: `bytes` large, owned by the run, [`TMPFS_FLAGS`].
+fn mount_tmpfs(path: &Path, bytes: u64, uid: u32, gid: u32) -> Result<(), MountsError> {
     let data = tmpfs_data(bytes, uid, gid);
     mount(
         Some("tmpfs"),
-        work_dir,
+        path,
         Some("tmpfs"),
         TMPFS_FLAGS,
         Some(data.as_str()),
     )
     .map_err(|source| MountsError::Tmpfs {
-        path: work_dir.to_path_buf(),
+        path: path.to_path_buf(),
         data,
-        source,
-    })?;
-    nix::unistd::chdir(work_dir).map_err(|source| MountsError::Chdir {
-        path: work_dir.to_path_buf(),
         source,
     })
 }
