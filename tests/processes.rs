@@ -5,7 +5,8 @@
 //! cgroup counts and caps every process. What must hold:
 //! - the first process's exit ends every other one, before the result is answered: a
 //!   daemonized grandchild, a process that ignores SIGTERM and a pool never joined are all gone
-//!   (nothing under the daemon, nothing with the run's host uid, right after the result);
+//!   (nothing under the daemon, nothing with the run's host uid, right after the result, but
+//!   the first process itself, which may still be exiting when a run is answered early);
 //! - a fork bomb meets the pids cap and leaves nothing behind;
 //! - nothing outside the interpreter's prefix can be executed (a copied binary, a script in
 //!   /dev/shm, the loader pointed at a copy), and no namespace can be made;
@@ -83,6 +84,23 @@ fn processes_of_uid(uid: u32) -> Vec<u32> {
     found
 }
 
+/// Whether `pid` is gone or on its way out: a zombie, dead, or exiting (`PF_EXITING`). A run may
+/// be answered while its first process is still exiting (its memory already detached, it runs
+/// nothing more): the early end on "done". Everything else it started must be gone by then.
+fn exiting(pid: u32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return true;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first().copied().unwrap_or("X");
+    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+    matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
+}
+
 /// Processes under the daemon once nothing runs (zygote-init, its helpers, the zygotes).
 fn idle_processes() -> Vec<u32> {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -104,7 +122,10 @@ async fn run_leaving_nothing(what: &str, code: &str) -> RunResult {
     let before = idle_processes();
     let result = run(on("procs", code)).await;
     let after = descendants(daemon().pid);
-    let leftover: Vec<&u32> = after.iter().filter(|pid| !before.contains(pid)).collect();
+    let leftover: Vec<&u32> = after
+        .iter()
+        .filter(|pid| !before.contains(pid) && !exiting(**pid))
+        .collect();
     assert!(
         leftover.is_empty(),
         "{what}: processes left under the daemon after the result: {leftover:?}; stdout={:?} stderr={:?}",
@@ -117,7 +138,10 @@ async fn run_leaving_nothing(what: &str, code: &str) -> RunResult {
         .and_then(|line| line.trim().parse().ok())
         .unwrap_or_else(|| panic!("{what}: no uid line: {:?} {:?}", out(&result), err(&result)));
     assert!(inner > 0, "{what}: the run was root in its namespace");
-    let uid_left = processes_of_uid(UID_BASE + inner);
+    let uid_left: Vec<u32> = processes_of_uid(UID_BASE + inner)
+        .into_iter()
+        .filter(|pid| !exiting(*pid))
+        .collect();
     assert!(
         uid_left.is_empty(),
         "{what}: processes with the run's host uid {} after the result: {uid_left:?}",
@@ -251,7 +275,7 @@ if __name__ == "__main__":
     assert_eq!(result.status, Status::Timeout);
     let leftover: Vec<u32> = descendants(daemon().pid)
         .into_iter()
-        .filter(|pid| !before.contains(pid))
+        .filter(|pid| !before.contains(pid) && !exiting(*pid))
         .collect();
     assert!(leftover.is_empty(), "after a timeout: {leftover:?}");
 }
