@@ -48,11 +48,16 @@ fn parse_summary(line: &str) -> Vec<(String, f64)> {
 /// Runs the built `sandfork bench` against this binary's daemon with `args`; returns its exit
 /// status and stdout (stdout and stderr are printed for the test log).
 fn bench(args: &[&str]) -> (std::process::ExitStatus, String) {
-    let daemon = common::daemon();
+    let socket = common::daemon().socket.display().to_string();
+    let mut all = vec!["--socket", socket.as_str()];
+    all.extend_from_slice(args);
+    bench_command(&all)
+}
+
+/// Runs the built `sandfork bench` with exactly `args` (and the deadline).
+fn bench_command(args: &[&str]) -> (std::process::ExitStatus, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sandfork"))
         .arg("bench")
-        .arg("--socket")
-        .arg(&daemon.socket)
         .args(args)
         .args(["--deadline-s", &BENCH_DEADLINE_S.to_string()])
         .stdin(Stdio::null())
@@ -184,4 +189,104 @@ fn bench_refuses_a_rate_that_is_not_positive() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("is not a rate"), "--rate {rate}: {stderr}");
     }
+}
+
+/// The `key=value` fields of a summary line, in order.
+fn fields(line: &str) -> Vec<(String, f64)> {
+    line.split(' ')
+        .map(|field| {
+            let (name, value) = field
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{field:?} in {line:?}"));
+            let number = value
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("{name} in {line:?}"));
+            (name.to_string(), number)
+        })
+        .collect()
+}
+
+#[test]
+fn bench_over_http_reports_the_shim_overhead_and_its_cpu() {
+    if !common::privileged("bench_over_http_reports_the_shim_overhead_and_its_cpu") {
+        return;
+    }
+    const KEY: &str = "bench-http-key";
+    let stack = common::http::Stack::start("sandfork-bench-http-", &[("bencher", KEY, "")]);
+    let socket = stack.socket.display().to_string();
+    let http = ["--url", stack.base.as_str(), "--api-key", KEY];
+
+    // Keep-alive, with the socket in the same invocation: the summary line is today's, then the
+    // socket's p50, the difference, and the shim's CPU per run.
+    let mut args = vec![
+        "--socket",
+        socket.as_str(),
+        "--requests",
+        "30",
+        "--concurrency",
+        "2",
+    ];
+    args.extend(http);
+    let (status, stdout) = bench_command(&args);
+    assert!(status.success(), "{status}: {stdout}");
+    assert!(
+        stdout.contains("one kept-alive HTTP/1.1 connection per worker"),
+        "{stdout}"
+    );
+    let last = fields(stdout.lines().last().expect("a last line"));
+    let names: Vec<&str> = last.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "rps",
+            "errors",
+            "socket_p50_ms",
+            "http_overhead_p50_ms",
+            "shim_cpu_per_run_ms"
+        ]
+    );
+    let value = |key: &str| {
+        last.iter()
+            .find(|(k, _)| k == key)
+            .map_or(f64::NAN, |(_, v)| *v)
+    };
+    assert_eq!(value("errors"), 0.0);
+    assert!(value("socket_p50_ms") > 0.0);
+    assert!(
+        (value("http_overhead_p50_ms") - (value("p50_ms") - value("socket_p50_ms"))).abs() < 0.002
+    );
+    assert!(
+        value("shim_cpu_per_run_ms") > 0.0,
+        "the shim spends CPU on each run"
+    );
+
+    // A connection per run, HTTP only.
+    let mut args = vec!["--new-connection", "--requests", "10"];
+    args.extend(http);
+    let (status, stdout) = bench_command(&args);
+    assert!(status.success(), "{status}: {stdout}");
+    assert!(stdout.contains("a new TCP connection per run"), "{stdout}");
+    let last = stdout.lines().last().expect("a last line");
+    assert!(
+        last.contains("errors=0 shim_cpu_per_run_ms=") && !last.contains("socket_p50_ms"),
+        "{last}"
+    );
+
+    // A key the shim does not know: every run fails, and the bench says why.
+    let (status, stdout) = bench_command(&[
+        "--url",
+        stack.base.as_str(),
+        "--api-key",
+        "not-a-key",
+        "--requests",
+        "3",
+    ]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.lines().last().unwrap_or("").contains("errors=3"),
+        "{stdout}"
+    );
 }

@@ -609,6 +609,7 @@ async fn metrics_count_exactly_the_runs_made() {
         "sandfork_http_requests_total{endpoint=\"/v1/execute\",code=\"200\"}",
         "sandfork_http_request_seconds_bucket{",
         "sandfork_http_daemon_up 1",
+        "sandfork_http_cpu_seconds ",
     ] {
         assert!(after.contains(name), "no {name} in:\n{after}");
     }

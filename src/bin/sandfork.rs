@@ -158,7 +158,8 @@ struct PingArgs {
 /// `sandfork bench`: exits 0 when every run was `ok` with the expected stdout, 1 otherwise, 125
 /// when the benchmark could not start (daemon unreachable, no interpreter for the baseline). The
 /// last line of stdout is `p50_ms=… p90_ms=… p99_ms=… rps=… errors=…` (+ ` baseline_p50_ms=…
-/// ratio=…`); docs/BENCHMARKS.md explains the rest.
+/// ratio=…`, + ` socket_p50_ms=… http_overhead_p50_ms=…` and ` shim_cpu_per_run_ms=…` over
+/// HTTP); docs/BENCHMARKS.md explains the rest.
 #[derive(Debug, Args)]
 struct BenchArgs {
     #[command(flatten)]
@@ -197,6 +198,27 @@ struct BenchArgs {
     /// the first streamed byte are measured too
     #[arg(long)]
     session: bool,
+    /// Send the runs through the HTTP shim at this URL (POST /v1/execute; http:// only); with
+    /// --socket too, the same load goes over the socket first and the summary adds the shim's
+    /// overhead
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "api_key",
+        conflicts_with = "session"
+    )]
+    url: Option<String>,
+    /// The API key for --url (default: $SANDFORK_API_KEY)
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "SANDFORK_API_KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
+    /// With --url: a new TCP connection per run, instead of one kept alive per connection
+    #[arg(long, requires = "url")]
+    new_connection: bool,
 }
 
 /// A request rate: a positive, finite number of runs per second (at most a million).
@@ -222,6 +244,12 @@ impl BenchArgs {
             python: self.python,
             deadline: Duration::from_secs(self.deadline_s),
             session: self.session,
+            socket_too: self.url.is_some() && self.socket.socket.is_some(),
+            http: self.url.map(|url| sandfork::cli::bench::http::HttpTarget {
+                url,
+                api_key: self.api_key.unwrap_or_default(),
+                new_connection: self.new_connection,
+            }),
         }
     }
 }

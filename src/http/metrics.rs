@@ -1,5 +1,5 @@
 //! The shim's own metrics (requests by endpoint and status code, latency by endpoint, whether
-//! the daemon answered the last scrape), appended at `/metrics` to the daemon's, which the shim
+//! the daemon answered the last scrape, the CPU time the shim has used), appended at `/metrics` to the daemon's, which the shim
 //! fetches with the protocol's `Metrics` request.
 //!
 //! Both are OpenMetrics text from prometheus-client; the daemon's closing `# EOF` is dropped so
@@ -37,6 +37,15 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
 }
 
+/// This process's CPU time, user + system, in seconds (0 if the kernel will not say).
+fn own_cpu_seconds() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|usage| seconds(usage.user_time()) + seconds(usage.system_time()))
+        .unwrap_or(0.0)
+}
+
 /// The shim's registry.
 #[derive(Debug)]
 pub struct HttpMetrics {
@@ -44,6 +53,9 @@ pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     seconds: HistogramFamily<EndpointLabels>,
     daemon_up: Gauge,
+    /// The shim's own CPU time (user + system), read at each scrape: `sandfork bench --url`
+    /// divides its growth by the runs it sent to get the shim's CPU per run.
+    cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for HttpMetrics {
@@ -74,11 +86,18 @@ impl HttpMetrics {
             "1 if sandforkd answered this scrape's metrics request, else 0",
             daemon_up.clone(),
         );
+        let cpu_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "cpu_seconds",
+            "CPU time (user + system) this shim process has used since it started",
+            cpu_seconds.clone(),
+        );
         HttpMetrics {
             registry,
             requests,
             seconds,
             daemon_up,
+            cpu_seconds,
         }
     }
 
@@ -100,6 +119,7 @@ impl HttpMetrics {
     /// The page: the daemon's metrics (if it answered), then the shim's.
     pub fn render(&self, daemon: Option<&str>) -> String {
         self.daemon_up.set(i64::from(daemon.is_some()));
+        self.cpu_seconds.set(own_cpu_seconds());
         let mut text = String::new();
         if let Some(daemon) = daemon {
             let body = daemon.trim_end();

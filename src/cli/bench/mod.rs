@@ -21,6 +21,11 @@
 //!    stdout, which without a baseline is the first `ok` result's — records its round trip in a
 //!    histogram (µs, 3 significant digits) and sums the server's per-phase timings.
 //!
+//! With `--url` (and an API key) the runs go through the HTTP shim instead ([`http`]): one
+//! kept-alive HTTP/1.1 connection per worker, or a new one per run. Given `--socket` as well, the
+//! same load goes over the socket first, in the same invocation, and the summary adds the
+//! socket's p50, the difference (the shim's overhead) and the shim's CPU per run.
+//!
 //! Everything is bounded: N requests, and a hard deadline on the whole invocation after which
 //! every request without a correct result counts as an error. The last line of the output is a
 //! [`Summary`] (see its `Display`), which scripts and tests parse.
@@ -41,6 +46,7 @@ use tokio::time::Instant;
 use sandfork_protocol::client::{Client, ClientError};
 
 mod baseline;
+pub mod http;
 mod report;
 mod session;
 
@@ -91,6 +97,8 @@ pub enum BenchError {
     PythonProbe { python: PathBuf, detail: String },
     #[error("session mode: {0}")]
     Session(String),
+    #[error("HTTP: {0}")]
+    Http(String),
 }
 
 /// One invocation's parameters (the CLI's flags).
@@ -118,6 +126,11 @@ pub struct BenchConfig {
     /// through the fork-per-run path, session opening and the first streamed byte are measured
     /// in the same invocation.
     pub session: bool,
+    /// HTTP mode: the runs go through the shim at this URL.
+    pub http: Option<http::HttpTarget>,
+    /// HTTP mode with `--socket` given too: the same load over the socket first, for the
+    /// shim's overhead.
+    pub socket_too: bool,
 }
 
 impl BenchConfig {
@@ -134,6 +147,8 @@ impl BenchConfig {
             python: None,
             deadline: DEFAULT_DEADLINE,
             session: false,
+            http: None,
+            socket_too: false,
         }
     }
 }
@@ -157,6 +172,34 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     };
 
     let expected = baseline.as_ref().and_then(|b| b.stdout.clone());
+    if let Some(target) = &config.http {
+        if config.session {
+            return Err(BenchError::Http(
+                "--session goes over the socket only".into(),
+            ));
+        }
+        let socket = if config.socket_too {
+            Some(load(config, deadline, expected.clone(), Workload::Runs).await?)
+        } else {
+            None
+        };
+        let cpu_before = http::shim_cpu_seconds(target).await;
+        let mut report = load(config, deadline, expected, Workload::Http(target)).await?;
+        let cpu_after = http::shim_cpu_seconds(target).await;
+        report.baseline = baseline;
+        report.http = Some(report::HttpBench {
+            socket: socket.as_ref().map(Report::summary),
+            socket_errors: socket.as_ref().map_or(0, Report::errors),
+            shim_cpu_per_run_ms: match (cpu_before, cpu_after) {
+                (Some(before), Some(after)) if report.results > 0 => {
+                    Some((after - before) * 1000.0 / report.results as f64)
+                }
+                _ => None,
+            },
+            new_connection: target.new_connection,
+        });
+        return Ok(report);
+    }
     if !config.session {
         let mut report = load(config, deadline, expected, Workload::Runs).await?;
         report.baseline = baseline;
@@ -178,12 +221,20 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
 }
 
 /// What each connection sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Workload {
+#[derive(Debug, Clone, Copy)]
+enum Workload<'a> {
     /// Runs, forked per request.
     Runs,
     /// Cells, in one session the connection opens before the clock starts.
     Cells,
+    /// Runs through the HTTP shim.
+    Http(&'a http::HttpTarget),
+}
+
+/// A worker's way to the daemon.
+enum Conn {
+    Socket(Client),
+    Http(http::HttpConn),
 }
 
 /// The load itself: C connections, N requests, the results checked against `expected`.
@@ -191,22 +242,34 @@ async fn load(
     config: &BenchConfig,
     deadline: Instant,
     expected: Option<Vec<u8>>,
-    workload: Workload,
+    workload: Workload<'_>,
 ) -> Result<Report, BenchError> {
     let connections = config.concurrency.min(config.requests);
     let mut clients = Vec::new();
     for _ in 0..connections {
-        let client = tokio::time::timeout_at(deadline, Client::connect(&config.socket))
-            .await
-            .map_err(|_| BenchError::Deadline(config.deadline))?
-            .map_err(BenchError::Connect)?;
+        let client = match workload {
+            Workload::Http(target) => Conn::Http(
+                tokio::time::timeout_at(deadline, http::HttpConn::connect(target))
+                    .await
+                    .map_err(|_| BenchError::Deadline(config.deadline))?
+                    .map_err(BenchError::Http)?,
+            ),
+            Workload::Runs | Workload::Cells => Conn::Socket(
+                tokio::time::timeout_at(deadline, Client::connect(&config.socket))
+                    .await
+                    .map_err(|_| BenchError::Deadline(config.deadline))?
+                    .map_err(BenchError::Connect)?,
+            ),
+        };
         clients.push(client);
     }
     let mut targets = Vec::new();
     for client in &mut clients {
-        targets.push(match workload {
-            Workload::Runs => Target::Run,
-            Workload::Cells => Target::Cell(session::open(client, config, deadline).await?),
+        targets.push(match (workload, &mut *client) {
+            (Workload::Cells, Conn::Socket(client)) => {
+                Target::Cell(session::open(client, config, deadline).await?)
+            }
+            _ => Target::Run,
         });
     }
 
@@ -263,11 +326,11 @@ async fn load(
     Ok(tally.into_report(config.requests, connections, elapsed, deadline_hit))
 }
 
-/// One run's round trip and what came back.
+/// One run's round trip and what came back (or why nothing did).
 #[derive(Debug)]
 struct Sample {
     latency: Duration,
-    outcome: Result<RunResult, ClientError>,
+    outcome: Result<RunResult, String>,
 }
 
 /// What one connection sends: runs, or cells of its session.
@@ -294,7 +357,7 @@ impl Schedule {
 /// together; with a schedule, each run waits until it is due and is timed from then. Stops early
 /// when the connection breaks (the run it was on counts as failed).
 async fn drive(
-    mut client: Client,
+    mut client: Conn,
     spec: RunSpec,
     target: Target,
     taken: Arc<AtomicU64>,
@@ -324,17 +387,29 @@ async fn drive(
             }
             None => Instant::now(),
         };
-        let outcome = match &target {
-            Target::Run => client.run(spec).await,
-            Target::Cell(session) => session::cell(&mut client, session, spec.code).await,
+        let (outcome, broken) = match (&mut client, &target) {
+            (Conn::Socket(client), Target::Run) => socket_outcome(client.run(spec).await),
+            (Conn::Socket(client), Target::Cell(session)) => {
+                socket_outcome(session::cell(client, session, spec.code).await)
+            }
+            // An HTTP error leaves the worker able to try again (with a new connection).
+            (Conn::Http(client), _) => {
+                let code = String::from_utf8_lossy(&spec.code);
+                (client.run(spec.profile.as_deref(), &code).await, false)
+            }
         };
         let latency = sent.elapsed();
-        // A protocol error answering the run leaves the connection usable; anything else not.
-        let broken = matches!(&outcome, Err(err) if !matches!(err, ClientError::Server(_)));
         if samples.send(Sample { latency, outcome }).is_err() || broken {
             return;
         }
     }
+}
+
+/// A socket client's answer as a sample's outcome, and whether the connection is unusable now:
+/// a protocol error answering the run leaves it usable; anything else not.
+fn socket_outcome(outcome: Result<RunResult, ClientError>) -> (Result<RunResult, String>, bool) {
+    let broken = matches!(&outcome, Err(err) if !matches!(err, ClientError::Server(_)));
+    (outcome.map_err(|err| err.to_string()), broken)
 }
 
 /// Checks results as they arrive and accumulates the numbers.
@@ -470,6 +545,7 @@ impl Tally {
             deadline_hit,
             baseline: None,
             session: None,
+            http: None,
         }
     }
 }

@@ -14,6 +14,10 @@ pub struct Summary {
     pub rps: f64,
     pub errors: u64,
     pub baseline_p50_ms: Option<f64>,
+    /// HTTP mode with `--socket` too: the same load's p50 over the socket.
+    pub socket_p50_ms: Option<f64>,
+    /// HTTP mode: the shim's CPU time per run, from its `/metrics`.
+    pub shim_cpu_per_run_ms: Option<f64>,
 }
 
 impl Summary {
@@ -37,7 +41,14 @@ impl Summary {
             },
             errors,
             baseline_p50_ms: baseline.map(|b| percentile_ms(b, 0.50)),
+            socket_p50_ms: None,
+            shim_cpu_per_run_ms: None,
         }
+    }
+
+    /// HTTP p50 over the socket's: what the shim adds at the median (with `--socket` too).
+    pub fn http_overhead_p50_ms(&self) -> Option<f64> {
+        self.socket_p50_ms.map(|socket| self.p50_ms - socket)
     }
 
     /// Baseline p50 over sandfork's p50: how many times faster a run through the daemon is than
@@ -61,6 +72,15 @@ impl fmt::Display for Summary {
         )?;
         if let (Some(baseline), Some(ratio)) = (self.baseline_p50_ms, self.ratio()) {
             write!(f, " baseline_p50_ms={baseline:.3} ratio={ratio:.3}")?;
+        }
+        if let (Some(socket), Some(overhead)) = (self.socket_p50_ms, self.http_overhead_p50_ms()) {
+            write!(
+                f,
+                " socket_p50_ms={socket:.3} http_overhead_p50_ms={overhead:.3}"
+            )?;
+        }
+        if let Some(cpu) = self.shim_cpu_per_run_ms {
+            write!(f, " shim_cpu_per_run_ms={cpu:.3}")?;
         }
         Ok(())
     }
@@ -167,6 +187,21 @@ pub struct Report {
     pub baseline: Option<Baseline>,
     /// Session mode: the comparison and the probes measured with the cells.
     pub session: Option<super::session::SessionBench>,
+    /// HTTP mode: the socket's load of the same invocation and the shim's CPU.
+    pub http: Option<HttpBench>,
+}
+
+/// What HTTP mode adds to a report.
+#[derive(Debug, Clone)]
+pub struct HttpBench {
+    /// The same load over the socket first (with `--socket` too).
+    pub socket: Option<Summary>,
+    /// Its failed requests.
+    pub socket_errors: u64,
+    /// The shim's CPU time per run (None when its `/metrics` does not say).
+    pub shim_cpu_per_run_ms: Option<f64>,
+    /// A TCP connection per run, not one kept alive per worker.
+    pub new_connection: bool,
 }
 
 impl Report {
@@ -176,16 +211,22 @@ impl Report {
         self.requests.saturating_sub(self.good)
             + self.baseline.as_ref().map_or(0, |b| b.failures)
             + self.session.as_ref().map_or(0, |s| s.runs_errors)
+            + self.http.as_ref().map_or(0, |h| h.socket_errors)
     }
 
     pub fn summary(&self) -> Summary {
-        Summary::new(
+        let mut summary = Summary::new(
             &self.latency,
             self.results,
             self.elapsed,
             self.errors(),
             self.baseline.as_ref().map(|b| &b.latency),
-        )
+        );
+        if let Some(http) = &self.http {
+            summary.socket_p50_ms = http.socket.map(|s| s.p50_ms);
+            summary.shim_cpu_per_run_ms = http.shim_cpu_per_run_ms;
+        }
+        summary
     }
 
     /// The human-readable lines printed before the summary line.
@@ -261,6 +302,33 @@ impl Report {
                 p50_or_none(&self.cold_latency),
             ));
             }
+        }
+        if let Some(http) = &self.http {
+            let url = config.http.as_ref().map_or("", |t| t.url.as_str());
+            lines.push(format!(
+                "over HTTP: POST {url}/v1/execute, {}",
+                if http.new_connection {
+                    "a new TCP connection per run"
+                } else {
+                    "one kept-alive HTTP/1.1 connection per worker"
+                }
+            ));
+            if let Some(socket) = &http.socket {
+                lines.push(format!(
+                    "over the socket first, the same load: ms p50 {:.3} p90 {:.3} p99 {:.3}, \
+                     {:.1} runs/s, {} failed; the shim adds {:.3} ms at the median",
+                    socket.p50_ms,
+                    socket.p90_ms,
+                    socket.p99_ms,
+                    socket.rps,
+                    http.socket_errors,
+                    ms(0.5) - socket.p50_ms,
+                ));
+            }
+            lines.push(match http.shim_cpu_per_run_ms {
+                Some(cpu) => format!("shim CPU per run: {cpu:.3} ms (its /metrics)"),
+                None => "shim CPU per run: unknown (its /metrics did not say)".into(),
+            });
         }
         if let Some(b) = &self.baseline {
             lines.push(format!(

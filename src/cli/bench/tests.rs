@@ -21,7 +21,7 @@ fn ok(stdout: &[u8]) -> RunResult {
 fn sample(outcome: Result<RunResult, ClientError>) -> Sample {
     Sample {
         latency: Duration::from_micros(1500),
-        outcome,
+        outcome: outcome.map_err(|err| err.to_string()),
     }
 }
 
@@ -34,6 +34,8 @@ fn summary_line_has_the_exact_format() {
         rps: 123.4567,
         errors: 0,
         baseline_p50_ms: None,
+        socket_p50_ms: None,
+        shim_cpu_per_run_ms: None,
     };
     assert_eq!(
         summary.to_string(),
@@ -155,4 +157,43 @@ fn the_baseline_stdout_wins_and_its_failures_count() {
 fn quote_escapes_and_shortens() {
     assert_eq!(quote(b"1\n"), "\"1\\n\"");
     assert!(quote(&[b'x'; 100]).ends_with("\"…"));
+}
+
+#[test]
+fn http_fields_extend_the_summary_line_after_the_baseline() {
+    let summary = Summary {
+        p50_ms: 2.5,
+        p90_ms: 3.0,
+        p99_ms: 4.0,
+        rps: 100.0,
+        errors: 0,
+        baseline_p50_ms: None,
+        socket_p50_ms: Some(2.25),
+        shim_cpu_per_run_ms: Some(0.4567),
+    };
+    assert_eq!(
+        summary.to_string(),
+        "p50_ms=2.500 p90_ms=3.000 p99_ms=4.000 rps=100.000 errors=0 socket_p50_ms=2.250 \
+         http_overhead_p50_ms=0.250 shim_cpu_per_run_ms=0.457"
+    );
+}
+
+#[test]
+fn an_http_answer_becomes_a_run_result_and_the_shim_cpu_is_read_from_metrics() {
+    let answer = serde_json::json!({
+        "status": "ok", "exit_code": 0, "stdout": "1\n", "stderr": "", "warm": true,
+        "timings": {"queue_ms": 0.1, "spawn_ms": 0.2, "run_ms": 1.5, "total_ms": 1.8},
+        "usage": {"wall_ms": 1.5, "cpu_ms": 0.9, "max_rss_kb": 1024}, "message": null,
+    });
+    let result = super::http::run_result(&answer).unwrap();
+    assert_eq!(result.status, Status::Ok);
+    assert_eq!(result.stdout, b"1\n");
+    assert!(result.warm);
+    assert_eq!(result.timings.total_ms, 1.8);
+    assert_eq!(result.usage.max_rss_kb, 1024);
+    assert!(super::http::run_result(&serde_json::json!({"status": "bogus"})).is_err());
+    let page = "# HELP sandfork_http_cpu_seconds CPU\n# TYPE sandfork_http_cpu_seconds gauge\n\
+                sandfork_http_cpu_seconds 12.5\n# EOF\n";
+    assert_eq!(super::http::cpu_seconds_in(page), Some(12.5));
+    assert_eq!(super::http::cpu_seconds_in("# EOF\n"), None);
 }
