@@ -29,6 +29,16 @@ pub fn code(code: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// A run's code for its mode: [`code`], except that a floor run (`Mode::Floor`, nothing runs)
+/// must bring none.
+pub fn run_code(mode: sandfork_protocol::Mode, text: &[u8]) -> Result<(), String> {
+    match mode {
+        sandfork_protocol::Mode::Floor if text.is_empty() => Ok(()),
+        sandfork_protocol::Mode::Floor => Err("a floor run takes no code".into()),
+        _ => code(text),
+    }
+}
+
 /// A request's input files: each path inside the working directory, none given twice or as both
 /// a file and a directory, at most `max_files` of them and `files_bytes` in all.
 pub fn files(files: &[FileData], limits: &Limits) -> Result<(), (RejectKind, String)> {

@@ -290,3 +290,69 @@ fn bench_over_http_reports_the_shim_overhead_and_its_cpu() {
         "{stdout}"
     );
 }
+
+#[test]
+fn bench_measures_the_floor_and_cpu_per_run_in_the_same_invocation() {
+    if !common::privileged("bench_measures_the_floor_and_cpu_per_run_in_the_same_invocation") {
+        return;
+    }
+    let (status, stdout) = bench(&["--requests", "40", "--concurrency", "2", "--floor"]);
+    assert!(status.success(), "{status}: {stdout}");
+    assert!(
+        stdout.contains("floor (the zygote forks a child that exits at once, same channels)"),
+        "{stdout}"
+    );
+    let last = fields(stdout.lines().last().expect("a last line"));
+    let names: Vec<&str> = last.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "rps",
+            "errors",
+            "floor_p50_ms",
+            "cpu_per_run_ms",
+            "floor_cpu_ms"
+        ]
+    );
+    let value = |key: &str| {
+        last.iter()
+            .find(|(k, _)| k == key)
+            .map_or(f64::NAN, |(_, v)| *v)
+    };
+    assert_eq!(value("errors"), 0.0);
+    for key in ["floor_p50_ms", "cpu_per_run_ms", "floor_cpu_ms"] {
+        assert!(value(key) > 0.0, "{key} measured: {last:?}");
+    }
+}
+
+/// A floor run over the protocol: `ok`, its spawn-to-reap time and the child's CPU; code is
+/// refused with it.
+#[tokio::test]
+async fn a_floor_run_forks_a_child_that_runs_nothing() {
+    if !common::privileged("a_floor_run_forks_a_child_that_runs_nothing") {
+        return;
+    }
+    use sandfork_protocol::client::{Client, ClientError};
+    use sandfork_protocol::{ErrorKind, Mode, RunSpec, Status};
+    let mut client = Client::connect(&common::daemon().socket).await.unwrap();
+    let floor = RunSpec {
+        mode: Mode::Floor,
+        ..RunSpec::default()
+    };
+    let result = client.run(floor.clone()).await.unwrap();
+    assert_eq!(result.status, Status::Ok, "{:?}", result.message);
+    assert_eq!(result.exit_code, Some(0));
+    assert!(result.stdout.is_empty() && result.stderr.is_empty());
+    assert!(result.timings.run_ms > 0.0 && result.timings.run_ms >= result.timings.spawn_ms);
+    let with_code = RunSpec {
+        code: b"print('escaped')".to_vec(),
+        ..floor
+    };
+    match client.run(with_code).await {
+        Err(ClientError::Server(frame)) => assert_eq!(frame.kind, ErrorKind::InvalidRequest),
+        other => panic!("a floor run with code: {other:?}"),
+    }
+}

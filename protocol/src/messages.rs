@@ -167,6 +167,12 @@ pub enum Mode {
     /// missing `main` or a value JSON cannot encode ends the run as [`Status::Error`], with the
     /// reason in stderr.
     Function,
+    /// Nothing runs: the zygote forks a child that exits at once, through the same channels
+    /// as a run (admission, a slot, the spawn, the exit report), and the result is `ok` with
+    /// the time from spawn to reaping in `timings.run_ms` and the child's CPU in `usage`. The
+    /// code must be empty. `sandfork bench --floor` measures against it what a run costs
+    /// beyond the kernel's fork, exit and reap of the profile's zygote.
+    Floor,
 }
 
 /// One file carried into or out of a run's working directory.

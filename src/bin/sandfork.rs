@@ -159,7 +159,8 @@ struct PingArgs {
 /// when the benchmark could not start (daemon unreachable, no interpreter for the baseline). The
 /// last line of stdout is `p50_ms=… p90_ms=… p99_ms=… rps=… errors=…` (+ ` baseline_p50_ms=…
 /// ratio=…`, + ` socket_p50_ms=… http_overhead_p50_ms=…` and ` shim_cpu_per_run_ms=…` over
-/// HTTP); docs/BENCHMARKS.md explains the rest.
+/// HTTP, + ` floor_p50_ms=… cpu_per_run_ms=… floor_cpu_ms=…` with --floor); docs/BENCHMARKS.md
+/// explains the rest.
 #[derive(Debug, Args)]
 struct BenchArgs {
     #[command(flatten)]
@@ -219,6 +220,11 @@ struct BenchArgs {
     /// With --url: a new TCP connection per run, instead of one kept alive per connection
     #[arg(long, requires = "url")]
     new_connection: bool,
+    /// After the load, as many floor runs (the zygote forks a child that exits at once, same
+    /// channels) over the socket; the summary adds their p50 and the CPU per run of both (the
+    /// daemon's process tree, from /proc: run it on the daemon's host)
+    #[arg(long, conflicts_with = "session")]
+    floor: bool,
 }
 
 /// A request rate: a positive, finite number of runs per second (at most a million).
@@ -245,6 +251,7 @@ impl BenchArgs {
             deadline: Duration::from_secs(self.deadline_s),
             session: self.session,
             socket_too: self.url.is_some() && self.socket.socket.is_some(),
+            floor: self.floor,
             http: self.url.map(|url| sandfork::cli::bench::http::HttpTarget {
                 url,
                 api_key: self.api_key.unwrap_or_default(),

@@ -377,7 +377,7 @@ impl Connection {
                     .await;
             }
             Request::Run { id, spec } | Request::StreamRun { id, spec } => {
-                if let Err(message) = validate::code(&spec.code) {
+                if let Err(message) = validate::run_code(spec.mode, &spec.code) {
                     self.refuse(out, Some(id), ErrorKind::InvalidRequest, message)
                         .await;
                     return;

@@ -26,6 +26,10 @@
 //! same load goes over the socket first, in the same invocation, and the summary adds the
 //! socket's p50, the difference (the shim's overhead) and the shim's CPU per run.
 //!
+//! With `--floor` the same number of floor runs (`Mode::Floor`: the zygote forks a child that
+//! exits at once) follow over the socket at the same concurrency, and the summary adds their
+//! p50 and the CPU per run of both phases ([`floor`]).
+//!
 //! Everything is bounded: N requests, and a hard deadline on the whole invocation after which
 //! every request without a correct result counts as an error. The last line of the output is a
 //! [`Summary`] (see its `Display`), which scripts and tests parse.
@@ -46,6 +50,7 @@ use tokio::time::Instant;
 use sandfork_protocol::client::{Client, ClientError};
 
 mod baseline;
+pub mod floor;
 pub mod http;
 mod report;
 mod session;
@@ -131,6 +136,8 @@ pub struct BenchConfig {
     /// HTTP mode with `--socket` given too: the same load over the socket first, for the
     /// shim's overhead.
     pub socket_too: bool,
+    /// Floor runs after the load, and CPU per run of both.
+    pub floor: bool,
 }
 
 impl BenchConfig {
@@ -149,6 +156,7 @@ impl BenchConfig {
             session: false,
             http: None,
             socket_too: false,
+            floor: false,
         }
     }
 }
@@ -172,6 +180,17 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     };
 
     let expected = baseline.as_ref().and_then(|b| b.stdout.clone());
+    if config.floor && config.session {
+        return Err(BenchError::Session(
+            "--floor compares runs, not cells".into(),
+        ));
+    }
+    let daemon = if config.floor {
+        floor::daemon_pid(&config.socket)
+    } else {
+        None
+    };
+    let tree_cpu = || daemon.and_then(floor::tree_cpu_ms);
     if let Some(target) = &config.http {
         if config.session {
             return Err(BenchError::Http(
@@ -184,9 +203,13 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
             None
         };
         let cpu_before = http::shim_cpu_seconds(target).await;
+        let tree_before = tree_cpu();
         let mut report = load(config, deadline, expected, Workload::Http(target)).await?;
+        let tree_after = tree_cpu();
         let cpu_after = http::shim_cpu_seconds(target).await;
         report.baseline = baseline;
+        report.floor =
+            floor_phase(config, deadline, &report, tree_before, tree_after, tree_cpu).await?;
         report.http = Some(report::HttpBench {
             socket: socket.as_ref().map(Report::summary),
             socket_errors: socket.as_ref().map_or(0, Report::errors),
@@ -201,8 +224,12 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         return Ok(report);
     }
     if !config.session {
+        let tree_before = tree_cpu();
         let mut report = load(config, deadline, expected, Workload::Runs).await?;
+        let tree_after = tree_cpu();
         report.baseline = baseline;
+        report.floor =
+            floor_phase(config, deadline, &report, tree_before, tree_after, tree_cpu).await?;
         return Ok(report);
     }
     // Session mode: the fork-per-run path first, then the session probes, then the cells.
@@ -220,6 +247,34 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     Ok(report)
 }
 
+/// With `--floor`: the floor runs, and both phases' CPU per run (the daemon's process tree
+/// before and after each, over its results).
+async fn floor_phase(
+    config: &BenchConfig,
+    deadline: Instant,
+    load_report: &Report,
+    load_before: Option<f64>,
+    load_after: Option<f64>,
+    tree_cpu: impl Fn() -> Option<f64>,
+) -> Result<Option<report::FloorBench>, BenchError> {
+    if !config.floor {
+        return Ok(None);
+    }
+    let per_run = |before: Option<f64>, after: Option<f64>, results: u64| match (before, after) {
+        (Some(before), Some(after)) if results > 0 => Some((after - before) / results as f64),
+        _ => None,
+    };
+    let before = tree_cpu();
+    let floor = load(config, deadline, Some(Vec::new()), Workload::Floor).await?;
+    let after = tree_cpu();
+    Ok(Some(report::FloorBench {
+        summary: floor.summary(),
+        errors: floor.errors(),
+        cpu_per_run_ms: per_run(load_before, load_after, load_report.results),
+        floor_cpu_ms: per_run(before, after, floor.results),
+    }))
+}
+
 /// What each connection sends.
 #[derive(Debug, Clone, Copy)]
 enum Workload<'a> {
@@ -229,6 +284,8 @@ enum Workload<'a> {
     Cells,
     /// Runs through the HTTP shim.
     Http(&'a http::HttpTarget),
+    /// Floor runs: nothing runs, the child exits at once (`Mode::Floor`).
+    Floor,
 }
 
 /// A worker's way to the daemon.
@@ -254,7 +311,7 @@ async fn load(
                     .map_err(|_| BenchError::Deadline(config.deadline))?
                     .map_err(BenchError::Http)?,
             ),
-            Workload::Runs | Workload::Cells => Conn::Socket(
+            Workload::Runs | Workload::Cells | Workload::Floor => Conn::Socket(
                 tokio::time::timeout_at(deadline, Client::connect(&config.socket))
                     .await
                     .map_err(|_| BenchError::Deadline(config.deadline))?
@@ -273,10 +330,17 @@ async fn load(
         });
     }
 
-    let spec = RunSpec {
-        profile: config.profile.clone(),
-        code: config.code.clone().into_bytes(),
-        ..Default::default()
+    let spec = match workload {
+        Workload::Floor => RunSpec {
+            profile: config.profile.clone(),
+            mode: sandfork_protocol::Mode::Floor,
+            ..Default::default()
+        },
+        _ => RunSpec {
+            profile: config.profile.clone(),
+            code: config.code.clone().into_bytes(),
+            ..Default::default()
+        },
     };
     let mut tally = Tally::new(expected);
     let taken = Arc::new(AtomicU64::new(0));
@@ -546,6 +610,7 @@ impl Tally {
             baseline: None,
             session: None,
             http: None,
+            floor: None,
         }
     }
 }

@@ -18,6 +18,17 @@ pub struct Summary {
     pub socket_p50_ms: Option<f64>,
     /// HTTP mode: the shim's CPU time per run, from its `/metrics`.
     pub shim_cpu_per_run_ms: Option<f64>,
+    /// With `--floor`: the floor runs' p50, and the CPU per run of the load and of the floor
+    /// (`NaN` when the daemon's process tree could not be read).
+    pub floor: Option<FloorFigures>,
+}
+
+/// The three figures `--floor` adds to the summary line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FloorFigures {
+    pub floor_p50_ms: f64,
+    pub cpu_per_run_ms: f64,
+    pub floor_cpu_ms: f64,
 }
 
 impl Summary {
@@ -43,6 +54,7 @@ impl Summary {
             baseline_p50_ms: baseline.map(|b| percentile_ms(b, 0.50)),
             socket_p50_ms: None,
             shim_cpu_per_run_ms: None,
+            floor: None,
         }
     }
 
@@ -81,6 +93,13 @@ impl fmt::Display for Summary {
         }
         if let Some(cpu) = self.shim_cpu_per_run_ms {
             write!(f, " shim_cpu_per_run_ms={cpu:.3}")?;
+        }
+        if let Some(floor) = self.floor {
+            write!(
+                f,
+                " floor_p50_ms={:.3} cpu_per_run_ms={:.3} floor_cpu_ms={:.3}",
+                floor.floor_p50_ms, floor.cpu_per_run_ms, floor.floor_cpu_ms
+            )?;
         }
         Ok(())
     }
@@ -189,6 +208,21 @@ pub struct Report {
     pub session: Option<super::session::SessionBench>,
     /// HTTP mode: the socket's load of the same invocation and the shim's CPU.
     pub http: Option<HttpBench>,
+    /// With `--floor`: the floor runs and the CPU per run of both phases.
+    pub floor: Option<FloorBench>,
+}
+
+/// What `--floor` adds to a report.
+#[derive(Debug, Clone)]
+pub struct FloorBench {
+    /// The floor runs' summary.
+    pub summary: Summary,
+    /// Floor runs that failed.
+    pub errors: u64,
+    /// CPU ms of the daemon's process tree per run of the load (None: unreadable).
+    pub cpu_per_run_ms: Option<f64>,
+    /// … and per floor run.
+    pub floor_cpu_ms: Option<f64>,
 }
 
 /// What HTTP mode adds to a report.
@@ -212,6 +246,7 @@ impl Report {
             + self.baseline.as_ref().map_or(0, |b| b.failures)
             + self.session.as_ref().map_or(0, |s| s.runs_errors)
             + self.http.as_ref().map_or(0, |h| h.socket_errors)
+            + self.floor.as_ref().map_or(0, |f| f.errors)
     }
 
     pub fn summary(&self) -> Summary {
@@ -225,6 +260,13 @@ impl Report {
         if let Some(http) = &self.http {
             summary.socket_p50_ms = http.socket.map(|s| s.p50_ms);
             summary.shim_cpu_per_run_ms = http.shim_cpu_per_run_ms;
+        }
+        if let Some(floor) = &self.floor {
+            summary.floor = Some(FloorFigures {
+                floor_p50_ms: floor.summary.p50_ms,
+                cpu_per_run_ms: floor.cpu_per_run_ms.unwrap_or(f64::NAN),
+                floor_cpu_ms: floor.floor_cpu_ms.unwrap_or(f64::NAN),
+            });
         }
         summary
     }
@@ -328,6 +370,23 @@ impl Report {
             lines.push(match http.shim_cpu_per_run_ms {
                 Some(cpu) => format!("shim CPU per run: {cpu:.3} ms (its /metrics)"),
                 None => "shim CPU per run: unknown (its /metrics did not say)".into(),
+            });
+        }
+        if let Some(floor) = &self.floor {
+            let s = &floor.summary;
+            lines.push(format!(
+                "floor (the zygote forks a child that exits at once, same channels), same load: \
+                 ms p50 {:.3} p90 {:.3} p99 {:.3}, {:.1} runs/s, {} failed",
+                s.p50_ms, s.p90_ms, s.p99_ms, s.rps, floor.errors,
+            ));
+            lines.push(match (floor.cpu_per_run_ms, floor.floor_cpu_ms) {
+                (Some(run), Some(floor_cpu)) => format!(
+                    "CPU per run (the daemon, its zygotes and children): {run:.3} ms; per floor \
+                     run {floor_cpu:.3} ms ({:.2}× the floor); p50 {:.2}× the floor's",
+                    run / floor_cpu,
+                    ms(0.5) / s.p50_ms,
+                ),
+                _ => "CPU per run: unknown (the daemon's /proc could not be read)".into(),
             });
         }
         if let Some(b) = &self.baseline {

@@ -36,6 +36,7 @@ fn summary_line_has_the_exact_format() {
         baseline_p50_ms: None,
         socket_p50_ms: None,
         shim_cpu_per_run_ms: None,
+        floor: None,
     };
     assert_eq!(
         summary.to_string(),
@@ -170,11 +171,26 @@ fn http_fields_extend_the_summary_line_after_the_baseline() {
         baseline_p50_ms: None,
         socket_p50_ms: Some(2.25),
         shim_cpu_per_run_ms: Some(0.4567),
+        floor: None,
     };
     assert_eq!(
         summary.to_string(),
         "p50_ms=2.500 p90_ms=3.000 p99_ms=4.000 rps=100.000 errors=0 socket_p50_ms=2.250 \
          http_overhead_p50_ms=0.250 shim_cpu_per_run_ms=0.457"
+    );
+    let with_floor = Summary {
+        floor: Some(report::FloorFigures {
+            floor_p50_ms: 1.25,
+            cpu_per_run_ms: 4.0,
+            floor_cpu_ms: f64::NAN,
+        }),
+        ..summary
+    };
+    assert!(
+        with_floor.to_string().ends_with(
+            "shim_cpu_per_run_ms=0.457 floor_p50_ms=1.250 cpu_per_run_ms=4.000 floor_cpu_ms=NaN"
+        ),
+        "{with_floor}"
     );
 }
 
@@ -196,4 +212,16 @@ fn an_http_answer_becomes_a_run_result_and_the_shim_cpu_is_read_from_metrics() {
                 sandfork_http_cpu_seconds 12.5\n# EOF\n";
     assert_eq!(super::http::cpu_seconds_in(page), Some(12.5));
     assert_eq!(super::http::cpu_seconds_in("# EOF\n"), None);
+}
+
+#[test]
+fn a_stat_line_gives_the_parent_and_the_cpu_ticks_of_a_process_and_its_reaped_children() {
+    // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime
+    // stime cutime cstime …
+    let line = "4242 (python3 (x) y) S 17 4242 4242 0 -1 4194560 100 0 0 0 7 3 20 5 20 0 1 0";
+    assert_eq!(super::floor::parse_stat(line), Some((17, 35)));
+    assert_eq!(super::floor::parse_stat("4242 (cut"), None);
+    // This test process: itself, with a readable /proc.
+    let me = std::process::id() as i32;
+    assert!(super::floor::tree_cpu_ms(me).is_some_and(|ms| ms >= 0.0));
 }

@@ -109,6 +109,7 @@ impl ReadyChild {
             tmpfs_bytes: ceiling.tmpfs_mb * MIB,
             rlimits: spawn_rlimits(ceiling, slot.cgroup().is_some()),
             own_pid_namespace,
+            floor: false,
         };
         // The ceiling until the request says otherwise (and counters reset for this child).
         if let Some(cgroup) = slot.cgroup() {
@@ -230,7 +231,9 @@ impl ReadyChild {
             argv: spec.argv.clone(),
             rlimits: go_rlimits(limits, self.guard.cgroup().is_some()),
             mode: match spec.mode {
-                Mode::Script => RunMode::Script,
+                // A floor run never gets a child that takes code (`engine::run` forks it with
+                // `floor`); were one here, it would run its (empty) code as a script.
+                Mode::Script | Mode::Floor => RunMode::Script,
                 Mode::Function => RunMode::Function,
             },
             files: manifest,
@@ -445,6 +448,72 @@ fn input_files(files: &[FileData]) -> std::io::Result<(Vec<FileEntry>, Option<Ow
         .flat_map(|f| f.content.iter().copied())
         .collect();
     Ok((manifest, Some(sys::sealed_memfd("sandfork-files", &blob)?)))
+}
+
+/// A floor run (`Mode::Floor`): the zygote forks a child in `slot` that exits at once, through
+/// the same channels as a run (its channel and output pipes handed over, the `spawned` report
+/// with its pidfd, the `exit` report). The result is `ok`, with the time from the spawn request
+/// to the exit report as `run_ms`, to the `spawned` report as `spawn_ms`, and the child's CPU.
+pub async fn floor(
+    zygote: Arc<Zygote>,
+    slot: Identity,
+    child_id: u64,
+    ceiling: &Limits,
+    own_pid_namespace: bool,
+) -> Result<RunResult, ChildError> {
+    let sandbox = |what: &str, err: std::io::Error| ChildError::Sandbox(format!("{what}: {err}"));
+    let (_chan_ours, chan_child) = sys::seqpacket_pair().map_err(|e| sandbox("socketpair", e))?;
+    let (_out_r, out_w) = sys::pipe().map_err(|e| sandbox("pipe", e))?;
+    let (_err_r, err_w) = sys::pipe().map_err(|e| sandbox("pipe", e))?;
+    let request = SpawnRequest {
+        id: child_id,
+        uid: slot.inner_uid(),
+        gid: slot.inner_uid(),
+        tmpfs_bytes: ceiling.tmpfs_mb * MIB,
+        rlimits: spawn_rlimits(ceiling, slot.cgroup().is_some()),
+        own_pid_namespace,
+        floor: true,
+    };
+    let started = Instant::now();
+    let mut events = zygote
+        .spawn(request, [&chan_child, &out_w, &err_w])
+        .await
+        .map_err(|e| ChildError::Sandbox(format!("zygote {}: {e}", zygote.name)))?;
+    drop((chan_child, out_w, err_w));
+    let mut spawned_at = None;
+    // The slot is held until the exit report: a uid never serves two live children.
+    let exit = loop {
+        match tokio::time::timeout(SPAWN_TIMEOUT, events.recv()).await {
+            Ok(Some(ChildEvent::Spawned { .. })) => spawned_at = Some(started.elapsed()),
+            Ok(Some(ChildEvent::SpawnFailed(reason))) => {
+                return Err(ChildError::Sandbox(format!("fork failed: {reason}")))
+            }
+            Ok(Some(ChildEvent::Exited(report))) => break report,
+            Ok(None) => return Err(ChildError::Sandbox(format!("zygote {} died", zygote.name))),
+            Err(_) => {
+                return Err(ChildError::Sandbox(
+                    "the floor child was not reaped in time".into(),
+                ))
+            }
+        }
+    };
+    let elapsed = started.elapsed();
+    drop(slot);
+    let mut result = RunResult::new(if exit.exit_code == Some(0) {
+        Status::Ok
+    } else {
+        Status::InternalError
+    });
+    result.exit_code = exit.exit_code;
+    result.signal = exit.signal;
+    result.timings.spawn_ms = spawned_at.map_or(0.0, |t| t.as_secs_f64() * 1000.0);
+    result.timings.run_ms = elapsed.as_secs_f64() * 1000.0;
+    result.usage = Usage {
+        wall_ms: result.timings.run_ms,
+        cpu_ms: (exit.utime + exit.stime) * 1000.0,
+        max_rss_kb: exit.maxrss_kb,
+    };
+    Ok(result)
 }
 
 /// Rlimits a child is forked with: the profile's ceilings. Memory is the cgroup's job when there

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sandfork_protocol::{RejectKind, RunExtra, RunResult, RunSpec, Status};
+use sandfork_protocol::{Mode, RejectKind, RunExtra, RunResult, RunSpec, Status};
 use tokio::sync::oneshot;
 
 use crate::config::Limits;
@@ -90,7 +90,14 @@ pub async fn execute(
         let _ = s.admitted.send(());
         s.sink
     });
-    let (mut result, extra) = match run_with_child(&ctx, &spec, &limits, sink).await {
+    let ran = if spec.mode == Mode::Floor {
+        run_floor(&ctx, &limits)
+            .await
+            .map(|result| (result, RunExtra::default()))
+    } else {
+        run_with_child(&ctx, &spec, &limits, sink).await
+    };
+    let (mut result, extra) = match ran {
         Ok(ran) => ran,
         Err(message) => (internal_error(message), RunExtra::default()),
     };
@@ -199,6 +206,21 @@ async fn run_with_child(
         }
         Err(err) => Err(err.to_string()),
     }
+}
+
+/// A floor run: a slot, a zygote, a child that exits at once (`child::floor`).
+async fn run_floor(ctx: &RunContext<'_>, limits: &Limits) -> Result<RunResult, String> {
+    let slot = ctx.slots.acquire().await;
+    let zygote = ctx
+        .pool
+        .pick(ZYGOTE_WAIT)
+        .await
+        .ok_or_else(|| format!("no zygote of profile {} is ready", ctx.pool.profile.name))?;
+    let id = ctx.child_ids.fetch_add(1, Ordering::Relaxed);
+    let own_pid_namespace = ctx.pool.profile.processes > 0;
+    crate::daemon::child::floor(zygote, slot, id, limits, own_pid_namespace)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn fork_cold(ctx: &RunContext<'_>) -> Result<ReadyChild, String> {

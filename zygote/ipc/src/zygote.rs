@@ -86,6 +86,10 @@ pub struct SpawnRequest {
     /// it exits, the kernel kills every process it started, and none can outlive the run.
     #[serde(default)]
     pub own_pid_namespace: bool,
+    /// A floor child (`Mode::Floor`): it exits at once after the fork, in the zygote's loop,
+    /// before any lockdown or Python; its exit report is the floor's end.
+    #[serde(default)]
+    pub floor: bool,
 }
 
 /// Zygote → supervisor.
@@ -175,6 +179,7 @@ mod tests {
                 as_bytes: None,
             },
             own_pid_namespace: true,
+            floor: false,
         });
         let json = serde_json::to_value(&spawn).unwrap();
         assert_eq!(json["op"], "spawn");

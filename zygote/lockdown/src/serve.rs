@@ -196,6 +196,10 @@ fn spawn(
         Err(why) => return failed(why),
     };
     if pid == 0 {
+        if request.floor {
+            // A floor child: the fork, its exit and its reaping are all that is measured.
+            sys::exit_now(0);
+        }
         // The siblings' pidfds close with `children`, in the caller's unwinding.
         return Ok(Some(Served::Child(
             request,

@@ -187,6 +187,14 @@ pub fn fork_zygote() -> Result<libc::pid_t, Errno> {
     Errno::result(pid)
 }
 
+/// `_exit(code)`: ends a freshly forked child at once, running no at-exit handler and no
+/// destructor of the zygote's (a floor child, `SpawnRequest::floor`).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes an int and never returns; nothing is left half-done in a child that
+    // has not run anything since its fork.
+    unsafe { libc::_exit(code) }
+}
+
 /// `pidfd_open(pid, 0)`.
 pub fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.

@@ -20,6 +20,7 @@ fn request(id: u64) -> SpawnRequest {
             as_bytes: None,
         },
         own_pid_namespace: false,
+        floor: false,
     }
 }
 
