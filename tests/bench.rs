@@ -191,6 +191,14 @@ fn bench_refuses_a_rate_that_is_not_positive() {
     }
 }
 
+/// The summary line's fields, checked to be exactly `keys` in that order.
+fn fields_named(stdout: &str, keys: &[&str]) -> Vec<(String, f64)> {
+    let last = fields(stdout.lines().last().expect("a last line"));
+    let names: Vec<&str> = last.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, keys, "{stdout}");
+    last
+}
+
 /// The `key=value` fields of a summary line, in order.
 fn fields(line: &str) -> Vec<(String, f64)> {
     line.split(' ')
@@ -233,11 +241,9 @@ fn bench_over_http_reports_the_shim_overhead_and_its_cpu() {
         stdout.contains("one kept-alive HTTP/1.1 connection per worker"),
         "{stdout}"
     );
-    let last = fields(stdout.lines().last().expect("a last line"));
-    let names: Vec<&str> = last.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
+    let last = fields_named(
+        &stdout,
+        &[
             "p50_ms",
             "p90_ms",
             "p99_ms",
@@ -245,8 +251,8 @@ fn bench_over_http_reports_the_shim_overhead_and_its_cpu() {
             "errors",
             "socket_p50_ms",
             "http_overhead_p50_ms",
-            "shim_cpu_per_run_ms"
-        ]
+            "shim_cpu_per_run_ms",
+        ],
     );
     let value = |key: &str| {
         last.iter()
@@ -302,11 +308,9 @@ fn bench_measures_the_floor_and_cpu_per_run_in_the_same_invocation() {
         stdout.contains("floor (the zygote forks a child that exits at once, same channels)"),
         "{stdout}"
     );
-    let last = fields(stdout.lines().last().expect("a last line"));
-    let names: Vec<&str> = last.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
+    let last = fields_named(
+        &stdout,
+        &[
             "p50_ms",
             "p90_ms",
             "p99_ms",
@@ -314,8 +318,8 @@ fn bench_measures_the_floor_and_cpu_per_run_in_the_same_invocation() {
             "errors",
             "floor_p50_ms",
             "cpu_per_run_ms",
-            "floor_cpu_ms"
-        ]
+            "floor_cpu_ms",
+        ],
     );
     let value = |key: &str| {
         last.iter()

@@ -102,15 +102,7 @@ impl ReadyChild {
             sys::seqpacket_pair().map_err(|e| sandbox("socketpair", e))?;
         let (out_r, out_w) = sys::pipe().map_err(|e| sandbox("pipe", e))?;
         let (err_r, err_w) = sys::pipe().map_err(|e| sandbox("pipe", e))?;
-        let request = SpawnRequest {
-            id: child_id,
-            uid: slot.inner_uid(),
-            gid: slot.inner_uid(),
-            tmpfs_bytes: ceiling.tmpfs_mb * MIB,
-            rlimits: spawn_rlimits(ceiling, slot.cgroup().is_some()),
-            own_pid_namespace,
-            floor: false,
-        };
+        let request = spawn_request(&slot, child_id, ceiling, own_pid_namespace, false);
         // The ceiling until the request says otherwise (and counters reset for this child).
         if let Some(cgroup) = slot.cgroup() {
             cgroup
@@ -465,15 +457,7 @@ pub async fn floor(
     let (_chan_ours, chan_child) = sys::seqpacket_pair().map_err(|e| sandbox("socketpair", e))?;
     let (_out_r, out_w) = sys::pipe().map_err(|e| sandbox("pipe", e))?;
     let (_err_r, err_w) = sys::pipe().map_err(|e| sandbox("pipe", e))?;
-    let request = SpawnRequest {
-        id: child_id,
-        uid: slot.inner_uid(),
-        gid: slot.inner_uid(),
-        tmpfs_bytes: ceiling.tmpfs_mb * MIB,
-        rlimits: spawn_rlimits(ceiling, slot.cgroup().is_some()),
-        own_pid_namespace,
-        floor: true,
-    };
+    let request = spawn_request(&slot, child_id, ceiling, own_pid_namespace, true);
     let started = Instant::now();
     let mut events = zygote
         .spawn(request, [&chan_child, &out_w, &err_w])
@@ -514,6 +498,25 @@ pub async fn floor(
         max_rss_kb: exit.maxrss_kb,
     };
     Ok(result)
+}
+
+/// What the zygote is asked for: a child in `slot`, with the profile's ceilings.
+fn spawn_request(
+    slot: &Identity,
+    child_id: u64,
+    ceiling: &Limits,
+    own_pid_namespace: bool,
+    floor: bool,
+) -> SpawnRequest {
+    SpawnRequest {
+        id: child_id,
+        uid: slot.inner_uid(),
+        gid: slot.inner_uid(),
+        tmpfs_bytes: ceiling.tmpfs_mb * MIB,
+        rlimits: spawn_rlimits(ceiling, slot.cgroup().is_some()),
+        own_pid_namespace,
+        floor,
+    }
 }
 
 /// Rlimits a child is forked with: the profile's ceilings. Memory is the cgroup's job when there
