@@ -541,7 +541,13 @@ fn cli_run_stream_prints_output_as_it_arrives() {
         Some(4),
         "the exit code as without --stream"
     );
-    let both = cli(&["run", "--stream", "--json", "-"], b"print(1)");
+    // Refused before stdin is read: no stdin to write (it would race the exit: EPIPE).
+    let both = Command::new(env!("CARGO_BIN_EXE_sandfork"))
+        .args(["run", "--stream", "--json", "-"])
+        .env("SANDFORK_SOCKET", &daemon().socket)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sandfork");
     assert_eq!(
         both.status.code(),
         Some(2),
