@@ -339,7 +339,7 @@ pub struct ProfileConfig {
     /// `os.fork` fail with PermissionError). N > 0: it can, with at most N processes and threads
     /// alive at once (the kernel counts both as tasks; N is the run's `pids` ceiling), each run
     /// as PID 1 of a pid namespace of its own, with a private `/dev/shm`, exec only beneath the
-    /// interpreter's prefix, and the rest of the sandbox unchanged (DESIGN §3).
+    /// interpreter itself, and the rest of the sandbox unchanged (DESIGN §3).
     pub processes: u64,
     /// Per-profile overrides of the global limits.
     pub limits: LimitOverrides,

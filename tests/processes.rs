@@ -365,12 +365,20 @@ attempt("the interpreter", [sys.executable, "-c", "print('inside')"])
     for line in [
         "copy in the work dir PermissionError 13",
         "script in /dev/shm PermissionError 13",
-        "/bin/sh FileNotFoundError 2",
-        "/usr/bin/env FileNotFoundError 2",
-        "/sbin/init FileNotFoundError 2",
         "the interpreter exit 0 []",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    // Host programs are absent from the jail, or (a system Python binds /usr) not executable.
+    for program in ["/bin/sh", "/usr/bin/env", "/sbin/init"] {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with(&format!("{program} ")))
+            .unwrap_or_default();
+        assert!(
+            line.ends_with("FileNotFoundError 2") || line.ends_with("PermissionError 13"),
+            "{program} ran: {line:?}\n{text}"
+        );
     }
     // The loader may run (the kernel needs it for the interpreter), but it cannot map a copy
     // from the noexec tmpfs.
@@ -459,7 +467,8 @@ if __name__ == "__main__":
 "#;
     let result = run_leaving_nothing("two workers over the memory limit", code).await;
     assert_eq!(result.status, Status::MemoryLimit, "{}", err(&result));
-    assert!(out(&result).ends_with("[-9, 0]\n"), "{}", out(&result));
+    // At least one is killed (cgroup v2's OOM killer may take both, one after the other).
+    assert!(out(&result).contains("[-9, "), "{}", out(&result));
     assert_eq!(
         result.exit_code,
         Some(0),

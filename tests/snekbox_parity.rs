@@ -679,6 +679,14 @@ async fn alternate_executable_support() {
         "the alternative executable is used when set"
     );
     assert_ne!(default, system);
+    // Its prefix is /usr, all of it bound into the jail: still only the interpreter executes.
+    let probe = "import subprocess, sys\nfor argv in (['/usr/bin/env'], [sys.executable, '-c', 'print(7)']):\n    try:\n        print(subprocess.run(argv, capture_output=True).stdout)\n    except OSError as err:\n        print(type(err).__name__)";
+    let (stdout, _, _) = eval(
+        base,
+        json!({"input": probe, "executable_path": SYSTEM_PATH}),
+    )
+    .await;
+    assert_eq!(stdout, "PermissionError\nb'7\\n'\n");
 }
 
 #[tokio::test]

@@ -141,7 +141,7 @@ pub fn processes_setting(processes: u64, rootless: bool) -> String {
     }
     let mut text = format!(
         "processes: up to {processes} processes and threads per run (own pid namespace, \
-         private /dev/shm, exec only beneath the interpreter's prefix)"
+         private /dev/shm, exec only of the interpreter)"
     );
     if rootless {
         text.push_str(

@@ -111,23 +111,14 @@ impl Interpreter {
     }
 
     /// The ELF interpreter (`PT_INTERP`) the executable asks for, e.g. /lib64/ld-linux-x86-64.so.2.
-    /// Where a child may execute files (landlock's execute right): beneath the interpreter's
-    /// prefixes, and its ELF loader, which the kernel opens for execution with every program.
-    /// Shared libraries need no execute right (the kernel checks it on `execve` only), so the
-    /// rest of the jail is read-only for a child.
+    /// What a child may execute (landlock's execute right): the interpreter's own executable
+    /// and its ELF loader, which the kernel opens for execution with every program — nothing
+    /// else, not even the rest of the prefix: with a system Python the prefix is `/usr`, whose
+    /// `bin` holds every program of the host (the cgroup v2 guest showed `/usr/bin/env` run).
+    /// Shared libraries need no execute right (the kernel checks it on `execve` only).
     pub fn exec_paths(&self) -> Vec<PathBuf> {
-        let mut paths: Vec<PathBuf> = Vec::new();
-        let prefixes = [
-            &self.prefix,
-            &self.base_prefix,
-            &self.exec_prefix,
-            &self.base_exec_prefix,
-        ];
-        for path in prefixes.into_iter().cloned().chain(self.elf_interpreter()) {
-            if !paths.contains(&path) {
-                paths.push(path);
-            }
-        }
+        let mut paths = vec![self.executable.clone()];
+        paths.extend(self.elf_interpreter());
         paths
     }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InitConfig {
-    /// Read and execute: the interpreter's prefixes and its ELF loader (the only files a run of
+    /// Read and execute: the interpreter's executable and its ELF loader (the only files a run of
     /// a profile with processes may execute).
     #[serde(default)]
     pub read_exec_paths: Vec<PathBuf>,

@@ -3,7 +3,7 @@
 //! child (DESIGN §8).
 //!
 //! Rules (everything else the handled rights cover is denied):
-//! - read + execute beneath `read_exec_paths` (the interpreter's prefixes and its ELF loader:
+//! - read + execute beneath `read_exec_paths` (the interpreter's executable and its ELF loader:
 //!   what a profile with processes may execute; mapping libraries needs no execute right);
 //! - read beneath `read_paths` (everything else the jail binds); read + write (no creation) on
 //!   `read_write_paths`;
@@ -109,7 +109,7 @@ pub struct PreparedRuleset {
     pub summary: LandlockSummary,
 }
 
-/// Read and execute: the interpreter's prefixes and its loader.
+/// Read and execute: the interpreter's executable and its loader.
 pub fn read_exec_rights() -> BitFlags<AccessFs> {
     AccessFs::from_read(TARGET_ABI)
 }
