@@ -58,6 +58,12 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// Whether each child is forked as PID 1 of a pid namespace of its own: the profile lets
+    /// runs start processes.
+    pub fn own_pid_namespace(&self) -> bool {
+        self.processes > 0
+    }
+
     /// Probes the interpreter and builds the jail spec. Blocking (runs the interpreter once).
     /// `rootless`: the daemon is not root (see `crate::daemon::rootless`).
     pub fn prepare(

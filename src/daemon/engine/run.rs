@@ -217,7 +217,7 @@ async fn run_floor(ctx: &RunContext<'_>, limits: &Limits) -> Result<RunResult, S
         .await
         .ok_or_else(|| format!("no zygote of profile {} is ready", ctx.pool.profile.name))?;
     let id = ctx.child_ids.fetch_add(1, Ordering::Relaxed);
-    let own_pid_namespace = ctx.pool.profile.processes > 0;
+    let own_pid_namespace = ctx.pool.profile.own_pid_namespace();
     crate::daemon::child::floor(zygote, slot, id, limits, own_pid_namespace)
         .await
         .map_err(|e| e.to_string())
@@ -240,7 +240,7 @@ pub async fn fork_into(
         .await
         .ok_or_else(|| format!("no zygote of profile {} is ready", pool.profile.name))?;
     let id = child_ids.fetch_add(1, Ordering::Relaxed);
-    let own_pid_namespace = pool.profile.processes > 0;
+    let own_pid_namespace = pool.profile.own_pid_namespace();
     ReadyChild::fork(zygote, slot, id, ceiling, own_pid_namespace)
         .await
         .map_err(|e| e.to_string())

@@ -268,7 +268,7 @@ impl WarmPool<ReadyChild> {
                 let id = child_ids.fetch_add(1, Ordering::Relaxed);
                 let preparation = Preparation::start(Arc::clone(&self));
                 let limits = pool.profile.limits;
-                let own_pid_namespace = pool.profile.processes > 0;
+                let own_pid_namespace = pool.profile.own_pid_namespace();
                 let profile = pool.profile.name.clone();
                 preparations.spawn(async move {
                     match ReadyChild::fork(zygote, slot, id, &limits, own_pid_namespace).await {
