@@ -222,7 +222,8 @@ struct BenchArgs {
     new_connection: bool,
     /// After the load, as many floor runs (the zygote forks a child that exits at once, same
     /// channels) over the socket; the summary adds their p50 and the CPU per run of both (the
-    /// daemon's process tree, from /proc: run it on the daemon's host)
+    /// machine's, less the bench's own and the idle background: run it on the daemon's host,
+    /// on a quiet machine)
     #[arg(long, conflicts_with = "session")]
     floor: bool,
 }

@@ -185,12 +185,20 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
             "--floor compares runs, not cells".into(),
         ));
     }
-    let daemon = if config.floor {
-        floor::daemon_pid(&config.socket)
+    // The machine's background, measured while the daemon idles: subtracted from every phase.
+    let background = if config.floor {
+        floor::background(&config.socket).await
     } else {
         None
     };
-    let tree_cpu = || daemon.and_then(floor::tree_cpu_ms);
+    let mark = || async {
+        if config.floor {
+            floor::settle(&config.socket).await;
+            floor::Snapshot::take()
+        } else {
+            None
+        }
+    };
     if let Some(target) = &config.http {
         if config.session {
             return Err(BenchError::Http(
@@ -203,13 +211,12 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
             None
         };
         let cpu_before = http::shim_cpu_seconds(target).await;
-        let tree_before = tree_cpu();
+        let before = mark().await;
         let mut report = load(config, deadline, expected, Workload::Http(target)).await?;
-        let tree_after = tree_cpu();
+        let after = mark().await;
         let cpu_after = http::shim_cpu_seconds(target).await;
         report.baseline = baseline;
-        report.floor =
-            floor_phase(config, deadline, &report, tree_before, tree_after, tree_cpu).await?;
+        report.floor = floor_phase(config, deadline, &report, (before, after), background).await?;
         report.http = Some(report::HttpBench {
             socket: socket.as_ref().map(Report::summary),
             socket_errors: socket.as_ref().map_or(0, Report::errors),
@@ -224,12 +231,11 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         return Ok(report);
     }
     if !config.session {
-        let tree_before = tree_cpu();
+        let before = mark().await;
         let mut report = load(config, deadline, expected, Workload::Runs).await?;
-        let tree_after = tree_cpu();
+        let after = mark().await;
         report.baseline = baseline;
-        report.floor =
-            floor_phase(config, deadline, &report, tree_before, tree_after, tree_cpu).await?;
+        report.floor = floor_phase(config, deadline, &report, (before, after), background).await?;
         return Ok(report);
     }
     // Session mode: the fork-per-run path first, then the session probes, then the cells.
@@ -247,31 +253,36 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     Ok(report)
 }
 
-/// With `--floor`: the floor runs, and both phases' CPU per run (the daemon's process tree
-/// before and after each, over its results).
+/// With `--floor`: the floor runs, and both phases' CPU per run (the machine's busy time between
+/// the settled daemon's snapshots around each, less the bench's own and the background).
 async fn floor_phase(
     config: &BenchConfig,
     deadline: Instant,
     load_report: &Report,
-    load_before: Option<f64>,
-    load_after: Option<f64>,
-    tree_cpu: impl Fn() -> Option<f64>,
+    load_marks: (Option<floor::Snapshot>, Option<floor::Snapshot>),
+    background: Option<f64>,
 ) -> Result<Option<report::FloorBench>, BenchError> {
     if !config.floor {
         return Ok(None);
     }
-    let per_run = |before: Option<f64>, after: Option<f64>, results: u64| match (before, after) {
-        (Some(before), Some(after)) if results > 0 => Some((after - before) / results as f64),
+    let per_run = |marks: (Option<floor::Snapshot>, Option<floor::Snapshot>), results: u64| match (
+        marks, background,
+    ) {
+        ((Some(before), Some(after)), Some(background)) if results > 0 => {
+            Some(before.cpu_until(&after, background) / results as f64)
+        }
         _ => None,
     };
-    let before = tree_cpu();
+    let before = floor::Snapshot::take();
     let floor = load(config, deadline, Some(Vec::new()), Workload::Floor).await?;
-    let after = tree_cpu();
+    floor::settle(&config.socket).await;
+    let after = floor::Snapshot::take();
     Ok(Some(report::FloorBench {
         summary: floor.summary(),
         errors: floor.errors(),
-        cpu_per_run_ms: per_run(load_before, load_after, load_report.results),
-        floor_cpu_ms: per_run(before, after, floor.results),
+        cpu_per_run_ms: per_run(load_marks, load_report.results),
+        floor_cpu_ms: per_run((before, after), floor.results),
+        background_ms_per_s: background,
     }))
 }
 

@@ -19,7 +19,7 @@ pub struct Summary {
     /// HTTP mode: the shim's CPU time per run, from its `/metrics`.
     pub shim_cpu_per_run_ms: Option<f64>,
     /// With `--floor`: the floor runs' p50, and the CPU per run of the load and of the floor
-    /// (`NaN` when the daemon's process tree could not be read).
+    /// (`NaN` when the machine's CPU counters could not be read).
     pub floor: Option<FloorFigures>,
 }
 
@@ -219,10 +219,14 @@ pub struct FloorBench {
     pub summary: Summary,
     /// Floor runs that failed.
     pub errors: u64,
-    /// CPU ms of the daemon's process tree per run of the load (None: unreadable).
+    /// CPU ms the machine spent per run of the load, the bench's own and the background
+    /// aside (None: the counters could not be read).
     pub cpu_per_run_ms: Option<f64>,
     /// … and per floor run.
     pub floor_cpu_ms: Option<f64>,
+    /// The machine's busy CPU ms per second with the daemon idle, measured first and
+    /// subtracted from both.
+    pub background_ms_per_s: Option<f64>,
 }
 
 /// What HTTP mode adds to a report.
@@ -379,15 +383,22 @@ impl Report {
                  ms p50 {:.3} p90 {:.3} p99 {:.3}, {:.1} runs/s, {} failed",
                 s.p50_ms, s.p90_ms, s.p99_ms, s.rps, floor.errors,
             ));
-            lines.push(match (floor.cpu_per_run_ms, floor.floor_cpu_ms) {
-                (Some(run), Some(floor_cpu)) => format!(
-                    "CPU per run (the daemon, its zygotes and children): {run:.3} ms; per floor \
-                     run {floor_cpu:.3} ms ({:.2}× the floor); p50 {:.2}× the floor's",
-                    run / floor_cpu,
-                    ms(0.5) / s.p50_ms,
-                ),
-                _ => "CPU per run: unknown (the daemon's /proc could not be read)".into(),
-            });
+            lines.push(
+                match (
+                    floor.cpu_per_run_ms,
+                    floor.floor_cpu_ms,
+                    floor.background_ms_per_s,
+                ) {
+                    (Some(run), Some(floor_cpu), Some(background)) => format!(
+                        "CPU per run (the machine's, less this bench's and a background of \
+                         {background:.1} ms/s): {run:.3} ms; per floor run {floor_cpu:.3} ms \
+                         ({:.2}× the floor); p50 {:.2}× the floor's",
+                        run / floor_cpu,
+                        ms(0.5) / s.p50_ms,
+                    ),
+                    _ => "CPU per run: unknown (/proc/stat or getrusage could not be read)".into(),
+                },
+            );
         }
         if let Some(b) = &self.baseline {
             lines.push(format!(

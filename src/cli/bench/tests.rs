@@ -215,13 +215,21 @@ fn an_http_answer_becomes_a_run_result_and_the_shim_cpu_is_read_from_metrics() {
 }
 
 #[test]
-fn a_stat_line_gives_the_parent_and_the_cpu_ticks_of_a_process_and_its_reaped_children() {
-    // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime
-    // stime cutime cstime …
-    let line = "4242 (python3 (x) y) S 17 4242 4242 0 -1 4194560 100 0 0 0 7 3 20 5 20 0 1 0";
-    assert_eq!(super::floor::parse_stat(line), Some((17, 35)));
-    assert_eq!(super::floor::parse_stat("4242 (cut"), None);
-    // This test process: itself, with a readable /proc.
-    let me = std::process::id() as i32;
-    assert!(super::floor::tree_cpu_ms(me).is_some_and(|ms| ms >= 0.0));
+fn the_busy_ticks_of_proc_stat_are_user_nice_system_irq_and_softirq() {
+    // cpu user nice system idle iowait irq softirq steal guest guest_nice
+    let text = "cpu  100 2 30 9000 50 4 5 700 0 0\ncpu0 50 1 15 4500 25 2 2 350 0 0\n";
+    assert_eq!(super::floor::busy_ticks(text), Some(141));
+    assert_eq!(super::floor::busy_ticks("cpu0 1 2 3 4 5 6 7\n"), None);
+    assert_eq!(super::floor::busy_ticks("cpu  1 2 3\n"), None);
+    assert_eq!(super::floor::busy_ticks("cpu  1 2 x 4 5 6 7\n"), None);
+    // This machine's own counters read, and only grow.
+    let first = super::floor::Snapshot::take().expect("/proc/stat and getrusage");
+    let spin = std::time::Instant::now();
+    while spin.elapsed() < std::time::Duration::from_millis(30) {
+        std::hint::black_box(spin.elapsed());
+    }
+    let second = super::floor::Snapshot::take().expect("/proc/stat and getrusage");
+    // The 30 ms this thread spun are its own, not the machine's "other" work; whatever else
+    // ran meanwhile is at least not negative beyond the tick's rounding (10 ms at 100 Hz, twice).
+    assert!(first.cpu_until(&second, 0.0) > -25.0);
 }
