@@ -72,6 +72,20 @@ impl Client {
         }
     }
 
+    /// True when the connection can carry another request after sitting idle: nothing arrived
+    /// unasked, and the server has not closed its end (a daemon draining or restarted closes
+    /// idle connections). Never blocks. For pools of connections, such as the HTTP shim's.
+    pub fn is_reusable(&self) -> bool {
+        if self.reader.buffered() > 0 {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        matches!(
+            self.reader.get_ref().try_read(&mut byte),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock
+        )
+    }
+
     /// A fresh request id for this connection.
     pub fn next_id(&mut self) -> u64 {
         let id = self.next_id;

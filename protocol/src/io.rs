@@ -117,6 +117,11 @@ impl<R> FrameReader<R> {
         self.max_frame_len = codec::effective_max(max_frame_len);
     }
 
+    /// Bytes read from the stream but not yet returned as a frame.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// The underlying stream.
     pub fn get_ref(&self) -> &R {
         &self.inner

@@ -1,5 +1,6 @@
 //! The shim's own metrics (requests by endpoint and status code, latency by endpoint, whether
-//! the daemon answered the last scrape, the CPU time the shim has used), appended at `/metrics` to the daemon's, which the shim
+//! the daemon answered the last scrape, the CPU time the shim has used, the connections it
+//! opened to the daemon), appended at `/metrics` to the daemon's, which the shim
 //! fetches with the protocol's `Metrics` request.
 //!
 //! Both are OpenMetrics text from prometheus-client; the daemon's closing `# EOF` is dropped so
@@ -56,6 +57,9 @@ pub struct HttpMetrics {
     /// The shim's own CPU time (user + system), read at each scrape: `sandfork bench --url`
     /// divides its growth by the runs it sent to get the shim's CPU per run.
     cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Connections opened to the daemon: the pool's churn (one per burst's extra request, and
+    /// one per streamed run, not one per request).
+    daemon_connections: Counter,
 }
 
 impl Default for HttpMetrics {
@@ -92,13 +96,27 @@ impl HttpMetrics {
             "CPU time (user + system) this shim process has used since it started",
             cpu_seconds.clone(),
         );
+        let daemon_connections = Counter::default();
+        registry.register(
+            "daemon_connections",
+            "Connections opened to sandforkd (idle ones are kept and reused)",
+            daemon_connections.clone(),
+        );
         HttpMetrics {
             registry,
             requests,
             seconds,
             daemon_up,
             cpu_seconds,
+            daemon_connections,
         }
+    }
+
+    /// The counter of connections opened to the daemon, for the [`Upstream`] that opens them.
+    ///
+    /// [`Upstream`]: super::upstream::Upstream
+    pub fn daemon_connections(&self) -> Counter {
+        self.daemon_connections.clone()
     }
 
     /// Counts one answered request.
@@ -151,6 +169,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sandfork_http_daemon_up 1"));
+        assert!(
+            text.contains("sandfork_http_daemon_connections_total 0"),
+            "{text}"
+        );
         assert!(metrics.render(None).contains("sandfork_http_daemon_up 0"));
     }
 }

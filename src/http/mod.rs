@@ -157,11 +157,15 @@ impl Shim {
         let openapi_json = openapi()
             .to_pretty_json()
             .unwrap_or_else(|e| format!("{{\"error\": \"cannot render the document: {e}\"}}"));
+        let metrics = metrics::HttpMetrics::new();
         Ok(Shim {
-            upstream: upstream::Upstream::new(settings.socket.clone()),
+            upstream: upstream::Upstream::new(
+                settings.socket.clone(),
+                metrics.daemon_connections(),
+            ),
             settings,
             tenants: Arc::new(tenants),
-            metrics: metrics::HttpMetrics::new(),
+            metrics,
             openapi_json,
             eval: config.eval.clone(),
         })

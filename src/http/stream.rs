@@ -41,9 +41,8 @@ pub async fn respond(
     request: impl FnOnce(u64) -> Request,
     shape: Shape,
 ) -> Result<HttpResponse, ApiError> {
-    let mut client = Client::connect(&shim.settings.socket)
-        .await
-        .map_err(ApiError::from_client)?;
+    // A connection of its own, closed with the stream (dropping it cancels the run).
+    let mut client = shim.upstream.open().await?;
     let id = client.next_id();
     client
         .send(&request(id))

@@ -159,6 +159,10 @@ pub struct Stack {
     /// The daemon's socket.
     pub socket: std::path::PathBuf,
     pub daemon_log: std::path::PathBuf,
+    /// The daemon's config, for [`Stack::restart_daemon`].
+    pub config: std::path::PathBuf,
+    /// The running daemon's pid (this test process started it).
+    pub daemon_pid: std::sync::atomic::AtomicU32,
 }
 
 impl Stack {
@@ -190,13 +194,37 @@ impl Stack {
         let daemon_log = dir.join("daemon.log");
         let socket = dir.join("sandfork.sock");
         let (config2, log2) = (config.clone(), daemon_log.clone());
-        spawn_forever(move || super::start_daemon_process(&config2, &log2));
+        let pid = spawn_forever(move || super::start_daemon_process(&config2, &log2));
         super::wait_ready(&socket, &daemon_log, Duration::from_secs(90));
         let base = start_shim(&config, &[], &dir.join("shim.log"), SHIM_UID);
         Stack {
             base,
             socket,
             daemon_log,
+            config,
+            daemon_pid: pid.into(),
         }
+    }
+
+    /// Stops the daemon (SIGTERM to the pid this test started, then its socket gone) and starts
+    /// a new one with the same config (its log starts afresh), leaving the shim as it is;
+    /// returns when the new one is ready.
+    pub fn restart_daemon(&self) {
+        use std::sync::atomic::Ordering;
+        let old = self.daemon_pid.load(Ordering::SeqCst);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(old as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM to the daemon this test started");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.socket.exists() {
+            assert!(Instant::now() < deadline, "the daemon did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (config, log) = (self.config.clone(), self.daemon_log.clone());
+        let pid = spawn_forever(move || super::start_daemon_process(&config, &log));
+        self.daemon_pid.store(pid, Ordering::SeqCst);
+        super::wait_ready(&self.socket, &self.daemon_log, Duration::from_secs(90));
     }
 }
