@@ -10,8 +10,9 @@
 //! before anything is sent on it, so no request is ever sent twice.
 //!
 //! Why a pool: a connection and its Hello cost a round trip through the daemon, a task on each
-//! side and an allocation of each frame buffer per request — measured in docs/BENCHMARKS.md
-//! ("The HTTP path"), against a target of 0.3 ms for everything the shim adds.
+//! side and an allocation of each frame buffer per request; reusing connections took what the
+//! shim adds to a run at c=1 from 0.74 to 0.25 ms p50 (docs/BENCHMARKS.md, "Speed, second
+//! pass").
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
