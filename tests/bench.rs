@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 /// The CLI's own deadline; the test kills it (by pid) a little after that.
 const BENCH_DEADLINE_S: u64 = 40;
 
+/// `--floor` counts the machine's CPU: while its test runs, no other test of this file loads the
+/// machine (it takes this lock to write, every other test to read).
+static QUIET: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Parses `key=value` pairs of the summary line, checking the exact key order and that every
 /// float has three decimals.
 fn parse_summary(line: &str) -> Vec<(String, f64)> {
@@ -100,6 +104,7 @@ fn bench_reports_the_summary_line_with_a_baseline() {
     if !common::privileged("bench_reports_the_summary_line_with_a_baseline") {
         return;
     }
+    let _quiet = QUIET.blocking_read();
     let (status, stdout) = bench(&["--requests", "50", "--concurrency", "4", "--baseline"]);
     assert!(status.success(), "{status}: {stdout}");
 
@@ -127,6 +132,7 @@ fn bench_measures_cells_beside_runs_in_session_mode() {
     if !common::privileged("bench_measures_cells_beside_runs_in_session_mode") {
         return;
     }
+    let _quiet = QUIET.blocking_read();
     let (status, stdout) = bench(&["--session", "--requests", "40", "--concurrency", "2"]);
     assert!(status.success(), "{status}: {stdout}");
     assert!(
@@ -153,6 +159,7 @@ fn bench_paces_an_open_loop_at_the_given_rate() {
     if !common::privileged("bench_paces_an_open_loop_at_the_given_rate") {
         return;
     }
+    let _quiet = QUIET.blocking_read();
     // 20 runs at 40/s: the last is due 0.475 s after the start, so the load phase cannot be
     // shorter than that, and the measured rate cannot exceed the asked one by much.
     let started = Instant::now();
@@ -219,6 +226,7 @@ fn bench_over_http_reports_the_shim_overhead_and_its_cpu() {
     if !common::privileged("bench_over_http_reports_the_shim_overhead_and_its_cpu") {
         return;
     }
+    let _quiet = QUIET.blocking_read();
     const KEY: &str = "bench-http-key";
     let stack = common::http::Stack::start("sandfork-bench-http-", &[("bencher", KEY, "")]);
     let socket = stack.socket.display().to_string();
@@ -302,6 +310,7 @@ fn bench_measures_the_floor_and_cpu_per_run_in_the_same_invocation() {
     if !common::privileged("bench_measures_the_floor_and_cpu_per_run_in_the_same_invocation") {
         return;
     }
+    let _quiet = QUIET.blocking_write();
     let (status, stdout) = bench(&["--requests", "40", "--concurrency", "2", "--floor"]);
     assert!(status.success(), "{status}: {stdout}");
     assert!(
@@ -339,6 +348,7 @@ async fn a_floor_run_forks_a_child_that_runs_nothing() {
     if !common::privileged("a_floor_run_forks_a_child_that_runs_nothing") {
         return;
     }
+    let _quiet = QUIET.read().await;
     use sandfork_protocol::client::{Client, ClientError};
     use sandfork_protocol::{ErrorKind, Mode, RunSpec, Status};
     let mut client = Client::connect(&common::daemon().socket).await.unwrap();

@@ -5,8 +5,10 @@
 //!
 //! CPU is the machine's, not one process tree's: the busy time of every CPU (`/proc/stat`: user,
 //! nice, system, irq, softirq) over a phase, less the bench's own CPU time (`getrusage`) and
-//! less the machine's background (its busy time per second, measured while the daemon sat idle
-//! just before, times the phase's length). So it counts everything a run costs wherever it is
+//! less the machine's background (its busy time per second while the daemon sat idle, measured
+//! before the load and again after the floor, the mean of the two times the phase's length).
+//! When the two readings differ much ([`background_changed`]) the bench says its figures are not
+//! trustworthy, and a figure that comes out negative is not reported. So it counts everything a run costs wherever it is
 //! spent — the daemon, the zygote, the child, the kernel's work on their behalf (exit teardown,
 //! RCU callbacks, softirqs), the shim when the load goes over HTTP — and nothing that leaves a
 //! process tree unaccounted (a zygote replaced mid-phase took its children's CPU with it in the
@@ -95,6 +97,12 @@ pub async fn background(socket: &Path) -> Option<f64> {
     let after = Snapshot::take()?;
     let seconds = after.at.duration_since(before.at).as_secs_f64();
     Some((before.cpu_until(&after, 0.0) / seconds).max(0.0))
+}
+
+/// True when two background readings (ms/s) differ by more than half the larger or 5 ms/s,
+/// whichever is more: then something else ran during the bench, and its CPU is in the figures.
+pub fn background_changed(before: f64, after: f64) -> bool {
+    (before - after).abs() > (0.5 * before.max(after)).max(5.0)
 }
 
 /// Waits until the daemon runs nothing and its pools stopped changing (zygotes and warm

@@ -254,29 +254,34 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
 }
 
 /// With `--floor`: the floor runs, and both phases' CPU per run (the machine's busy time between
-/// the settled daemon's snapshots around each, less the bench's own and the background).
+/// the settled daemon's snapshots around each, less the bench's own and the background). The
+/// background is measured again after the floor, and the mean of the two is subtracted; a
+/// figure that comes out negative (the machine's other work changed by more than the runs
+/// used) is not reported.
 async fn floor_phase(
     config: &BenchConfig,
     deadline: Instant,
     load_report: &Report,
     load_marks: (Option<floor::Snapshot>, Option<floor::Snapshot>),
-    background: Option<f64>,
+    background_before: Option<f64>,
 ) -> Result<Option<report::FloorBench>, BenchError> {
     if !config.floor {
         return Ok(None);
     }
-    let per_run = |marks: (Option<floor::Snapshot>, Option<floor::Snapshot>), results: u64| match (
-        marks, background,
-    ) {
-        ((Some(before), Some(after)), Some(background)) if results > 0 => {
-            Some(before.cpu_until(&after, background) / results as f64)
-        }
-        _ => None,
-    };
     let before = floor::Snapshot::take();
     let floor = load(config, deadline, Some(Vec::new()), Workload::Floor).await?;
     floor::settle(&config.socket).await;
     let after = floor::Snapshot::take();
+    let background_after = floor::background(&config.socket).await;
+    let background = background_before.zip(background_after);
+    let per_run = |marks: (Option<floor::Snapshot>, Option<floor::Snapshot>), results: u64| match (
+        marks, background,
+    ) {
+        ((Some(before), Some(after)), Some((b0, b1))) if results > 0 => {
+            Some(before.cpu_until(&after, (b0 + b1) / 2.0) / results as f64).filter(|ms| *ms >= 0.0)
+        }
+        _ => None,
+    };
     Ok(Some(report::FloorBench {
         summary: floor.summary(),
         errors: floor.errors(),

@@ -224,9 +224,9 @@ pub struct FloorBench {
     pub cpu_per_run_ms: Option<f64>,
     /// … and per floor run.
     pub floor_cpu_ms: Option<f64>,
-    /// The machine's busy CPU ms per second with the daemon idle, measured first and
-    /// subtracted from both.
-    pub background_ms_per_s: Option<f64>,
+    /// The machine's busy CPU ms per second with the daemon idle, measured before the load and
+    /// after the floor; their mean is subtracted from both.
+    pub background_ms_per_s: Option<(f64, f64)>,
 }
 
 /// What HTTP mode adds to a report.
@@ -383,22 +383,32 @@ impl Report {
                  ms p50 {:.3} p90 {:.3} p99 {:.3}, {:.1} runs/s, {} failed",
                 s.p50_ms, s.p90_ms, s.p99_ms, s.rps, floor.errors,
             ));
-            lines.push(
-                match (
-                    floor.cpu_per_run_ms,
-                    floor.floor_cpu_ms,
-                    floor.background_ms_per_s,
-                ) {
-                    (Some(run), Some(floor_cpu), Some(background)) => format!(
-                        "CPU per run (the machine's, less this bench's and a background of \
-                         {background:.1} ms/s): {run:.3} ms; per floor run {floor_cpu:.3} ms \
-                         ({:.2}× the floor); p50 {:.2}× the floor's",
-                        run / floor_cpu,
-                        ms(0.5) / s.p50_ms,
-                    ),
-                    _ => "CPU per run: unknown (/proc/stat or getrusage could not be read)".into(),
-                },
-            );
+            lines.push(match (floor.cpu_per_run_ms, floor.floor_cpu_ms) {
+                (Some(run), Some(floor_cpu)) => format!(
+                    "CPU per run (the machine's, less this bench's and the background): {run:.3} \
+                     ms; per floor run {floor_cpu:.3} ms ({:.2}× the floor); p50 {:.2}× the \
+                     floor's",
+                    run / floor_cpu,
+                    ms(0.5) / s.p50_ms,
+                ),
+                _ if floor.background_ms_per_s.is_none() => {
+                    "CPU per run: unknown (/proc/stat or getrusage could not be read)".into()
+                }
+                _ => "CPU per run: not measurable, the machine's other work changed by more \
+                      than the runs used; run on a quiet machine"
+                    .into(),
+            });
+            if let Some((before, after)) = floor.background_ms_per_s {
+                lines.push(format!(
+                    "background (the machine's busy CPU with the daemon idle): {before:.1} ms/s \
+                     before, {after:.1} ms/s after{}",
+                    if floor::background_changed(before, after) {
+                        " — it changed during the bench: the CPU figures are not trustworthy"
+                    } else {
+                        ""
+                    }
+                ));
+            }
         }
         if let Some(b) = &self.baseline {
             lines.push(format!(

@@ -233,3 +233,13 @@ fn the_busy_ticks_of_proc_stat_are_user_nice_system_irq_and_softirq() {
     // ran meanwhile is at least not negative beyond the tick's rounding (10 ms at 100 Hz, twice).
     assert!(first.cpu_until(&second, 0.0) > -25.0);
 }
+
+#[test]
+fn a_background_that_moved_by_half_or_5_ms_per_s_is_a_changed_one() {
+    use super::floor::background_changed;
+    assert!(!background_changed(2.0, 6.0), "within 5 ms/s");
+    assert!(background_changed(2.0, 8.0));
+    assert!(!background_changed(100.0, 60.0), "within half");
+    assert!(background_changed(100.0, 40.0));
+    assert!(background_changed(40.0, 100.0));
+}
