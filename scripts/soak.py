@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -287,13 +288,27 @@ def cgroups(instance: str) -> Tuple[int, int]:
     return dirs, busy
 
 
-def snapshot(daemon: int, shim: int, instance: str) -> Dict[str, int]:
+def pooled_connections(url: str) -> int:
+    """The shim's idle daemon connections (sandfork_http_daemon_connections_idle): each holds
+    one fd in the shim and one in the daemon, kept on purpose, at most 32."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with direct.open(f"{url}/metrics", timeout=10) as page:
+        for line in page.read().decode().splitlines():
+            if line.startswith("sandfork_http_daemon_connections_idle "):
+                return int(float(line.split()[1]))
+    raise RuntimeError("the shim's /metrics has no sandfork_http_daemon_connections_idle")
+
+
+def snapshot(daemon: int, shim: int, instance: str, url: str) -> Dict[str, int]:
     dirs, busy = cgroups(instance)
+    # fds net of the shim's pooled connections (read first: the scrape itself takes one from the
+    # pool and gives it back).
+    pooled = pooled_connections(url)
     return {
         "daemon_descendants": len(children(daemon)),
         "slot_uid_processes": len(slot_uid_processes()),
-        "daemon_fds": len(os.listdir(f"/proc/{daemon}/fd")),
-        "shim_fds": len(os.listdir(f"/proc/{shim}/fd")),
+        "daemon_fds": len(os.listdir(f"/proc/{daemon}/fd")) - pooled,
+        "shim_fds": len(os.listdir(f"/proc/{shim}/fd")) - pooled,
         "host_mounts": len(Path("/proc/self/mountinfo").read_text().splitlines()),
         "cgroup_dirs": dirs,
         "cgroups_with_processes": busy,
@@ -372,7 +387,7 @@ def main() -> int:
             client.run(f"print({i})")
             sandfork.HTTPClient(url, KEY).run(f"print({i})")
         wait_idle(client, 60)
-        first = snapshot(daemon.pid, shim.pid, instance)
+        first = snapshot(daemon.pid, shim.pid, instance, url)
         print(f"==> soak: {args.workers} workers for {args.minutes:g} min against {socket_path} and {url}")
         tally = Tally()
         stop = time.monotonic() + args.minutes * 60
@@ -387,7 +402,7 @@ def main() -> int:
             samples.append(rss_kb(daemon.pid))
         elapsed = time.monotonic() - started
         idle = wait_idle(client, 60)
-        last = snapshot(daemon.pid, shim.pid, instance)
+        last = snapshot(daemon.pid, shim.pid, instance, url)
     finally:
         for proc in (shim, daemon):
             if proc is not None and proc.poll() is None:

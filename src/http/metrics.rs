@@ -60,6 +60,9 @@ pub struct HttpMetrics {
     /// Connections opened to the daemon: the pool's churn (one per burst's extra request, and
     /// one per streamed run, not one per request).
     daemon_connections: Counter,
+    /// Of those, the ones idle in the pool at the scrape: each holds an fd in the shim and one in
+    /// the daemon, which a leak check must not count as leaked (scripts/soak.py).
+    daemon_connections_idle: Gauge,
 }
 
 impl Default for HttpMetrics {
@@ -102,6 +105,12 @@ impl HttpMetrics {
             "Connections opened to sandforkd (idle ones are kept and reused)",
             daemon_connections.clone(),
         );
+        let daemon_connections_idle = Gauge::default();
+        registry.register(
+            "daemon_connections_idle",
+            "Connections to sandforkd idle in the pool, ready for the next request (at most 32)",
+            daemon_connections_idle.clone(),
+        );
         HttpMetrics {
             registry,
             requests,
@@ -109,6 +118,7 @@ impl HttpMetrics {
             daemon_up,
             cpu_seconds,
             daemon_connections,
+            daemon_connections_idle,
         }
     }
 
@@ -134,9 +144,12 @@ impl HttpMetrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// The page: the daemon's metrics (if it answered), then the shim's.
-    pub fn render(&self, daemon: Option<&str>) -> String {
+    /// The page: the daemon's metrics (if it answered), then the shim's, with `idle` daemon
+    /// connections in the pool.
+    pub fn render(&self, daemon: Option<&str>, idle: usize) -> String {
         self.daemon_up.set(i64::from(daemon.is_some()));
+        self.daemon_connections_idle
+            .set(i64::try_from(idle).unwrap_or(i64::MAX));
         self.cpu_seconds.set(own_cpu_seconds());
         let mut text = String::new();
         if let Some(daemon) = daemon {
@@ -160,7 +173,7 @@ mod tests {
         metrics.observe("/v1/execute", 200, Duration::from_millis(3));
         let daemon =
             "# HELP sandfork_slots x\n# TYPE sandfork_slots gauge\nsandfork_slots 4\n# EOF\n";
-        let text = metrics.render(Some(daemon));
+        let text = metrics.render(Some(daemon), 3);
         assert!(text.starts_with("# HELP sandfork_slots"), "{text}");
         assert_eq!(text.matches("# EOF").count(), 1, "{text}");
         assert!(text.ends_with("# EOF\n"));
@@ -173,6 +186,8 @@ mod tests {
             text.contains("sandfork_http_daemon_connections_total 0"),
             "{text}"
         );
-        assert!(metrics.render(None).contains("sandfork_http_daemon_up 0"));
+        assert!(metrics
+            .render(None, 0)
+            .contains("sandfork_http_daemon_up 0"));
     }
 }

@@ -111,7 +111,9 @@ pub async fn metrics(
             None
         }
     };
-    let text = shim.metrics.render(daemon.as_deref());
+    let text = shim
+        .metrics
+        .render(daemon.as_deref(), shim.upstream.idle_connections());
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 

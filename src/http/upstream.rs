@@ -84,10 +84,9 @@ impl std::ops::DerefMut for Taken {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let idle = self.idle.lock().map_or(0, |idle| idle.len());
         f.debug_struct("Upstream")
             .field("socket", &self.socket)
-            .field("idle", &idle)
+            .field("idle", &self.idle_connections())
             .finish()
     }
 }
@@ -99,6 +98,11 @@ impl Upstream {
             idle: Arc::default(),
             opened,
         }
+    }
+
+    /// Connections idle in the pool now.
+    pub fn idle_connections(&self) -> usize {
+        self.idle.lock().map_or(0, |idle| idle.len())
     }
 
     /// A new greeted connection, outside the pool (a streamed run keeps its own).
