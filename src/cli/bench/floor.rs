@@ -27,6 +27,11 @@ use tokio::time::Instant;
 
 /// How long [`background`] watches the idle machine.
 const BACKGROUND_WINDOW: Duration = Duration::from_secs(1);
+/// The smallest change of the background that [`background_changed`] calls a change, ms/s:
+/// `/proc/stat` counts in ticks of 10 ms (USER_HZ 100), so one reading over a second moves in
+/// steps of 10 ms/s by itself (0, 10, 20 are all a quiet machine); three ticks is something.
+/// At the few hundred runs per second measured here, 30 ms/s is ~0.1 ms per run.
+const BACKGROUND_STEP: f64 = 30.0;
 /// How often [`settle`] asks the daemon, and how many equal answers in a row mean settled.
 const SETTLE_POLL: Duration = Duration::from_millis(50);
 const SETTLE_STABLE: u32 = 3;
@@ -99,10 +104,11 @@ pub async fn background(socket: &Path) -> Option<f64> {
     Some((before.cpu_until(&after, 0.0) / seconds).max(0.0))
 }
 
-/// True when two background readings (ms/s) differ by more than half the larger or 5 ms/s,
-/// whichever is more: then something else ran during the bench, and its CPU is in the figures.
+/// True when two background readings (ms/s) differ by more than half the larger or
+/// [`BACKGROUND_STEP`], whichever is more: then something else ran during the bench, and its
+/// CPU is in the figures.
 pub fn background_changed(before: f64, after: f64) -> bool {
-    (before - after).abs() > (0.5 * before.max(after)).max(5.0)
+    (before - after).abs() > (0.5 * before.max(after)).max(BACKGROUND_STEP)
 }
 
 /// Waits until the daemon runs nothing and its pools stopped changing (zygotes and warm
